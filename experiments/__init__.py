@@ -1,0 +1,1 @@
+"""Runnable lessons: ``python -m experiments.<name> --help``."""

@@ -1,0 +1,1 @@
+"""Matplotlib figures; one module per theme. Import matplotlib lazily inside functions."""
