@@ -1,0 +1,138 @@
+"""jaxcnn.evaluate against sklearn.metrics, and batched prediction against a direct apply."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from jaxcnn import evaluate as ev
+
+K = 5
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    n = 200
+    labels = rng.integers(0, K, n)
+    logits = rng.normal(size=(n, K)).astype(np.float32)
+    logits[np.arange(n), labels] += 1.0  # better than chance
+    return logits, labels
+
+
+class Tiny(nn.Module):
+    num_classes: int = 3
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(4, (3, 3))(x)
+        x = nn.relu(x).mean(axis=(1, 2))
+        return nn.Dense(self.num_classes)(x)
+
+
+def test_accuracy_matches_sklearn(data):
+    logits, labels = data
+    assert ev.accuracy(logits, labels) == pytest.approx(
+        skm.accuracy_score(labels, logits.argmax(1))
+    )
+    assert ev.accuracy(logits.argmax(1), labels) == ev.accuracy(logits, labels)
+    assert ev.accuracy(jnp.asarray(logits), jnp.asarray(labels)) == ev.accuracy(logits, labels)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, K - 1])
+def test_top_k_matches_sklearn(data, k):
+    logits, labels = data
+    expected = skm.top_k_accuracy_score(labels, logits, k=k, labels=np.arange(K))
+    assert ev.top_k_accuracy(logits, labels, k) == pytest.approx(expected)
+
+
+def test_confusion_matrix_and_per_class(data):
+    logits, labels = data
+    pred = logits.argmax(1)
+    cm = ev.confusion_matrix(pred, labels, K)
+    np.testing.assert_array_equal(cm, skm.confusion_matrix(labels, pred, labels=np.arange(K)))
+    assert cm.shape == (K, K) and np.issubdtype(cm.dtype, np.integer)
+    np.testing.assert_array_equal(ev.confusion_matrix(logits, labels, K), cm)
+    _, recall, _, _ = skm.precision_recall_fscore_support(
+        labels, pred, labels=np.arange(K), zero_division=0
+    )
+    np.testing.assert_allclose(ev.per_class_accuracy(pred, labels, K), recall)
+
+
+def test_per_class_nan_for_absent_class():
+    acc = ev.per_class_accuracy(np.array([0, 1, 1]), np.array([0, 1, 0]), 3)
+    np.testing.assert_allclose(acc[:2], [0.5, 1.0])
+    assert np.isnan(acc[2])
+
+
+def test_precision_recall_f1_and_report(data):
+    logits, labels = data
+    pred = logits.argmax(1)
+    pred[pred == 4] = 3  # class 4 never predicted: precision is 0 (zero_division)
+    got = ev.precision_recall_f1(pred, labels, K)
+    want = skm.precision_recall_fscore_support(labels, pred, labels=np.arange(K), zero_division=0)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w)
+    names = ["plane", "car", "bird", "cat", "deer"]
+    report = ev.classification_report(pred, labels, names)
+    assert "precision" in report and "f1-score" in report
+    for name in names:
+        assert name in report
+    cat_line = next(line for line in report.splitlines() if line.strip().startswith("cat"))
+    assert f"{want[0][3]:.3f}" in cat_line and str(want[3][3]) in cat_line
+    acc_line = next(line for line in report.splitlines() if "accuracy" in line)
+    assert f"{skm.accuracy_score(labels, pred):.3f}" in acc_line
+    with pytest.raises(ValueError, match="class names"):
+        ev.classification_report(pred, labels, names[:3], num_classes=K)
+
+
+def test_most_confident_mistakes():
+    probs = np.array(
+        [[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.05, 0.95], [0.7, 0.3]], dtype=np.float32
+    )
+    labels = np.array([0, 0, 1, 0, 1])  # mistakes: 1 (0.8), 2 (0.6), 3 (0.95), 4 (0.7)
+    np.testing.assert_array_equal(ev.most_confident_mistakes(probs, labels, 3), [3, 1, 4])
+    np.testing.assert_array_equal(ev.most_confident_mistakes(probs, labels, 10), [3, 1, 4, 2])
+    assert ev.most_confident_mistakes(probs, probs.argmax(1), 5).size == 0
+
+
+def test_bad_inputs_raise_clear_errors(data):
+    logits, labels = data
+    with pytest.raises(ValueError, match="out of range"):
+        ev.confusion_matrix(labels, labels + 1, K)
+    with pytest.raises(ValueError, match="must match"):
+        ev.accuracy(logits[:10], labels)
+    with pytest.raises(ValueError, match="k must be"):
+        ev.top_k_accuracy(logits, labels, K + 1)
+    with pytest.raises(ValueError, match="shape"):
+        ev.accuracy(logits[None], labels)
+
+
+def test_predict_logits_matches_apply_and_pads():
+    model = Tiny(num_classes=3)
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (7, 8, 8, 3), dtype=np.uint8)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    got = ev.predict_logits(model.apply, variables, images, mean=mean, std=std, batch_size=3)
+    x = (images / 255.0 - np.array(mean)) / np.array(std)
+    want = model.apply(variables, jnp.asarray(x, jnp.float32), train=False)
+    assert got.shape == (7, 3) and got.dtype == np.float32
+    np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5, atol=1e-5)
+    # the same model and statistics reuse one compiled forward
+    assert ev.make_forward(model.apply, mean, std) is ev.make_forward(model.apply, mean, std)
+    with pytest.raises(ValueError, match="uint8"):
+        ev.predict_logits(model.apply, variables, images.astype(np.float32), mean=mean, std=std)
+    with pytest.raises(ValueError, match=r"\(N, H, W, C\)"):
+        ev.predict_logits(model.apply, variables, images[0], mean=mean, std=std)
+    with pytest.raises(ValueError, match="channels"):
+        ev.predict_logits(model.apply, variables, images, mean=(0.5, 0.5), std=std)
+
+
+def test_softmax_rows_sum_to_one(data):
+    logits, _ = data
+    probs = ev.softmax(logits * 100)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(probs.argmax(1), logits.argmax(1))
