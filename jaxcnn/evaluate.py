@@ -214,9 +214,7 @@ def _pred(pred, n: int, num_classes: int | None = None) -> np.ndarray:
     arr = np.asarray(pred)
     if arr.ndim == 2:
         if num_classes is not None and arr.shape[1] != num_classes:
-            raise ValueError(
-                f"scores have {arr.shape[1]} columns but num_classes={num_classes}"
-            )
+            raise ValueError(f"scores have {arr.shape[1]} columns but num_classes={num_classes}")
         arr = arr.argmax(axis=1)
     elif arr.ndim != 1:
         raise ValueError(
@@ -415,7 +413,5 @@ def classification_report(
     )
     lines.append(row("macro avg", precision.mean(), recall.mean(), f1.mean(), total))
     w = support / total
-    lines.append(
-        row("weighted avg", float(precision @ w), float(recall @ w), float(f1 @ w), total)
-    )
+    lines.append(row("weighted avg", float(precision @ w), float(recall @ w), float(f1 @ w), total))
     return "\n".join(lines) + "\n"
