@@ -1,0 +1,256 @@
+"""Argument validation shared by the ops.
+
+Every check works on static shapes (``x.shape`` of a concrete array or of a tracer), so the
+errors are raised as plain ``ValueError`` before any XLA computation is built, also under jit.
+Each message names the argument, the bad value and the form that was expected.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+
+import numpy as np
+
+PADDING_STRINGS = ("SAME", "VALID")
+
+# lax dimension numbers for NHWC-style inputs and HWIO-style kernels, by spatial rank.
+DIMENSION_NUMBERS = {
+    1: ("NWC", "WIO", "NWC"),
+    2: ("NHWC", "HWIO", "NHWC"),
+    3: ("NDHWC", "DHWIO", "NDHWC"),
+}
+
+
+def shape_of(a, name: str) -> tuple[int, ...]:
+    """The static shape of an array, tracer or nested sequence."""
+    shape = getattr(a, "shape", None)
+    if shape is None:
+        try:
+            shape = np.shape(a)
+        except Exception as err:  # ragged lists and the like
+            raise ValueError(f"{name} must be an array; got {type(a).__name__}: {err}") from None
+    return tuple(int(d) for d in shape)
+
+
+def _as_int(v, name: str) -> int:
+    if isinstance(v, bool):
+        raise ValueError(f"{name} must be an int; got bool {v!r}")
+    try:
+        return operator.index(v)
+    except TypeError:
+        raise ValueError(f"{name} must be an int; got {v!r} ({type(v).__name__})") from None
+
+
+def positive_int(v, name: str) -> int:
+    """``v`` as an int >= 1, or ValueError naming ``name``."""
+    i = _as_int(v, name)
+    if i < 1:
+        raise ValueError(f"{name} must be a positive int (>= 1); got {v!r}")
+    return i
+
+
+def nonnegative_int(v, name: str) -> int:
+    """``v`` as an int >= 0, or ValueError naming ``name``."""
+    i = _as_int(v, name)
+    if i < 0:
+        raise ValueError(f"{name} must be a non-negative int (>= 0); got {v!r}")
+    return i
+
+
+def int_tuple(value, n: int, name: str) -> tuple[int, ...]:
+    """An int or a length-``n`` sequence of ints, each >= 1, as a tuple of ``n`` ints."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if len(value) != n:
+            raise ValueError(
+                f"{name} must be an int or a sequence of {n} ints (one per spatial axis); "
+                f"got {value!r} of length {len(value)}"
+            )
+        return tuple(positive_int(v, f"{name}[{i}]") for i, v in enumerate(value))
+    try:
+        v = positive_int(value, name)
+    except ValueError:
+        raise ValueError(
+            f"{name} must be a positive int or a sequence of {n} positive ints; got {value!r}"
+        ) from None
+    return (v,) * n
+
+
+def normalize_padding(padding, n: int, name: str = "padding"):
+    """Check ``padding`` for ``n`` spatial axes.
+
+    Returns "SAME" or "VALID" (upper case), or a tuple of ``n`` (lo, hi) int pairs.
+    Accepted: "SAME" | "VALID" (any case) | int (symmetric on every axis) | sequence of ``n``
+    ints (symmetric per axis) | sequence of ``n`` (lo, hi) pairs.
+    """
+    if isinstance(padding, str):
+        up = padding.upper()
+        if up not in PADDING_STRINGS:
+            raise ValueError(
+                f"{name} string must be one of {PADDING_STRINGS} (any case); got {padding!r}"
+            )
+        return up
+    form = (
+        f"'SAME', 'VALID', an int, a sequence of {n} ints, or a sequence of {n} (lo, hi) pairs"
+    )
+    if isinstance(padding, Sequence):
+        if len(padding) != n:
+            raise ValueError(
+                f"{name} must have one entry per spatial axis ({n}); got {padding!r} of length "
+                f"{len(padding)}; expected {form}"
+            )
+        pairs = []
+        for i, p in enumerate(padding):
+            if isinstance(p, Sequence) and not isinstance(p, str):
+                if len(p) != 2:
+                    raise ValueError(
+                        f"{name}[{i}] must be a (lo, hi) pair of 2 ints; got {p!r} of length "
+                        f"{len(p)}"
+                    )
+                pairs.append(
+                    (
+                        nonnegative_int(p[0], f"{name}[{i}][0] (lo)"),
+                        nonnegative_int(p[1], f"{name}[{i}][1] (hi)"),
+                    )
+                )
+            else:
+                try:
+                    v = nonnegative_int(p, f"{name}[{i}]")
+                except ValueError as err:
+                    raise ValueError(f"{err}; expected {form}") from None
+                pairs.append((v, v))
+        return tuple(pairs)
+    try:
+        v = nonnegative_int(padding, name)
+    except ValueError as err:
+        raise ValueError(f"{err}; expected {form}") from None
+    return ((v, v),) * n
+
+
+def same_pads(size: int, window: int, stride: int, dilation: int) -> tuple[int, int]:
+    """TensorFlow/lax "SAME" padding of one axis: output ceil(size / stride), extra on the high
+    side."""
+    extent = dilation * (window - 1) + 1
+    out = -(-size // stride)
+    total = max((out - 1) * stride + extent - size, 0)
+    return total // 2, total - total // 2
+
+
+def resolve_padding(padding, spatial, window, stride, dilation):
+    """Explicit (lo, hi) pairs for an already normalized ``padding``."""
+    if padding == "VALID":
+        return ((0, 0),) * len(spatial)
+    if padding == "SAME":
+        return tuple(
+            same_pads(n, k, s, d)
+            for n, k, s, d in zip(spatial, window, stride, dilation, strict=True)
+        )
+    return padding
+
+
+def check_window_fits(spatial, window, dilation, pads, what: str, arg: str) -> None:
+    """The (dilated) window must fit inside the padded input on every axis."""
+    for i, (n, k, d, (lo, hi)) in enumerate(zip(spatial, window, dilation, pads, strict=True)):
+        extent = d * (k - 1) + 1
+        if extent > n + lo + hi:
+            dil = f" dilated by {d} to {extent}" if d > 1 else ""
+            raise ValueError(
+                f"{arg}: {what} size {k}{dil} on spatial axis {i} is larger than the padded input "
+                f"({n} + {lo} + {hi} = {n + lo + hi}); use a smaller {what}, more padding or "
+                f"'SAME' padding"
+            )
+
+
+def _nhwc_hint(x_shape, expected_c: int) -> str:
+    """A hint when the channel count sits right after the batch axis (NCHW-style input)."""
+    if len(x_shape) >= 3 and x_shape[1] == expected_c and x_shape[-1] != expected_c:
+        r = len(x_shape)
+        perm = ", ".join(str(i) for i in (0, *range(2, r), 1))
+        names = {3: ("NCW", "NWC"), 4: ("NCHW", "NHWC"), 5: ("NCDHW", "NDHWC")}[r]
+        return (
+            f"; input looks {names[0]}; jaxcnn expects {names[1]}: transpose with "
+            f"x.transpose({perm})"
+        )
+    return ""
+
+
+def check_input_rank(x_shape, name: str = "x") -> int:
+    """``x`` must be (N, *spatial, C) with 1 to 3 spatial axes; returns the spatial rank."""
+    if len(x_shape) not in (3, 4, 5):
+        raise ValueError(
+            f"{name} must have shape (N, *spatial, C) with 1, 2 or 3 spatial axes (rank 3, 4 or "
+            f"5), e.g. (N, H, W, C); got shape {x_shape} (rank {len(x_shape)})"
+        )
+    return len(x_shape) - 2
+
+
+def check_conv_args(x, kernel, stride, padding, dilation, groups):
+    """Validate conv arguments on static shapes.
+
+    x: (N, *spatial, C_in); kernel: (*window, C_in // groups, C_out).
+    Returns (stride, pads, dilation, groups) with ``pads`` explicit (lo, hi) pairs.
+    """
+    x_shape = shape_of(x, "x")
+    k_shape = shape_of(kernel, "kernel")
+    nd = check_input_rank(x_shape, "x")
+    if len(k_shape) != len(x_shape):
+        raise ValueError(
+            f"kernel must have rank {len(x_shape)} to match x of shape {x_shape}: shape "
+            f"(*window, C_in // groups, C_out) with {nd} window axes (HWIO-style); got kernel "
+            f"shape {k_shape} (rank {len(k_shape)})"
+        )
+    groups = positive_int(groups, "groups")
+    stride = int_tuple(stride, nd, "stride")
+    dilation = int_tuple(dilation, nd, "dilation")
+    padding = normalize_padding(padding, nd, "padding")
+    c_in, c_out, k_in = x_shape[-1], k_shape[-1], k_shape[-2]
+    if c_in % groups:
+        raise ValueError(
+            f"groups={groups} must divide the input channels C_in={c_in} of x with shape "
+            f"{x_shape}{_nhwc_hint(x_shape, k_in * groups)}"
+        )
+    if c_out % groups:
+        raise ValueError(
+            f"groups={groups} must divide the output channels C_out={c_out} (kernel.shape[-1] of "
+            f"kernel with shape {k_shape})"
+        )
+    if c_in != k_in * groups:
+        raise ValueError(
+            f"channel mismatch: x has C_in={c_in} channels (last axis of shape {x_shape}) but "
+            f"kernel expects kernel.shape[-2] * groups = {k_in} * {groups} = {k_in * groups} "
+            f"(kernel shape {k_shape}){_nhwc_hint(x_shape, k_in * groups)}"
+        )
+    for i, k in enumerate(k_shape[:-2]):
+        if k < 1:
+            raise ValueError(f"kernel window sizes must be >= 1; got {k} on axis {i} ({k_shape})")
+    spatial, window = x_shape[1:-1], k_shape[:-2]
+    pads = resolve_padding(padding, spatial, window, stride, dilation)
+    check_window_fits(spatial, window, dilation, pads, "kernel window", "kernel")
+    return stride, pads, dilation, groups
+
+
+def check_pool_args(x, window, stride, padding):
+    """Validate pooling arguments on static shapes.
+
+    x: (N, *spatial, C). Returns (window, stride, pads) with explicit (lo, hi) pairs;
+    ``stride=None`` means stride = window.
+    """
+    x_shape = shape_of(x, "x")
+    nd = check_input_rank(x_shape, "x")
+    window = int_tuple(window, nd, "window")
+    stride = window if stride is None else int_tuple(stride, nd, "stride")
+    padding = normalize_padding(padding, nd, "padding")
+    ones = (1,) * nd
+    pads = resolve_padding(padding, x_shape[1:-1], window, stride, ones)
+    check_window_fits(x_shape[1:-1], window, ones, pads, "pooling window", "window")
+    return window, stride, pads
+
+
+def out_size(n: int, k: int, s: int, d: int, lo: int, hi: int) -> int:
+    """Output length of a strided, dilated window sweep over a padded axis."""
+    return (n + lo + hi - d * (k - 1) - 1) // s + 1
+
+
+def prod(xs) -> int:
+    return math.prod(xs)
