@@ -65,10 +65,9 @@ def normalize_on_device(images, mean, std, dtype=jnp.float32):
     Returns:
       ``(..., C)`` array of ``dtype``.
     """
-    x = jnp.asarray(images).astype(jnp.float32) / 255.0
-    mean = jnp.asarray(mean, jnp.float32)
-    std = jnp.asarray(std, jnp.float32)
-    return ((x - mean) / std).astype(dtype)
+    from jaxcnn.data.augment import normalize  # the training pipeline's own normalisation
+
+    return normalize(jnp.asarray(images), mean, std, dtype=dtype)
 
 
 @functools.lru_cache(maxsize=32)
@@ -77,8 +76,9 @@ def _cached_forward(apply_fn, mean: tuple, std: tuple):
 
 
 def _build_forward(apply_fn, mean: tuple, std: tuple):
-    mean_arr = np.asarray(mean, np.float32)
-    std_arr = np.asarray(std, np.float32)
+    # one value for all channels -> a scalar, which broadcasts over any channel count
+    mean_arr = np.asarray(mean[0] if len(mean) == 1 else mean, np.float32)
+    std_arr = np.asarray(std[0] if len(std) == 1 else std, np.float32)
 
     @jax.jit
     def forward(variables, images):

@@ -432,42 +432,13 @@ def load_image(path) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr
 
 
-def _resize_pil(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear (antialiased when shrinking) PIL resize of uint8 ``(N, h, w, C)``."""
-    from PIL import Image
-
-    h, w = size
-
-    def resize2d(a):  # one (h, w) or (h, w, 3) uint8 image
-        return np.asarray(Image.fromarray(a).resize((w, h), Image.Resampling.BILINEAR))
-
-    out = np.empty((images.shape[0], h, w, images.shape[-1]), np.uint8)
-    for i, img in enumerate(images):
-        if img.shape[-1] == 3:
-            out[i] = resize2d(img)
-        else:
-            for c in range(img.shape[-1]):
-                out[i, ..., c] = resize2d(np.ascontiguousarray(img[..., c]))
-    return out
-
-
 def _resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 ``(N, h, w, C)`` -> ``(N, H, W, C)``; ``jaxcnn.data.resize_images`` when present."""
+    """uint8 ``(N, h, w, C)`` -> ``(N, H, W, C)`` (PIL bilinear, antialiased when shrinking)."""
     if images.shape[1:3] == tuple(size):
         return images
-    try:
-        from jaxcnn.data import resize_images
-    except ImportError:
-        resize_images = None
-    if resize_images is not None:
-        try:
-            out = np.asarray(resize_images(images, tuple(size)))
-        except (TypeError, ValueError):
-            out = None
-        expected = (images.shape[0], *size, images.shape[-1])
-        if out is not None and out.shape == expected and out.dtype == np.uint8:
-            return out
-    return _resize_pil(images, size)
+    from jaxcnn.data import resize_images
+
+    return resize_images(images, tuple(size))
 
 
 def _as_uint8(arr: np.ndarray, where: str) -> np.ndarray:

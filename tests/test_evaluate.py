@@ -121,6 +121,9 @@ def test_predict_logits_matches_apply_and_pads():
     want = model.apply(variables, jnp.asarray(x, jnp.float32), train=False)
     assert got.shape == (7, 3) and got.dtype == np.float32
     np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5, atol=1e-5)
+    scalar = ev.predict_logits(model.apply, variables, images, mean=0.5, std=(0.25,))
+    want_scalar = model.apply(variables, jnp.asarray((images / 255.0 - 0.5) / 0.25), train=False)
+    np.testing.assert_allclose(scalar, np.asarray(want_scalar), rtol=1e-5, atol=1e-5)
     # the same model and statistics reuse one compiled forward
     assert ev.make_forward(model.apply, mean, std) is ev.make_forward(model.apply, mean, std)
     with pytest.raises(ValueError, match="uint8"):
