@@ -91,9 +91,7 @@ def normalize_padding(padding, n: int, name: str = "padding"):
                 f"{name} string must be one of {PADDING_STRINGS} (any case); got {padding!r}"
             )
         return up
-    form = (
-        f"'SAME', 'VALID', an int, a sequence of {n} ints, or a sequence of {n} (lo, hi) pairs"
-    )
+    form = f"'SAME', 'VALID', an int, a sequence of {n} ints, or a sequence of {n} (lo, hi) pairs"
     if isinstance(padding, Sequence):
         if len(padding) != n:
             raise ValueError(

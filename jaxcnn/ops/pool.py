@@ -1,0 +1,118 @@
+"""Pooling: max / average / min over sliding windows, and global pooling.
+
+x: (N, *spatial, C) with 1, 2 or 3 spatial axes, e.g. (N, H, W, C); pooling acts on each
+channel separately and has no parameters. Windows are swept with ``lax.reduce_window``.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxcnn.ops._checks import check_input_rank, check_pool_args, shape_of
+
+__all__ = ["max_pool", "avg_pool", "min_pool", "global_avg_pool", "global_max_pool"]
+
+
+def _extreme(dtype, largest: bool):
+    """+inf / -inf for floats, the dtype's max / min for ints: the identity of min / max."""
+    if jnp.issubdtype(dtype, jnp.inexact):
+        return np.array(np.inf if largest else -np.inf, dtype)
+    info = jnp.iinfo(dtype)
+    return np.array(info.max if largest else info.min, dtype)
+
+
+def _reduce(x, init, op, window, stride, pads):
+    return lax.reduce_window(
+        x,
+        init,
+        op,
+        window_dimensions=(1, *window, 1),
+        window_strides=(1, *stride, 1),
+        padding=((0, 0), *pads, (0, 0)),
+    )
+
+
+_ARGS = """
+    Args:
+      x: (N, *spatial, C) with 1, 2 or 3 spatial axes, e.g. (N, H, W, C).
+      window: int or one int per spatial axis.
+      stride: int or one int per spatial axis; None (default) means stride = window
+        (non-overlapping windows).
+      padding: "SAME" | "VALID" | int | sequence of ints | sequence of (lo, hi) pairs, as in
+        :func:`jaxcnn.ops.conv`. Padded positions never win and never count{extra}.
+
+    Returns:
+      (N, *out_spatial, C), out = floor((n + lo + hi - window) / stride) + 1 per axis
+      ("SAME": ceil(n / stride)).
+
+    Raises:
+      ValueError: before tracing, for a bad rank, non-positive window/stride, bad padding, or a
+        window larger than the padded input.
+"""
+
+
+def max_pool(x, window, stride=None, padding="VALID"):
+    window, stride, pads = check_pool_args(x, window, stride, padding)
+    x = jnp.asarray(x)
+    return _reduce(x, _extreme(x.dtype, False), lax.max, window, stride, pads)
+
+
+def min_pool(x, window, stride=None, padding="VALID"):
+    window, stride, pads = check_pool_args(x, window, stride, padding)
+    x = jnp.asarray(x)
+    return _reduce(x, _extreme(x.dtype, True), lax.min, window, stride, pads)
+
+
+def avg_pool(x, window, stride=None, padding="VALID"):
+    window, stride, pads = check_pool_args(x, window, stride, padding)
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        x = x.astype(jnp.float32)
+    zero = np.array(0, x.dtype)
+    total = _reduce(x, zero, lax.add, window, stride, pads)
+    if all(lo == 0 and hi == 0 for lo, hi in pads):
+        return total / np.prod(window)
+    # count of real (non-padded) elements under each window, same for every image and channel
+    ones = jnp.ones((1, *x.shape[1:-1], 1), x.dtype)
+    count = _reduce(ones, zero, lax.add, window, stride, pads)
+    return total / count
+
+
+max_pool.__doc__ = (
+    "Max pooling: the largest value under each window.\n\n"
+    "    The gradient flows only to the maximum of each window (to the first one on ties)."
+    + _ARGS.format(extra="")
+)
+min_pool.__doc__ = "Min pooling: the smallest value under each window.\n" + _ARGS.format(extra="")
+avg_pool.__doc__ = (
+    "Average pooling: the mean of each window.\n\n"
+    "    With padding ('SAME' or explicit) each window is divided by the number of real\n"
+    "    (non-padded) elements it covers, not by the window size (TensorFlow's convention),\n"
+    "    so border averages are not pulled towards zero. Integer inputs give float32."
+    + _ARGS.format(extra=" in the average")
+)
+
+
+def _global_axes(x):
+    nd = check_input_rank(shape_of(x, "x"), "x")
+    return tuple(range(1, nd + 1))
+
+
+def global_avg_pool(x):
+    """Global average pooling: the mean over all spatial positions.
+
+    x: (N, *spatial, C) -> (N, C).
+    """
+    axes = _global_axes(x)
+    return jnp.mean(jnp.asarray(x), axis=axes)
+
+
+def global_max_pool(x):
+    """Global max pooling: the maximum over all spatial positions.
+
+    x: (N, *spatial, C) -> (N, C).
+    """
+    axes = _global_axes(x)
+    return jnp.max(jnp.asarray(x), axis=axes)
