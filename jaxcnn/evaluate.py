@@ -28,6 +28,8 @@ __all__ = [
     "accuracy",
     "classification_report",
     "confusion_matrix",
+    "conv_activations",
+    "first_conv_kernel",
     "make_forward",
     "most_confident_mistakes",
     "normalize_on_device",
@@ -415,3 +417,84 @@ def classification_report(
     w = support / total
     lines.append(row("weighted avg", float(precision @ w), float(recall @ w), float(f1 @ w), total))
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Looking inside a trained model
+# --------------------------------------------------------------------------------------------
+
+
+def first_conv_kernel(variables) -> np.ndarray:
+    """The first 4-D kernel ``(kh, kw, C_in, C_out)`` of a model, in layer creation order.
+
+    Args:
+      variables: ``{"params": ...}`` or the params tree itself. Dicts are walked in insertion
+        order (the order Flax created the layers), not sorted, so ``Conv_10`` never comes
+        before ``Conv_2``.
+
+    Raises:
+      ValueError: the model has no 4-D kernel (e.g. an MLP).
+    """
+    tree = variables.get("params", variables) if hasattr(variables, "get") else variables
+
+    def walk(node):
+        if hasattr(node, "items"):
+            for key, value in node.items():
+                if key == "kernel" and len(getattr(value, "shape", ())) == 4:
+                    return value
+                found = walk(value)
+                if found is not None:
+                    return found
+        return None
+
+    kernel = walk(tree)
+    if kernel is None:
+        raise ValueError(
+            "no 4-D convolution kernel found in the params; first-layer filters exist only for "
+            "convolutional models (e.g. cnn3, not mlp)"
+        )
+    return np.asarray(kernel)
+
+
+def conv_activations(model, variables, images_uint8, *, mean, std) -> dict[str, np.ndarray]:
+    """Outputs of every ``nn.Conv`` layer of ``model`` for a few images (inference mode).
+
+    Args:
+      model: a Flax linen module following the jaxcnn convention.
+      variables: its variables.
+      images_uint8: uint8 ``(N, H, W, C)`` (keep N small: all activations are returned).
+      mean, std: normalisation on the [0, 1] scale.
+
+    Returns:
+      ``{"Conv_0": (N, H', W', C'), ...}`` float32 numpy, in the order the layers ran; the
+      key is the module path joined with ``/``.
+    """
+    import flax.linen as nn
+
+    images = np.asarray(images_uint8)
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise ValueError(
+            f"images_uint8 must be uint8 (N, H, W, C), got {images.dtype} {images.shape}"
+        )
+    mean_t, std_t = _as_stats(mean, "mean"), _as_stats(std, "std")
+    mean_a = np.asarray(mean_t[0] if len(mean_t) == 1 else mean_t, np.float32)
+    std_a = np.asarray(std_t[0] if len(std_t) == 1 else std_t, np.float32)
+    x = normalize_on_device(images, mean_a, std_a)
+    _, state = model.apply(
+        variables,
+        x,
+        train=False,
+        capture_intermediates=lambda mdl, method: isinstance(mdl, nn.Conv) and method == "__call__",
+        mutable=["intermediates"],
+    )
+    out: dict[str, np.ndarray] = {}
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            if key == "__call__":
+                out[prefix] = np.asarray(value[0], np.float32)
+            elif hasattr(value, "items"):
+                walk(value, f"{prefix}/{key}" if prefix else key)
+
+    walk(state["intermediates"], "")
+    return out

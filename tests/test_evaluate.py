@@ -139,3 +139,22 @@ def test_softmax_rows_sum_to_one(data):
     probs = ev.softmax(logits * 100)
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-6)
     np.testing.assert_array_equal(probs.argmax(1), logits.argmax(1))
+
+
+def test_first_conv_kernel_and_activations():
+    model = Tiny(num_classes=3)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False)
+    kernel = ev.first_conv_kernel(variables)
+    assert kernel.shape == (3, 3, 3, 4)
+    np.testing.assert_array_equal(kernel, variables["params"]["Conv_0"]["kernel"])
+    # insertion order, not sorted order: "b" was created first
+    params = {"b": {"kernel": np.ones((1, 1, 1, 2))}, "a": {"kernel": np.zeros((3, 3, 1, 2))}}
+    assert ev.first_conv_kernel(params).shape == (1, 1, 1, 2)
+    with pytest.raises(ValueError, match="no 4-D"):
+        ev.first_conv_kernel({"params": {"Dense_0": {"kernel": np.ones((4, 2))}}})
+    images = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    acts = ev.conv_activations(model, variables, images, mean=0.5, std=0.25)
+    assert list(acts) == ["Conv_0"] and acts["Conv_0"].shape == (2, 8, 8, 4)
+    x = jnp.asarray((images / 255.0 - 0.5) / 0.25, jnp.float32)
+    want = nn.Conv(4, (3, 3)).apply({"params": variables["params"]["Conv_0"]}, x)
+    np.testing.assert_allclose(acts["Conv_0"], np.asarray(want), rtol=1e-5, atol=1e-5)
