@@ -425,34 +425,44 @@ def classification_report(
 
 
 def first_conv_kernel(variables) -> np.ndarray:
-    """The first 4-D kernel ``(kh, kw, C_in, C_out)`` of a model, in layer creation order.
+    """The first convolution's kernel ``(kh, kw, C_in, C_out)`` of a model.
+
+    The first layer is the one that reads the image, so among all 4-D ``kernel`` leaves the one
+    with the fewest input channels wins (image channels, 1 or 3, are fewer than any hidden
+    width); ties are broken by the layer path in natural order (``Conv_2`` before ``Conv_10``).
+    Dict order is not used: jit and checkpoint restores return keys sorted.
 
     Args:
-      variables: ``{"params": ...}`` or the params tree itself. Dicts are walked in insertion
-        order (the order Flax created the layers), not sorted, so ``Conv_10`` never comes
-        before ``Conv_2``.
+      variables: ``{"params": ...}`` or the params tree itself.
 
     Raises:
       ValueError: the model has no 4-D kernel (e.g. an MLP).
     """
-    tree = variables.get("params", variables) if hasattr(variables, "get") else variables
+    import re
 
-    def walk(node):
+    tree = variables.get("params", variables) if hasattr(variables, "get") else variables
+    found: list[tuple[str, object]] = []
+
+    def walk(node, prefix):
         if hasattr(node, "items"):
             for key, value in node.items():
+                path = f"{prefix}/{key}"
                 if key == "kernel" and len(getattr(value, "shape", ())) == 4:
-                    return value
-                found = walk(value)
-                if found is not None:
-                    return found
-        return None
+                    found.append((path, value))
+                else:
+                    walk(value, path)
 
-    kernel = walk(tree)
-    if kernel is None:
+    walk(tree, "")
+    if not found:
         raise ValueError(
             "no 4-D convolution kernel found in the params; first-layer filters exist only for "
             "convolutional models (e.g. cnn3, not mlp)"
         )
+
+    def natural(path: str):
+        return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", path)]
+
+    _, kernel = min(found, key=lambda item: (item[1].shape[2], natural(item[0])))
     return np.asarray(kernel)
 
 

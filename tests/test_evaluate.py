@@ -147,9 +147,14 @@ def test_first_conv_kernel_and_activations():
     kernel = ev.first_conv_kernel(variables)
     assert kernel.shape == (3, 3, 3, 4)
     np.testing.assert_array_equal(kernel, variables["params"]["Conv_0"]["kernel"])
-    # insertion order, not sorted order: "b" was created first
-    params = {"b": {"kernel": np.ones((1, 1, 1, 2))}, "a": {"kernel": np.zeros((3, 3, 1, 2))}}
-    assert ev.first_conv_kernel(params).shape == (1, 1, 1, 2)
+    # the kernel reading the image has the fewest input channels; ties go to natural order
+    params = {"Conv_0": {"kernel": np.ones((3, 3, 8, 8))}, "Z": {"kernel": np.ones((5, 5, 3, 8))}}
+    assert ev.first_conv_kernel(params).shape == (5, 5, 3, 8)
+    params = {
+        "Conv_10": {"kernel": np.ones((1, 1, 3, 2))},
+        "Conv_2": {"kernel": np.ones((3, 3, 3, 2))},
+    }
+    assert ev.first_conv_kernel(params).shape == (3, 3, 3, 2)
     with pytest.raises(ValueError, match="no 4-D"):
         ev.first_conv_kernel({"params": {"Dense_0": {"kernel": np.ones((4, 2))}}})
     images = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
