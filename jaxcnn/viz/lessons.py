@@ -69,7 +69,7 @@ def pixel_patch(image: np.ndarray, top: int, left: int, size: int = 8):
         for j in range(patch.shape[1]):
             v = int(patch[i, j])
             axes[1].text(j, i, str(v), ha="center", va="center", fontsize=9,
-                         color="black" if v > 127 else "white")
+                         color="black" if v > 110 else "white")
     axes[1].set_xticks(range(patch.shape[1]), [str(left + j) for j in range(patch.shape[1])])
     axes[1].set_yticks(range(patch.shape[0]), [str(top + i) for i in range(patch.shape[0])])
     axes[1].set_xlabel("column (W axis)")
@@ -85,7 +85,7 @@ def pixel_patch(image: np.ndarray, top: int, left: int, size: int = 8):
 
 
 def filter_bank(image: np.ndarray, kernels: Mapping[str, np.ndarray],
-                feature_maps: Mapping[str, np.ndarray], ncols: int = 4):
+                feature_maps: Mapping[str, np.ndarray], ncols: int = 5):
     """Each classic kernel (numbers written in) above the feature map it produces.
 
     ``image: (H, W)``; ``kernels[name]: (kh, kw)``; ``feature_maps[name]: (H', W')``.
@@ -93,8 +93,8 @@ def filter_bank(image: np.ndarray, kernels: Mapping[str, np.ndarray],
     names = list(kernels)
     n = len(names) + 1
     nrows, ncols = _grid(n, ncols)
-    fig, axes = new_figure(2 * nrows, ncols, size=(3.4 * ncols, 6.4 * nrows),
-                           gridspec_kw={"height_ratios": [1, 2.2] * nrows})
+    fig, axes = new_figure(2 * nrows, ncols, size=(2.9 * ncols, 4.6 * nrows),
+                           gridspec_kw={"height_ratios": [1, 2.4] * nrows})
     axes = np.asarray(axes).reshape(2 * nrows, ncols)
     for ax in axes.ravel():
         ax.axis("off")
@@ -118,18 +118,26 @@ def filter_bank(image: np.ndarray, kernels: Mapping[str, np.ndarray],
                 for j in range(k.shape[1]):
                     v = k[i, j]
                     txt = f"{v:.0f}" if float(v).is_integer() else f"{v:.2f}".rstrip("0")
-                    kax.text(j, i, txt, ha="center", va="center", fontsize=7)
+                    kax.text(j, i, txt, ha="center", va="center", fontsize=7,
+                             color="white" if abs(v) > 0.6 * hi else "black")
         kax.set_title(name, fontsize=10)
         kax.axis("on")
         hide_ticks(kax)
         fmap = np.asarray(feature_maps[name])
-        lo, hi = _signed_limits(fmap)
-        max_.imshow(fmap, cmap=CMAP_SIGNED, vmin=lo, vmax=hi)
-        max_.set_title(f"feature map {fmap.shape[0]}x{fmap.shape[1]}", fontsize=9)
+        if abs(float(k.sum())) < 1e-6:  # responds to change only: signed, clipped for contrast
+            m = float(np.percentile(np.abs(fmap), 99.5)) or 1.0
+            max_.imshow(fmap, cmap=CMAP_SIGNED, vmin=-m, vmax=m)
+            kind = "signed"
+        else:  # keeps brightness: show it as an image
+            lo, hi = np.percentile(fmap, [0.5, 99.5])
+            max_.imshow(fmap, cmap=CMAP_IMAGE, vmin=lo, vmax=hi)
+            kind = "gray"
+        max_.set_title(f"feature map {fmap.shape[0]}x{fmap.shape[1]} ({kind})", fontsize=9)
         max_.axis("on")
         hide_ticks(max_)
-    fig.suptitle("Classic 3x3 filters slid over the photo (cross-correlation, VALID padding)\n"
-                 "red = positive response, blue = negative")
+    fig.suptitle("Classic filters slid over the photo (cross-correlation, VALID padding)\n"
+                 "zero-sum kernels (edges): red = positive, blue = negative response; "
+                 "others shown in gray")
     fig.tight_layout()
     return fig
 
@@ -152,39 +160,38 @@ def stride_padding(results: Sequence[tuple[str, np.ndarray]], input_shape: tuple
         ax.set_title(f"{label}\noutput {fmap.shape[0]}x{fmap.shape[1]}", fontsize=10)
         ax.axis("on")
         hide_ticks(ax)
-    fig.suptitle(f"Same Sobel-x filter, input {H}x{W}: stride shrinks the map, SAME padding "
-                 "keeps the border")
+    fig.suptitle(f"Same Sobel-x filter on a {H}x{W} input: stride s divides the output size by "
+                 "about s;\nSAME pads zeros to keep the size (note the false edge the zero border "
+                 "makes on the right)")
     fig.tight_layout()
     return fig
 
 
 def pooling(feature_map: np.ndarray, pooled: Mapping[str, np.ndarray],
             global_values: Mapping[str, float]):
-    """The feature map, its max/avg/min pooled versions and the global poolings as numbers.
+    """The feature map beside its max/avg/min pooled versions (one colour scale), with the
+    global poolings written underneath.
 
     ``feature_map: (H, W)``; ``pooled[name]: (H', W')``; ``global_values[name]``: scalar.
     """
-    n = len(pooled) + 2
-    fig, axes = new_figure(1, n, size=(3.8 * n, 4.4))
+    n = len(pooled) + 1
+    fig, axes = new_figure(1, n, size=(3.9 * n, 5.0))
     fmap = np.asarray(feature_map)
     lo, hi = float(fmap.min()), float(fmap.max())
-    axes[0].imshow(fmap, cmap="magma", vmin=lo, vmax=hi)
+    im = axes[0].imshow(fmap, cmap="magma", vmin=lo, vmax=hi)
     axes[0].set_title(f"feature map {fmap.shape[0]}x{fmap.shape[1]}")
     for ax, (name, p) in zip(axes[1:], pooled.items(), strict=False):
         p = np.asarray(p)
         ax.imshow(p, cmap="magma", vmin=lo, vmax=hi)
-        ax.set_title(f"{name}\n{p.shape[0]}x{p.shape[1]}", fontsize=10)
-    for ax in axes[:-1]:
+        ax.set_title(f"{name} -> {p.shape[0]}x{p.shape[1]}")
+    for ax in axes:
         hide_ticks(ax)
-    ax = axes[-1]
-    ax.axis("off")
-    lines = ["Global pooling", "(whole map -> 1 number", " per channel)", ""]
-    lines += [f"{k}: {v:.3f}" for k, v in global_values.items()]
-    ax.text(0.05, 0.5, "\n".join(lines), va="center", fontsize=11, family="monospace",
-            transform=ax.transAxes)
-    fig.suptitle("Pooling: same colour scale everywhere; max keeps peaks, min keeps troughs, "
-                 "average smooths")
-    fig.tight_layout()
+    fig.colorbar(im, ax=list(axes), fraction=0.015, pad=0.01)
+    glob = ";   ".join(f"{k} = {v:.3f}" for k, v in global_values.items())
+    fig.text(0.45, 0.02, f"Global pooling (whole map -> one number per channel):   {glob}",
+             ha="center", fontsize=11)
+    fig.suptitle("Pooling on one colour scale: max keeps the peaks, average smooths, "
+                 "min keeps the troughs")
     return fig
 
 
@@ -240,6 +247,7 @@ def param_counts(rows: Sequence[tuple[str, str, int]]):
             ax.annotate(f"{v:,}", (b.get_x() + b.get_width() / 2, v), textcoords="offset points",
                         xytext=(0, 3), ha="center", fontsize=8, rotation=0)
     ax.set_yscale("log")
+    ax.set_ylim(bottom=100)
     ax.set_xticks(x, groups)
     ax.set_ylabel("trainable parameters (log scale)")
     ax.set_title("One dense layer vs one conv layer: weight sharing makes conv params "
@@ -270,8 +278,16 @@ def worked_example(image: np.ndarray, kernel: np.ndarray, output: np.ndarray,
                                              "lw": 0})
         ax.set_title(title)
         hide_ticks(ax)
+    import matplotlib.patches as mpatches
+
+    # the window that produces output cell (0, 1)
+    axes[0].add_patch(mpatches.Rectangle((0.5, -0.5), 3, 3, fill=False, edgecolor="tab:red",
+                                         linewidth=3, label="window of output (0, 1)"))
+    axes[2].add_patch(mpatches.Rectangle((0.5, -0.5), 1, 1, fill=False, edgecolor="tab:red",
+                                         linewidth=3))
+    axes[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.02), fontsize=9, frameon=False)
     if note:
-        fig.text(0.5, -0.02, note, ha="center", va="top", fontsize=10)
+        fig.text(0.5, -0.06, note, ha="center", va="top", fontsize=10)
     fig.suptitle("Worked example: one multiply-accumulate per output cell")
     fig.tight_layout()
     return fig
