@@ -253,9 +253,11 @@ def write_figures(params, history, data, visuals_dir: Path, dpi: int = 150) -> l
     wrong = np.flatnonzero(preds != y_te)[:10]
     right = np.flatnonzero(preds == y_te)[: 40 - len(wrong)]
     show = np.sort(np.concatenate([wrong, right]))
-    title = (f"Held-out digits: {len(y_te) - int((preds != y_te).sum())}/{len(y_te)} correct; "
-             f"all {len(wrong)} shown mistakes in red" if len(wrong) else
-             f"Held-out digits: all {len(y_te)} correct")
+    n_wrong = int((preds != y_te).sum())
+    title = f"Held-out digits: {len(y_te) - n_wrong}/{len(y_te)} correct"
+    if n_wrong:
+        title += (f"; {'all ' if len(wrong) == n_wrong else ''}{len(wrong)} mistakes shown, "
+                  "framed in red as 'predicted (true)'")
     out.append(save_figure(lessons.prediction_grid(x_te[show, :, :, 0], y_te[show], preds[show],
                                                    title=title),
                            visuals_dir / FIGURES[3], dpi=dpi))

@@ -36,7 +36,7 @@ def _signed_limits(a: np.ndarray) -> tuple[float, float]:
 def image_channels(image: np.ndarray, title: str = "An image is three stacked grids of numbers"):
     """The RGB photo and its red, green and blue channels. ``image: (H, W, 3)`` uint8."""
     image = np.asarray(image)
-    fig, axes = new_figure(1, 4, size=(14, 4.2))
+    fig, axes = new_figure(1, 4, size=(12, 3.6))
     axes[0].imshow(image)
     axes[0].set_title(f"RGB photo {image.shape[0]}x{image.shape[1]}x{image.shape[2]}")
     for c, (name, cmap) in enumerate([("Red", "Reds_r"), ("Green", "Greens_r"),
@@ -93,7 +93,7 @@ def filter_bank(image: np.ndarray, kernels: Mapping[str, np.ndarray],
     names = list(kernels)
     n = len(names) + 1
     nrows, ncols = _grid(n, ncols)
-    fig, axes = new_figure(2 * nrows, ncols, size=(2.9 * ncols, 4.6 * nrows),
+    fig, axes = new_figure(2 * nrows, ncols, size=(2.5 * ncols, 4.0 * nrows),
                            gridspec_kw={"height_ratios": [1, 2.4] * nrows})
     axes = np.asarray(axes).reshape(2 * nrows, ncols)
     for ax in axes.ravel():
