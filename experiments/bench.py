@@ -14,9 +14,28 @@ Subcommands (add more with :func:`register`):
 Bars (from DESIGN.md): conv_reference within 3x of lax conv; >= 1000x faster per output
 element than the numpy loops.
 
-Measured on the 2-core development CPU (shared machine; numbers move by +-20%):
+Measured with ``python -m experiments.bench ops`` on the 2-core development CPU, shared with
+other jobs (load average about 4 during the run, so absolute times move by 2x between runs;
+the round-robin timing keeps the ratios steadier). XLA's CPU convolution backward is slow,
+which is why conv_reference's hand-written fwd+bwd beats it here:
 
-    (table filled in below after the first real run)
+    layer: batch 128, 32x32x32 -> 32, 3x3 SAME, float32
+    backend cpu (cpu); median of 5 interleaved runs after warm-up
+
+    what                                ms    x lax
+    -----------------------------------------------
+    lax conv forward                 53.81     1.00
+    conv_reference forward           93.28     1.73
+    lax conv fwd+bwd                755.53     1.00
+    conv_reference fwd+bwd          359.62     0.48
+
+    numpy four loops (batch 2, 16x16x8 -> 8): 153.9 ms = 37,562 ns per output element
+    conv_reference forward: 22.24 ns per output element -> 1,689x faster
+
+    bars:
+      [PASS] conv_reference within 3x of lax (forward)
+      [PASS] conv_reference within 3x of lax (fwd+bwd)
+      [PASS] >= 1000x faster per output element than numpy loops
 """
 
 from __future__ import annotations
@@ -94,6 +113,35 @@ def time_jitted(fn: Callable, *args, repeats: int = 5, warmup: int = 1) -> float
     return 1e3 * statistics.median(times)
 
 
+def time_interleaved(fns: dict, args: tuple, repeats: int = 5,
+                     extra: tuple[str, Callable, int] | None = None) -> dict:
+    """Median ms of each jitted ``fns[name](*args)``, timed round-robin (one call of each per
+    round) so that load from other processes hits every variant alike and the ratios stay
+    fair on a shared machine. Each function is warmed up (compiled) first. ``extra`` =
+    ``(name, no-arg Python callable, rounds)`` is timed in the first ``rounds`` rounds too.
+    """
+    import jax
+
+    for fn in fns.values():
+        jax.block_until_ready(fn(*args))
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    n_extra = 0
+    if extra is not None:
+        samples[extra[0]] = []
+        n_extra = extra[2]
+    for r in range(max(repeats, n_extra)):
+        if r < repeats:
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                jax.block_until_ready(fn(*args))
+                samples[name].append(time.perf_counter() - t0)
+        if r < n_extra:
+            t0 = time.perf_counter()
+            extra[1]()
+            samples[extra[0]].append(time.perf_counter() - t0)
+    return {name: 1e3 * statistics.median(v) for name, v in samples.items()}
+
+
 def time_python(fn: Callable, *args, repeats: int = 3) -> float:
     """Median wall time in milliseconds of a plain Python/numpy call."""
     times = []
@@ -133,18 +181,22 @@ def bench_ops(batch: int = 128, size: int = 32, c_in: int = 32, c_out: int = 32,
 
         return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
 
-    rows = {}
-    rows["lax conv forward"] = time_jitted(fwd(ops.conv), x, w, repeats=repeats)
-    rows["conv_reference forward"] = time_jitted(fwd(ops.conv_reference), x, w, repeats=repeats)
-    rows["lax conv fwd+bwd"] = time_jitted(fwd_bwd(ops.conv), x, w, repeats=repeats)
-    rows["conv_reference fwd+bwd"] = time_jitted(fwd_bwd(ops.conv_reference), x, w,
-                                                 repeats=repeats)
-    n_out = batch * size * size * c_out
-
-    # Baseline on a smaller problem, compared per output element.
+    fns = {
+        "lax conv forward": fwd(ops.conv),
+        "conv_reference forward": fwd(ops.conv_reference),
+        "lax conv fwd+bwd": fwd_bwd(ops.conv),
+        "conv_reference fwd+bwd": fwd_bwd(ops.conv_reference),
+    }
     xs = rng.standard_normal((loop_batch, loop_size, loop_size, loop_c), dtype=np.float32)
     ws = rng.standard_normal((k, k, loop_c, loop_c), dtype=np.float32)
-    loop_ms = time_python(numpy_conv_loops, xs, ws, "SAME", repeats=loop_repeats)
+    times = time_interleaved(fns, (x, w), repeats=repeats,
+                             extra=("numpy loops", lambda: numpy_conv_loops(xs, ws, "SAME"),
+                                    loop_repeats))
+    loop_ms = times.pop("numpy loops")
+    rows = times
+    n_out = batch * size * size * c_out
+
+    # The numpy baseline runs on a smaller problem: compare per output element.
     n_loop_out = loop_batch * loop_size * loop_size * loop_c
     ref_ns = 1e6 * rows["conv_reference forward"] / n_out
     loop_ns = 1e6 * loop_ms / n_loop_out
@@ -185,8 +237,9 @@ def format_ops(r: dict) -> str:
     lay = r["layer"]
     lines = [
         f"layer: batch {lay['batch']}, {lay['hw']}x{lay['hw']}x{lay['c_in']} -> {lay['c_out']}, "
-        f"{lay['kernel']}x{lay['kernel']} {lay['padding']}, {lay['dtype']}; "
-        f"backend {r['backend']} ({r['device']}); median of {r['repeats']} after warm-up",
+        f"{lay['kernel']}x{lay['kernel']} {lay['padding']}, {lay['dtype']}",
+        f"backend {r['backend']} ({r['device']}); median of {r['repeats']} interleaved runs "
+        "after warm-up",
         "",
         f"{'what':<28}{'ms':>10}{'x lax':>9}",
         "-" * 47,
@@ -228,7 +281,7 @@ def _add_ops(sub) -> None:
     p.add_argument("--repeats", type=positive_int, default=5,
                    help="timed calls per jitted function (median reported), after one warm-up")
     p.add_argument("--batch", type=positive_int, default=128, help="batch size of the layer")
-    p.add_argument("--loop-repeats", type=positive_int, default=1,
+    p.add_argument("--loop-repeats", type=positive_int, default=3,
                    help="timed calls of the (slow) numpy loop baseline")
     p.add_argument("--seed", type=int, default=0, help="seed for the random inputs")
     p.add_argument("--json", action="store_true", help="print one JSON object, not a table")

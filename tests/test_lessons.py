@@ -188,3 +188,25 @@ def test_numpy_loop_conv_matches_ops_conv(padding):
 def test_bench_parser_has_ops_subcommand():
     args = bench.build_parser().parse_args(["ops", "--repeats", "2", "--json"])
     assert args.command == "ops" and args.repeats == 2 and args.json
+
+
+def test_bench_table_and_interleaved_timer():
+    fns = {"a": jax.jit(lambda v: v + 1.0), "b": jax.jit(lambda v: v * 2.0)}
+    calls = []
+    times = bench.time_interleaved(fns, (jnp.ones(4),), repeats=3,
+                                   extra=("loops", lambda: calls.append(1), 2))
+    assert set(times) == {"a", "b", "loops"} and len(calls) == 2
+    assert all(t >= 0 for t in times.values())
+    fake = {
+        "device": "cpu", "backend": "cpu", "repeats": 3,
+        "layer": {"batch": 128, "hw": 32, "c_in": 32, "c_out": 32, "kernel": 3,
+                  "padding": "SAME", "dtype": "float32"},
+        "ms": {"lax conv forward": 10.0, "conv_reference forward": 40.0},
+        "ratio_vs_lax": {"lax conv forward": 1.0, "conv_reference forward": 4.0},
+        "numpy_loops": {"problem": {"batch": 2, "hw": 16, "c_in": 8, "c_out": 8},
+                        "ms": 100.0, "ns_per_output": 24414.0},
+        "conv_reference_ns_per_output": 9.5, "speedup_per_output_vs_numpy_loops": 2570.0,
+        "bars": {"within 3x": False, ">= 1000x": True},
+    }
+    table = bench.format_ops(fake)
+    assert "[FAIL] within 3x" in table and "[PASS] >= 1000x" in table and "4.00" in table
