@@ -1,0 +1,68 @@
+"""Training: TrainState, jit-compiled data-parallel steps, optimizers, ensembles, checkpoints, fit.
+
+* :class:`TrainState` / :func:`create_train_state` -- step, params, batch_stats, opt_state, rng.
+* :func:`make_optimizer` / :func:`make_schedule` -- SGD-Nesterov or AdamW with decoupled,
+  masked weight decay; one-cycle, cosine or constant schedules.
+* :class:`Preprocess`, :func:`make_train_step`, :func:`make_eval_step` -- pure steps with
+  on-device augmentation and normalisation.
+* :mod:`jaxcnn.train.mesh` -- a ("data",) Mesh: batch sharded, state replicated; BatchNorm
+  statistics and gradients are global-batch quantities (synchronised across devices).
+* :mod:`jaxcnn.train.ensemble` -- K seeds trained in one vmapped step.
+* :mod:`jaxcnn.train.checkpoint` -- orbax ``latest``/``best`` checkpoints.
+* :func:`fit` / :class:`FitConfig` / :func:`evaluate_dataset` -- the training loop.
+"""
+
+from jaxcnn.train import checkpoint
+from jaxcnn.train.ensemble import (
+    create_ensemble_state,
+    ensemble_size,
+    make_ensemble_eval_step,
+    make_ensemble_train_step,
+    member,
+)
+from jaxcnn.train.loop import FitConfig, FitResult, TrainingDiverged, evaluate_dataset, fit
+from jaxcnn.train.mesh import (
+    batch_sharding,
+    jit_eval_step,
+    jit_train_step,
+    make_mesh,
+    maybe_initialize_distributed,
+    replicate,
+    replicated,
+    shard_batch,
+)
+from jaxcnn.train.optim import decay_mask, learning_rate_at, make_optimizer, make_schedule
+from jaxcnn.train.state import TrainState, create_train_state
+from jaxcnn.train.steps import Preprocess, cross_entropy, make_eval_step, make_train_step
+
+__all__ = [
+    "FitConfig",
+    "FitResult",
+    "Preprocess",
+    "TrainState",
+    "TrainingDiverged",
+    "batch_sharding",
+    "checkpoint",
+    "create_ensemble_state",
+    "create_train_state",
+    "cross_entropy",
+    "decay_mask",
+    "ensemble_size",
+    "evaluate_dataset",
+    "fit",
+    "jit_eval_step",
+    "jit_train_step",
+    "learning_rate_at",
+    "make_ensemble_eval_step",
+    "make_ensemble_train_step",
+    "make_eval_step",
+    "make_mesh",
+    "make_optimizer",
+    "make_schedule",
+    "make_train_step",
+    "maybe_initialize_distributed",
+    "member",
+    "replicate",
+    "replicated",
+    "shard_batch",
+]

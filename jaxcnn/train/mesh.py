@@ -1,0 +1,152 @@
+"""Data parallelism with a ``jax.sharding.Mesh``: batch split over devices, state replicated.
+
+One program for 1 device, 8 TPU cores or several hosts. The jitted step sees *global* arrays:
+the batch is a ``NamedSharding(mesh, P("data"))`` array whose rows live on different devices,
+the state is replicated (``P()``). GSPMD then inserts the collectives:
+
+* the mean loss, and therefore the gradients, are means over the whole global batch (an
+  all-reduce of the per-device partial sums), so every replica applies the same update;
+* BatchNorm statistics are synchronised: the batch mean and variance are global reductions over
+  axis 0 under GSPMD, so normalisation and the running statistics use the whole global batch,
+  exactly as on one device with the same batch (what PyTorch calls SyncBatchNorm).
+
+Hence N devices give the same numbers as 1 device up to float summation order.
+
+Multi-host: every process builds the same mesh over ``jax.devices()`` (all hosts), loads only
+its slice of each global batch (``epoch_batches`` slices by ``jax.process_index()``), and
+:func:`shard_batch` assembles the global array with ``jax.make_array_from_process_local_data``.
+Call :func:`maybe_initialize_distributed` first thing in a multi-process job.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA_AXIS = "data"
+
+# Environment variables that mean "this process is one of several" for jax.distributed.
+_MULTIPROCESS_ENV = (
+    "JAX_COORDINATOR_ADDRESS",
+    "COORDINATOR_ADDRESS",
+    "MEGASCALE_COORDINATOR_ADDRESS",
+)
+_WORLD_SIZE_ENV = ("JAX_NUM_PROCESSES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "WORLD_SIZE")
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh with axis ``"data"`` over ``devices`` (default: all devices, every host).
+
+    The axis type is ``Auto`` (GSPMD propagates shardings), not jax 0.10's default Explicit.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    if not devices:
+        raise ValueError("make_mesh needs at least one device")
+    return jax.make_mesh((len(devices),), (DATA_AXIS,), (AxisType.Auto,), devices=devices)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Rows (axis 0) split over the ``data`` axis; other axes whole."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """A full copy on every device of the mesh."""
+    return NamedSharding(mesh, P())
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
+    """ValueError unless the global batch splits evenly over the mesh's devices."""
+    n = mesh.size
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"{what} must be a positive int, got {batch_size!r}")
+    if batch_size % n:
+        lower = max(n, batch_size // n * n)
+        raise ValueError(
+            f"{what} {batch_size} is not divisible by the {n} devices of the mesh; use a multiple "
+            f"of {n} (e.g. {lower} or {lower + n})"
+        )
+
+
+def replicate(tree, mesh: Mesh):
+    """Place a pytree (e.g. a TrainState) on every device of the mesh."""
+    return jax.device_put(tree, replicated(mesh))
+
+
+def shard_batch(mesh: Mesh, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
+    """Host arrays (this process's rows of a global batch) -> global arrays sharded on axis 0.
+
+    Args:
+      mesh: the data mesh.
+      *arrays: per-process slices, each (B_local, ...), as yielded by ``epoch_batches``; the
+        global batch is ``B_local * jax.process_count()`` rows.
+
+    Returns:
+      One ``jax.Array`` per input with ``NamedSharding(mesh, P("data"))``.
+    """
+    sharding = batch_sharding(mesh)
+    out = []
+    for a in arrays:
+        global_rows = a.shape[0] * jax.process_count()
+        check_batch_size(global_rows, mesh, what="global batch size")
+        out.append(jax.make_array_from_process_local_data(sharding, a, (global_rows, *a.shape[1:])))
+    return tuple(out)
+
+
+def jit_train_step(step: Callable, mesh: Mesh, *, donate: bool = True) -> Callable:
+    """``jax.jit`` a ``(state, images, labels) -> (state, metrics)`` step for the mesh.
+
+    State in and out replicated, images and labels sharded on axis 0, metrics replicated; the
+    input state's buffers are donated (``donate_argnums=0``), so do not reuse the old state.
+    """
+    rep, batch = replicated(mesh), batch_sharding(mesh)
+    return jax.jit(
+        step,
+        in_shardings=(rep, batch, batch),
+        out_shardings=(rep, rep),
+        donate_argnums=(0,) if donate else (),
+    )
+
+
+def jit_eval_step(step: Callable, mesh: Mesh) -> Callable:
+    """``jax.jit`` a ``(state, images, labels, mask) -> metrics`` step for the mesh.
+
+    State replicated, the batch sharded on axis 0; output shardings are left to GSPMD (the
+    sums come back replicated, the logits keep the batch sharding).
+    """
+    rep, batch = replicated(mesh), batch_sharding(mesh)
+    return jax.jit(step, in_shardings=(rep, batch, batch, batch))
+
+
+def _multiprocess_env() -> bool:
+    if any(os.environ.get(k) for k in _MULTIPROCESS_ENV):
+        return True
+    for k in _WORLD_SIZE_ENV:
+        try:
+            if int(os.environ.get(k, "1")) > 1:
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def maybe_initialize_distributed() -> bool:
+    """Call ``jax.distributed.initialize()`` when the environment describes several processes.
+
+    Looks for a coordinator address (``JAX_COORDINATOR_ADDRESS``, ...) or a world size > 1
+    (``JAX_NUM_PROCESSES``, ``SLURM_NTASKS``, ``OMPI_COMM_WORLD_SIZE``, ``WORLD_SIZE``);
+    ``initialize()`` then auto-detects the cluster (SLURM, Open MPI, Cloud TPU, or the
+    ``JAX_*`` variables). Must run before any other JAX call. Returns True if it initialised,
+    False on a single process (nothing to do) or if already initialised.
+    """
+    if not _multiprocess_env():
+        return False
+    if jax.distributed.is_initialized():
+        return False
+    jax.distributed.initialize()
+    return True
