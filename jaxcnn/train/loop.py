@@ -272,11 +272,9 @@ def evaluate_dataset(
     check_batch_size(batch_size, mesh, what="eval batch_size")
     ensemble = np.ndim(state.step) == 1
     num_classes = getattr(dataset, "num_classes", None)
-    step = (make_ensemble_eval_step if ensemble else make_eval_step)(
-        preprocess, num_classes=num_classes
-    )
+    eval_step = _compiled_steps(preprocess, 0.0, num_classes, mesh, ensemble)[1]
     result = _evaluate(
-        jit_eval_step(step, mesh),
+        eval_step,
         replicate(state, mesh),
         dataset,
         batch_size,

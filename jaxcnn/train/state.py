@@ -98,14 +98,7 @@ def create_train_state(
     if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
         rng = jax.random.wrap_key_data(rng)
 
-    def init(rng):
-        init_key, state_key = jax.random.split(rng)
-        variables = model.init(init_key, jnp.zeros(shape, dtype), train=False)
-        params = variables["params"]
-        return params, variables.get("batch_stats", {}), tx.init(params), state_key
-
-    # One compiled program instead of hundreds of eagerly dispatched ops.
-    params, batch_stats, opt_state, state_key = jax.jit(init)(rng)
+    params, batch_stats, opt_state, state_key = _jitted_init(model, tx, shape, dtype)(rng)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -115,3 +108,31 @@ def create_train_state(
         apply_fn=model.apply,
         tx=tx,
     )
+
+
+def _jitted_init(model, tx, shape, dtype):
+    """A jitted ``rng -> (params, batch_stats, opt_state, state_key)``, memoised per
+    (model, tx, shape, dtype) so repeated inits (ensemble members, resumes) compile once."""
+    key = (model, tx, shape, jnp.dtype(dtype).name)
+    try:
+        return _INIT_CACHE[key]
+    except TypeError:  # unhashable model option: no memoisation
+        key = None
+    except KeyError:
+        pass
+
+    def init(rng):
+        init_key, state_key = jax.random.split(rng)
+        variables = model.init(init_key, jnp.zeros(shape, dtype), train=False)
+        params = variables["params"]
+        return params, variables.get("batch_stats", {}), tx.init(params), state_key
+
+    fn = jax.jit(init)  # one compiled program instead of hundreds of eager ops
+    if key is not None:
+        if len(_INIT_CACHE) >= 32:
+            _INIT_CACHE.pop(next(iter(_INIT_CACHE)))
+        _INIT_CACHE[key] = fn
+    return fn
+
+
+_INIT_CACHE: dict = {}
