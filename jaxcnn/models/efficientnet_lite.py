@@ -1,0 +1,216 @@
+"""EfficientNet-Lite0 (Tan & Le 2019; the "Lite" mobile variant, 2020) in Flax linen.
+
+The Lite variants drop what runs badly on mobile accelerators from EfficientNet-B0: no
+squeeze-and-excitation, ReLU6 instead of swish, and a stem (32) and head (1280) that are never
+scaled. Layout, with every convolution bias-free and followed by BatchNorm::
+
+    stem: Conv3x3/2 (32) -> BN -> ReLU6                                   224 -> 112
+    16 MBConv blocks in 7 stages (expand, kernel, stride, out, repeats):
+        (1, 3, 1,  16, 1)  (6, 3, 2,  24, 2)  (6, 5, 2,  40, 2)  (6, 3, 2,  80, 3)
+        (6, 5, 1, 112, 3)  (6, 5, 2, 192, 4)  (6, 3, 1, 320, 1)          112 -> 7
+      MBConv: [Conv1x1 expand -> BN -> ReLU6] (absent when expand == 1)
+              -> depthwise ConvKxK/s -> BN -> ReLU6 -> Conv1x1 project -> BN
+              (+ input when stride 1 and C_in == C_out)
+    head: Conv1x1 (1280) -> BN -> ReLU6 -> global average pool -> Dropout 0.2 -> Dense (``head``)
+
+Parameters for 1000 classes: 4,652,008 trainable (``params``) plus 42,016 BatchNorm running
+statistics (``batch_stats``), the same numbers as the TF/PyTorch checkpoints.
+
+Padding follows TensorFlow's "SAME" rule computed from the input size, which is asymmetric on
+the stride-2 layers: for a side of n pixels, kernel k and stride s it pads
+``total = max((ceil(n / s) - 1) * s + k - n, 0)`` pixels, ``total // 2`` before and the rest
+after; at 224 px that is (0, 1) for 3x3 and (1, 2) for 5x5 (PyTorch's symmetric padding would
+shift every later feature map by a pixel and break ported weights). BatchNorm uses TF's
+``epsilon=1e-3`` and ``momentum=0.99``.
+
+Ported ImageNet weights: ``jaxcnn.pretrained.load("efficientnet_lite0")``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxcnn.models.registry import register
+
+__all__ = ["EfficientNetLite", "LITE0_STAGES", "MBConv", "tf_same_padding"]
+
+# (expand_ratio, kernel, stride, out_channels, repeats) per stage, EfficientNet-B0 table.
+LITE0_STAGES: tuple[tuple[int, int, int, int, int], ...] = (
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 2),
+    (6, 5, 2, 40, 2),
+    (6, 3, 2, 80, 3),
+    (6, 5, 1, 112, 3),
+    (6, 5, 2, 192, 4),
+    (6, 3, 1, 320, 1),
+)
+
+
+def tf_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow "SAME" padding (before, after) for one spatial side of ``size`` pixels.
+
+    The output has ``ceil(size / stride)`` pixels; the extra pixels needed go after when odd:
+    ``tf_same_padding(224, 3, 2) == (0, 1)``, ``tf_same_padding(224, 5, 2) == (1, 2)``,
+    ``tf_same_padding(56, 5, 1) == (2, 2)``.
+    """
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def relu6(x):
+    """min(max(x, 0), 6), elementwise."""
+    return jnp.clip(x, 0, 6)
+
+
+class ConvBN(nn.Module):
+    """Bias-free conv with TF-SAME padding, BatchNorm, optional ReLU6. NHWC in and out.
+
+    Submodules: ``conv`` (kernel (k, k, C_in / groups, features)) and ``bn``.
+    """
+
+    features: int
+    kernel: int = 1
+    stride: int = 1
+    groups: int = 1
+    act: bool = True
+    bn_momentum: float = 0.99
+    bn_epsilon: float = 1e-3
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        """x: (N, H, W, C_in) -> (N, ceil(H / stride), ceil(W / stride), features)."""
+        pad = tuple(tf_same_padding(n, self.kernel, self.stride) for n in x.shape[1:3])
+        x = nn.Conv(
+            self.features,
+            (self.kernel, self.kernel),
+            strides=(self.stride, self.stride),
+            padding=pad,
+            feature_group_count=self.groups,
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="conv",
+        )(x)
+        x = nn.BatchNorm(
+            use_running_average=not train,
+            momentum=self.bn_momentum,
+            epsilon=self.bn_epsilon,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="bn",
+        )(x)
+        return relu6(x) if self.act else x
+
+
+class MBConv(nn.Module):
+    """Mobile inverted bottleneck without squeeze-excite (EfficientNet-Lite block).
+
+    Submodules: ``expand`` (ConvBN 1x1, absent when ``expand_ratio == 1``), ``depthwise``
+    (ConvBN kxk, groups = channels), ``project`` (ConvBN 1x1, no activation).
+    """
+
+    out_channels: int
+    expand_ratio: int = 6
+    kernel: int = 3
+    stride: int = 1
+    bn_momentum: float = 0.99
+    bn_epsilon: float = 1e-3
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        """x: (N, H, W, C_in) -> (N, ceil(H / stride), ceil(W / stride), out_channels)."""
+        kw = dict(
+            bn_momentum=self.bn_momentum,
+            bn_epsilon=self.bn_epsilon,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+        c_in = x.shape[-1]
+        h = x
+        hidden = c_in * self.expand_ratio
+        if self.expand_ratio != 1:
+            h = ConvBN(hidden, 1, name="expand", **kw)(h, train)
+        h = ConvBN(hidden, self.kernel, self.stride, groups=hidden, name="depthwise", **kw)(
+            h, train
+        )
+        h = ConvBN(self.out_channels, 1, act=False, name="project", **kw)(h, train)
+        if self.stride == 1 and c_in == self.out_channels:
+            h = h + x
+        return h
+
+
+@register("efficientnet_lite0")
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite (default: Lite0, the layout in the module docstring).
+
+    Attributes:
+      num_classes: width of the classifier ``head`` (1000 for the ImageNet port).
+      stages: (expand, kernel, stride, out, repeats) per stage.
+      stem_features / head_features: 32 and 1280, fixed for all Lite variants.
+      dropout: rate before ``head`` (0.2 for Lite0).
+      bn_momentum / bn_epsilon: TF's 0.99 and 1e-3.
+      dtype: compute dtype (e.g. ``jnp.bfloat16``); params float32; logits float32.
+    """
+
+    num_classes: int = 1000
+    stages: tuple[tuple[int, int, int, int, int], ...] = LITE0_STAGES
+    stem_features: int = 32
+    head_features: int = 1280
+    dropout: float = 0.2
+    bn_momentum: float = 0.99
+    bn_epsilon: float = 1e-3
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, return_features: bool = False):
+        """x: (N, H, W, 3) float, preprocessed to [-1, 1] (224x224 for ImageNet) ->
+        logits (N, num_classes) float32.
+
+        ``return_features=True`` gives the (N, head_features) pooled features before dropout
+        and ``head``. ``train=True`` uses batch statistics (``mutable=["batch_stats"]``) and
+        dropout (``rngs={"dropout": key}``).
+        """
+        if x.ndim != 4:
+            raise ValueError(f"EfficientNetLite expects x of shape (N, H, W, C); got {x.shape}")
+        kw = dict(
+            bn_momentum=self.bn_momentum,
+            bn_epsilon=self.bn_epsilon,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+        x = jnp.asarray(x, self.dtype)
+        x = ConvBN(self.stem_features, 3, 2, name="stem", **kw)(x, train)
+        i = 0
+        for expand, kernel, stride, out, repeats in self.stages:
+            for r in range(repeats):
+                x = MBConv(
+                    out,
+                    expand,
+                    kernel,
+                    stride if r == 0 else 1,
+                    name=f"block{i}",
+                    **kw,
+                )(x, train)
+                i += 1
+        x = ConvBN(self.head_features, 1, name="head_conv", **kw)(x, train)
+        x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        if return_features:
+            return x
+        x = nn.Dropout(self.dropout, deterministic=not train, name="head_dropout")(x)
+        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(
+            x
+        )
+        return x.astype(jnp.float32)
+
+    def features(self, x, train: bool = False):
+        """x: (N, H, W, 3) -> (N, head_features) float32 pooled features feeding ``head``."""
+        return self(x, train=train, return_features=True)

@@ -1,0 +1,126 @@
+"""Image preprocessing of the pretrained networks, in numpy + PIL (no jax).
+
+``resize_shorter_crop_normalize`` is the standard ImageNet evaluation transform: resize the
+shorter side (bicubic, as PIL does it), take the centre square, scale to floats and normalise
+per channel. ``EFFICIENTNET_LITE0`` gives the settings of the EfficientNet-Lite0 port:
+shorter side 256, centre crop 224, ``(x / 255 - 0.5) / 0.5`` (inputs in [-1, 1], not the usual
+ImageNet mean/std).
+
+This module imports only numpy and PIL so that tools running in other environments (the
+PyTorch reference in ``tools/make_efficientnet_golden.py``) can load it by file path and feed
+the reference exactly the same inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["EFFICIENTNET_LITE0", "Preprocessing", "resize_shorter_crop_normalize", "to_rgb_uint8"]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Settings of an ImageNet evaluation transform.
+
+    Attributes:
+      resize: the shorter image side after resizing (pixels).
+      crop: side of the centre square cropped after resizing.
+      mean / std: per-channel (R, G, B) normalisation of ``x / 255``.
+      resample: PIL resampling filter for the resize.
+    """
+
+    resize: int
+    crop: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resample: int = Image.Resampling.BICUBIC
+
+
+EFFICIENTNET_LITE0 = Preprocessing(resize=256, crop=224, mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
+def to_rgb_uint8(image) -> np.ndarray:
+    """One image as uint8 RGB (H, W, 3).
+
+    Accepts a PIL image (any mode) or an array (H, W) grayscale, (H, W, 1), (H, W, 3) RGB or
+    (H, W, 4) RGBA (alpha dropped), of dtype uint8.
+    """
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        raise ValueError(
+            f"images must be uint8 (0..255); got dtype {arr.dtype} "
+            "(convert with np.clip(x, 0, 255).astype(np.uint8) or pass PIL images)"
+        )
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
+        raise ValueError(
+            f"an image must have shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got {arr.shape}"
+        )
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    elif arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"empty image of shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def _resize_crop(image: np.ndarray, p: Preprocessing) -> np.ndarray:
+    """uint8 (H, W, 3) -> float32 (crop, crop, 3) in 0..255 (PIL rounds and clips to uint8)."""
+    h, w = image.shape[:2]
+    # Shorter side to p.resize, longer side scaled and truncated (torchvision's Resize(int)).
+    if h <= w:
+        new_h, new_w = p.resize, max(int(p.resize * w / h), 1)
+    else:
+        new_h, new_w = max(int(p.resize * h / w), 1), p.resize
+    if new_h < p.crop or new_w < p.crop:
+        raise ValueError(f"resize {p.resize} is smaller than the crop {p.crop}")
+    pil = Image.fromarray(image, mode="RGB")
+    if (new_w, new_h) != (w, h):
+        pil = pil.resize((new_w, new_h), resample=p.resample)
+    top = int(round((new_h - p.crop) / 2.0))
+    left = int(round((new_w - p.crop) / 2.0))
+    pil = pil.crop((left, top, left + p.crop, top + p.crop))
+    return np.asarray(pil, dtype=np.float32)
+
+
+def resize_shorter_crop_normalize(images, p: Preprocessing = EFFICIENTNET_LITE0) -> np.ndarray:
+    """Preprocess images for a pretrained network.
+
+    Args:
+      images: uint8 (N, H, W, 3) batch, one uint8 (H, W, 3) image, or a list of images of
+        different sizes (arrays (H, W[, C]) or PIL images; grayscale and RGBA are converted).
+      p: the settings (default: EfficientNet-Lite0's).
+
+    Returns:
+      float32 (N, crop, crop, 3): resized (shorter side ``p.resize``, bicubic), centre-cropped,
+      ``(x / 255 - mean) / std``.
+    """
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        items: Sequence = list(images)
+    elif isinstance(images, Image.Image) or (
+        isinstance(images, np.ndarray) and images.ndim in (2, 3)
+    ):
+        items = [images]
+    elif isinstance(images, (list, tuple)):
+        items = images
+    else:
+        raise ValueError(
+            "images must be a uint8 array (N, H, W, 3) or (H, W, 3), a PIL image, or a list of "
+            f"them; got {type(images).__name__}"
+        )
+    if len(items) == 0:
+        raise ValueError("no images to preprocess")
+    mean = np.asarray(p.mean, np.float32)
+    std = np.asarray(p.std, np.float32)
+    out = np.empty((len(items), p.crop, p.crop, 3), np.float32)
+    for i, image in enumerate(items):
+        out[i] = (_resize_crop(to_rgb_uint8(image), p) / np.float32(255.0) - mean) / std
+    return out
