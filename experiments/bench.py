@@ -11,8 +11,35 @@ Subcommands (add more with :func:`register`):
     (batch 2, 16x16x8 -> 8), timed per output element, and the per-element speed-up of
     ``conv_reference`` over it.
 
+``train``
+    Train and eval images/s of ``mlp`` and ``cnn3`` at batch 128 and 512 on all devices, through
+    the project's real training path, built as :func:`jaxcnn.train.fit` builds it:
+    ``create_train_state``, ``make_optimizer`` and ``Preprocess`` with each model's recipe from
+    ``experiments.cifar10`` (cnn3: SGD Nesterov, label smoothing, random crop + flip on device;
+    mlp: AdamW, no augmentation), ``make_train_step``/``make_eval_step`` jitted by
+    ``jit_train_step``/``jit_eval_step`` on a ("data",) mesh, host batches from
+    ``epoch_batches`` through ``shard_batch``. Data: synthetic uint8 32x32x3 images (speed does
+    not depend on pixel values). Protocol: trace+lower+compile each step (``compile_s``; the jit
+    cache then holds it), ``--warmup`` steps, then ``--repeats`` round-robin rounds; each round
+    runs a window of ``--steps`` train steps and one of eval steps for every (model, batch)
+    case, then the input pipeline (:func:`jaxcnn.data.pipeline_images_per_s`: shuffled host
+    batches -> device -> augment + normalise) once per batch size; medians over rounds, device
+    syncs only at window ends. ``pipe/train`` is pipeline images/s over train images/s (bar
+    >= 5x, checked for cnn3). ``--model-option key=value`` (or ``model.key=value``) passes
+    options to ``jaxcnn.models.create``; ``--xla-flags='...'`` re-runs the benchmark in a
+    subprocess with those XLA_FLAGS; ``--dtype bfloat16`` as in ``experiments.cifar10``.
+    ``--json`` prints one object keyed by model: the first of ``--batch-sizes`` under the
+    plain name (``"cnn3"``), the others as ``"cnn3@512"``; each entry has ``batch_size``,
+    ``train_images_per_s``, ``eval_images_per_s``, ``compile_s`` and more.
+    With ``--baselines`` (and ``--baseline-python``, an environment with TensorFlow/Keras and
+    PyTorch, see ``experiments/baselines/README.md``), ``experiments/baselines/keras_cnn3.py``
+    and ``torch_cnn3.py`` then run one at a time (cnn3, batch 128, same protocol) and the table
+    gains their rows and the ratio jaxcnn cnn3 / baseline (JSON: ``"baseline:keras-tf"``,
+    ``"baseline:torch"``).
+
 Bars (from DESIGN.md): conv_reference within 3x of lax conv; >= 1000x faster per output
-element than the numpy loops.
+element than the numpy loops. cnn3 train images/s >= Keras (TF) and PyTorch on the same
+machine; input pipeline >= 5x the train step.
 
 Measured with ``python -m experiments.bench ops`` on the 2-core development CPU, shared with
 other jobs (load average about 4 during the run, so absolute times move by 2x between runs;
@@ -42,10 +69,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -297,6 +326,518 @@ def register(add_fn: Callable) -> Callable:
     return add_fn
 
 
+# --------------------------------------------------------------------------------------------
+# bench train
+# --------------------------------------------------------------------------------------------
+
+TRAIN_MODELS = ("mlp", "cnn3")
+TRAIN_BATCH_SIZES = (128, 512)
+PIPELINE_BAR = 5.0  # DESIGN.md: the input pipeline delivers >= 5x what the train step consumes
+_REEXEC_ENV = "JAXCNN_BENCH_XLA_REEXEC"
+BASELINES_DIR = Path(__file__).resolve().parent / "baselines"
+BASELINE_SCRIPTS = {"keras-tf": "keras_cnn3.py", "torch": "torch_cnn3.py"}
+
+
+def parse_model_options(items: list[str] | None) -> dict[str, dict]:
+    """``["conv_impl=fast", "cnn3.dtype=bfloat16"]`` -> ``{"*": {"conv_impl": "fast"},
+    "cnn3": {"dtype": "bfloat16"}}``.
+
+    ``key=value`` applies to every benchmarked model that accepts ``key``; ``model.key=value``
+    to that model only. Values are Python literals when they parse as one (``3``, ``0.5``,
+    ``True``, ``(32, 64)``), else strings; ``dtype``/``param_dtype`` become numpy dtypes.
+    """
+    import ast
+
+    out: dict[str, dict] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--model-option must be key=value or model.key=value, got {item!r}")
+        scope, _, key = key.rpartition(".")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        out.setdefault(scope or "*", {})[key] = value
+    return out
+
+
+def options_for(name: str, model_options: dict[str, dict]) -> dict:
+    """The ``jaxcnn.models.create`` options of model ``name`` (see :func:`parse_model_options`):
+    global options the model accepts, then its own. Dtype names become ``jnp`` dtypes."""
+    import jax.numpy as jnp
+
+    from jaxcnn.models import registry
+
+    accepted = registry._accepted_options(registry._REGISTRY[name])
+    opts = {k: v for k, v in model_options.get("*", {}).items()
+            if accepted is None or k in accepted}
+    opts.update(model_options.get(name, {}))
+    for k in ("dtype", "param_dtype"):
+        if isinstance(opts.get(k), str):
+            opts[k] = jnp.dtype(opts[k])
+    return opts
+
+
+def _check_global_options(models: list[str], model_options: dict[str, dict]) -> None:
+    from jaxcnn.models import registry
+
+    for key in model_options.get("*", {}):
+        takers = [m for m in models
+                  if (acc := registry._accepted_options(registry._REGISTRY[m])) is None
+                  or key in acc]
+        if not takers:
+            raise ValueError(f"--model-option {key}: none of the models {models} accepts it")
+
+
+def synthetic_cifar(n: int, seed: int = 0):
+    """``n`` random uint8 CIFAR-shaped images (32x32x3) and labels in [0, 10), as an
+    ``ArrayDataset``: speed does not depend on the pixel values."""
+    from jaxcnn.data import ArrayDataset
+
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=n, dtype=np.int32)
+    return ArrayDataset(images, labels, tuple(f"class{i}" for i in range(10)))
+
+
+def model_recipe(name: str) -> dict:
+    """The training recipe of ``experiments.cifar10`` for ``name`` (cnn3's for other models)."""
+    from experiments.cifar10 import GENERIC_RECIPE, RECIPES
+
+    return RECIPES.get(name, GENERIC_RECIPE)
+
+
+def recipe_optimizer(name: str, steps_per_epoch: int = 50_000 // 128):
+    """The optax optimizer of the model's recipe (``make_optimizer`` as ``fit`` calls it); the
+    schedule length only changes learning-rate values, not the work of a step."""
+    from jaxcnn.train import make_optimizer
+
+    recipe = model_recipe(name)
+    return make_optimizer(recipe["optimizer"], recipe["lr"], schedule=recipe["schedule"],
+                          total_steps=recipe["epochs"] * steps_per_epoch,
+                          weight_decay=recipe["weight_decay"])
+
+
+class _TrainCase:
+    """One (model, batch size): its state, jitted steps and an endless batch source, built the
+    way ``jaxcnn.train.fit`` builds them (recipe of ``experiments.cifar10``)."""
+
+    def __init__(self, name: str, batch_size: int, dataset, mesh, model, tx, dtype: str,
+                 seed: int):
+        import jax
+
+        from jaxcnn.data import CIFAR10_MEAN, CIFAR10_STD
+        from jaxcnn.train import (
+            Preprocess,
+            create_train_state,
+            jit_eval_step,
+            jit_train_step,
+            make_eval_step,
+            make_train_step,
+            replicate,
+        )
+
+        self.name, self.batch_size, self.dataset, self.mesh = name, batch_size, dataset, mesh
+        self.seed, self.model = seed, model
+        self.recipe = recipe = model_recipe(name)
+        self.preprocess = Preprocess(mean=CIFAR10_MEAN, std=CIFAR10_STD,
+                                     augment=recipe["augment"], cutout_size=recipe["cutout"],
+                                     dtype=dtype)
+        state = create_train_state(model, tx, jax.random.key(seed), (1, *dataset.image_shape))
+        self.params = int(sum(np.size(p) for p in jax.tree.leaves(state.params)))
+        self.state = replicate(state, mesh)
+        self.train_step = jit_train_step(
+            make_train_step(self.preprocess, label_smoothing=recipe["label_smoothing"],
+                            num_classes=dataset.num_classes), mesh)
+        self.eval_step = jit_eval_step(
+            make_eval_step(self.preprocess, num_classes=dataset.num_classes), mesh)
+        self._batches = self._endless()
+        self.ones = np.ones(batch_size // jax.process_count(), np.float32)
+
+    def _endless(self):
+        from jaxcnn.data import epoch_batches
+
+        epoch = 0
+        while True:
+            yield from epoch_batches(self.dataset, self.batch_size, seed=self.seed, epoch=epoch)
+            epoch += 1
+
+    def compile(self) -> tuple[float, float]:
+        """Seconds to trace, lower and compile the train step and the eval step (the jit cache
+        then holds the programs, so the first timed call does not compile again)."""
+        from jaxcnn.train import shard_batch
+
+        images, labels = next(self._batches)
+        x, y, mask = shard_batch(self.mesh, images, labels, self.ones)
+        t0 = time.perf_counter()
+        self.train_step.lower(self.state, x, y).compile()
+        t1 = time.perf_counter()
+        self.eval_step.lower(self.state, x, y, mask).compile()
+        return t1 - t0, time.perf_counter() - t1
+
+    def train_window(self, steps: int) -> float:
+        """Seconds for ``steps`` train steps as ``fit`` runs them (host batch, shard, step),
+        waiting for the device only at the end."""
+        import jax
+
+        from jaxcnn.train import shard_batch
+
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            images, labels = next(self._batches)
+            self.state, metrics = self.train_step(self.state,
+                                                  *shard_batch(self.mesh, images, labels))
+        jax.block_until_ready((self.state, metrics))
+        return time.perf_counter() - t0
+
+    def eval_window(self, steps: int) -> float:
+        """Seconds for ``steps`` eval steps (full batches, mask of ones)."""
+        import jax
+
+        from jaxcnn.train import shard_batch
+
+        t0 = time.perf_counter()
+        outs = []
+        for _ in range(steps):
+            images, labels = next(self._batches)
+            outs.append(self.eval_step(self.state,
+                                       *shard_batch(self.mesh, images, labels, self.ones)))
+        jax.block_until_ready(outs)
+        return time.perf_counter() - t0
+
+
+def bench_train(models: tuple[str, ...] = TRAIN_MODELS,
+                batch_sizes: tuple[int, ...] = TRAIN_BATCH_SIZES, steps: int = 20,
+                repeats: int = 3, warmup: int = 2, model_options: dict | None = None,
+                dtype: str = "float32", dataset_size: int = 10_000,
+                pipeline_batches: int = 50, seed: int = 0) -> dict:
+    """Measure the ``train`` table; returns a JSON-ready dict.
+
+    Every (model, batch size) case is built and compiled first (compile time = trace + lower +
+    compile of the train step; the eval step's separately), warmed up with ``warmup`` train and
+    eval steps, then timed round-robin: each of ``repeats`` rounds runs, for every case in turn, a
+    window of ``steps`` train steps and a window of ``steps`` eval steps, and then the input
+    pipeline (:func:`jaxcnn.data.pipeline_images_per_s`, ``pipeline_batches`` batches) once per
+    batch size. Rates are medians over the rounds; device syncs only at window ends.
+    """
+    import jax
+
+    from jaxcnn.data import pipeline_images_per_s
+    from jaxcnn.models import create
+    from jaxcnn.train import make_mesh
+
+    model_options = model_options or {}
+    models, batch_sizes = tuple(dict.fromkeys(models)), tuple(dict.fromkeys(batch_sizes))
+    _check_global_options(list(models), model_options)
+    mesh = make_mesh()
+    dataset = synthetic_cifar(max(dataset_size, max(batch_sizes)), seed=seed)
+    cases = []
+    for name in models:
+        opts = options_for(name, model_options)
+        if dtype != "float32":
+            opts["dtype"] = jax.numpy.dtype(dtype)
+        # One model and optimizer per name, shared by its batch sizes (init compiles once).
+        model = create(name, num_classes=dataset.num_classes, **opts)
+        tx = recipe_optimizer(name)
+        for bs in batch_sizes:
+            case = _TrainCase(name, bs, dataset, mesh, model, tx, dtype, seed)
+            case.options = {k: (jax.numpy.dtype(v).name if k.endswith("dtype") else v)
+                            for k, v in opts.items()}
+            case.compile_s, case.eval_compile_s = case.compile()
+            case.train_times, case.eval_times = [], []
+            cases.append(case)
+    for case in cases:
+        case.train_window(warmup)
+        case.eval_window(warmup)
+    pipe: dict[int, list[float]] = {bs: [] for bs in batch_sizes}
+    for _ in range(repeats):
+        for case in cases:
+            case.train_times.append(case.train_window(steps))
+            case.eval_times.append(case.eval_window(steps))
+        for bs in batch_sizes:
+            pipe[bs].append(pipeline_images_per_s(dataset, batch_size=bs,
+                                                  n_batches=pipeline_batches, seed=seed))
+    pipeline = {bs: statistics.median(v) for bs, v in pipe.items()}
+
+    rows: dict[str, dict] = {}
+    for case in cases:
+        bs = case.batch_size
+        key = case.name if bs == batch_sizes[0] else f"{case.name}@{bs}"
+        train_ips = [steps * bs / t for t in case.train_times]
+        eval_ips = [steps * bs / t for t in case.eval_times]
+        train_rate = statistics.median(train_ips)
+        rows[key] = {
+            "model": case.name,
+            "batch_size": bs,
+            "train_images_per_s": train_rate,
+            "eval_images_per_s": statistics.median(eval_ips),
+            "compile_s": case.compile_s,
+            "eval_compile_s": case.eval_compile_s,
+            "train_step_ms": 1e3 * statistics.median(case.train_times) / steps,
+            "pipeline_images_per_s": pipeline[bs],
+            "pipeline_ratio": pipeline[bs] / train_rate,
+            "train_images_per_s_windows": train_ips,
+            "params": case.params,
+            "augment": bool(case.recipe["augment"]),
+            "model_options": case.options,
+        }
+    return {
+        "rows": rows,
+        "meta": {
+            "backend": jax.default_backend(),
+            "device": str(jax.devices()[0].device_kind),
+            "devices": jax.device_count(),
+            "dtype": dtype,
+            "steps": steps,
+            "repeats": repeats,
+            "warmup": warmup,
+            "pipeline_batches": pipeline_batches,
+            "data": f"synthetic uint8 {dataset.images.shape}",
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        },
+    }
+
+
+def run_baseline(framework: str, python: str, batch_size: int = 128, steps: int = 20,
+                 repeats: int = 3, augment: bool = False, timeout: float = 3600.0) -> dict:
+    """Run ``experiments/baselines/<framework script>`` with ``python`` (its own environment)
+    and return its JSON line as a dict, or ``{"framework", "error"}`` when it fails."""
+    import subprocess
+
+    script = BASELINES_DIR / BASELINE_SCRIPTS[framework]
+    cmd = [python, str(script), "--batch-size", str(batch_size), "--steps", str(steps),
+           "--repeats", str(repeats)] + (["--augment"] if augment else [])
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return {"framework": framework, "error": f"{type(err).__name__}: {err}"}
+    for line in reversed(proc.stdout.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                result = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if proc.returncode == 0 and "train_images_per_s" in result:
+                return result
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    return {"framework": framework,
+            "error": f"exit {proc.returncode}: {' | '.join(tail) or 'no output'}"}
+
+
+def add_baselines(r: dict, python: str, steps: int, repeats: int, augment: bool = False,
+                  frameworks: tuple[str, ...] = tuple(BASELINE_SCRIPTS)) -> dict:
+    """Run the baselines one at a time (batch 128, after the JAX measurements) and store them
+    under ``r["baselines"]`` with the ratio jaxcnn cnn3 (batch 128) / baseline."""
+    ours = next((row for row in r["rows"].values()
+                 if row["model"] == "cnn3" and row["batch_size"] == 128), None)
+    out = {}
+    for fw in frameworks:
+        b = run_baseline(fw, python, batch_size=128, steps=steps, repeats=repeats,
+                         augment=augment)
+        if ours is not None and "train_images_per_s" in b:
+            b["cnn3_ratio"] = ours["train_images_per_s"] / b["train_images_per_s"]
+        out[fw] = b
+    r["baselines"] = out
+    return r
+
+
+def train_json(r: dict) -> dict:
+    """The ``--json`` object: the rows keyed by model (``"cnn3"`` for the first batch size,
+    ``"cnn3@512"`` for others), plus ``"baseline:<framework>"`` entries when run."""
+    out = dict(r["rows"])
+    for fw, b in r.get("baselines", {}).items():
+        out[f"baseline:{fw}"] = b
+    return out
+
+
+def format_train(r: dict) -> str:
+    """The ``train`` result as a plain-text table."""
+    m = r["meta"]
+    lines = [
+        f"backend {m['backend']} ({m['device']}, {m['devices']} device(s)); {m['dtype']}; "
+        f"{m['data']}",
+        f"median of {m['repeats']} interleaved windows of {m['steps']} steps after compile and "
+        f"{m['warmup']} warm-up steps" + (f"; XLA_FLAGS={m['xla_flags']}" if m["xla_flags"]
+                                         else ""),
+        "",
+        f"{'model':<10}{'batch':>6}{'train img/s':>13}{'eval img/s':>12}{'step ms':>9}"
+        f"{'compile s':>11}{'pipe img/s':>12}{'pipe/train':>11}",
+        "-" * 84,
+    ]
+    for row in r["rows"].values():
+        lines.append(
+            f"{row['model']:<10}{row['batch_size']:>6}{row['train_images_per_s']:>13,.0f}"
+            f"{row['eval_images_per_s']:>12,.0f}{row['train_step_ms']:>9.1f}"
+            f"{row['compile_s']:>11.1f}{row['pipeline_images_per_s']:>12,.0f}"
+            f"{row['pipeline_ratio']:>10.1f}x")
+    opts = {row["model"]: row["model_options"] for row in r["rows"].values()
+            if row["model_options"]}
+    if opts:
+        lines.append(f"model options: {opts}")
+    baselines = r.get("baselines")
+    if baselines:
+        lines += ["", f"{'baseline (cnn3, batch 128)':<34}{'train img/s':>13}"
+                      f"{'jaxcnn cnn3 / it':>18}", "-" * 65]
+        for fw, b in baselines.items():
+            label = fw + (" +aug" if b.get("augment") else "")
+            if "error" in b:
+                lines.append(f"{label:<34}  failed: {b['error']}")
+                continue
+            ratio = f"{b['cnn3_ratio']:.2f}" if "cnn3_ratio" in b else "-"
+            lines.append(f"{label:<34}{b['train_images_per_s']:>13,.0f}{ratio:>18}")
+            if b.get("note"):
+                lines.append(f"  ({b['note']})")
+    bars: list[str] = []
+    for row in r["rows"].values():
+        if row["model"] == "cnn3":
+            ok = row["pipeline_ratio"] >= PIPELINE_BAR
+            bars.append(f"  [{'PASS' if ok else 'FAIL'}] input pipeline >= {PIPELINE_BAR:g}x the "
+                        f"cnn3 train step (batch {row['batch_size']}): "
+                        f"{row['pipeline_ratio']:.1f}x")
+    for fw, b in (baselines or {}).items():
+        if "cnn3_ratio" in b:
+            ok = b["cnn3_ratio"] >= 1.0
+            bars.append(f"  [{'PASS' if ok else 'FAIL'}] cnn3 train >= {fw} "
+                        f"({b['cnn3_ratio']:.2f}x)")
+    if bars:
+        lines += ["", "bars (cnn3):", *bars]
+    return "\n".join(lines)
+
+
+def _strip_option(argv: list[str], flag: str) -> list[str]:
+    """``argv`` without ``flag VALUE`` / ``flag=VALUE``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == flag:
+            skip = True
+        elif not a.startswith(flag + "="):
+            out.append(a)
+    return out
+
+
+def _reexec_with_xla_flags(args: argparse.Namespace) -> int:
+    """Run this subcommand again in a fresh Python with ``XLA_FLAGS`` extended by
+    ``--xla-flags`` (XLA reads them once, when jax starts). Its stdout is printed here."""
+    import subprocess
+
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = " ".join(f for f in (env.get("XLA_FLAGS", ""), args.xla_flags) if f)
+    env[_REEXEC_ENV] = "1"
+    argv = _strip_option(list(args.argv), "--xla-flags")
+    proc = subprocess.run([sys.executable, "-m", "experiments.bench", *argv], env=env,
+                          stdout=subprocess.PIPE, text=True)
+    sys.stdout.write(proc.stdout)
+    sys.stdout.flush()
+    if proc.returncode:
+        print(f"error: the benchmark run with XLA_FLAGS={env['XLA_FLAGS']!r} failed (exit "
+              f"{proc.returncode}); see its messages above", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _csv(kind: Callable) -> Callable:
+    def parse(text: str):
+        items = [s.strip() for s in text.split(",") if s.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        return tuple(kind(s) for s in items)
+
+    return parse
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    if args.xla_flags and not os.environ.get(_REEXEC_ENV):
+        return _reexec_with_xla_flags(args)
+    from jaxcnn.models import available
+
+    unknown = [m for m in args.models if m not in available()]
+    if unknown:
+        raise SystemExit(f"error: unknown model(s) {unknown}; available: {available()}")
+    try:
+        model_options = parse_model_options(args.model_option)
+        r = bench_train(models=args.models, batch_sizes=args.batch_sizes, steps=args.steps,
+                        repeats=args.repeats, warmup=args.warmup, model_options=model_options,
+                        dtype=args.dtype, dataset_size=args.dataset_size,
+                        pipeline_batches=args.pipeline_batches, seed=args.seed)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    if args.baselines:
+        if not args.json:
+            print(format_train(r), flush=True)
+            print("\nrunning baselines (one at a time)...", flush=True)
+        add_baselines(r, args.baseline_python, steps=args.baseline_steps,
+                      repeats=args.repeats, augment=args.baseline_augment)
+    if args.json:
+        print(json.dumps(train_json(r)))
+    else:
+        if args.baselines:
+            print()
+        print(format_train(r))
+    return 0
+
+
+@register
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train/eval images/s of mlp and cnn3, compile time, input pipeline, baselines",
+        description="Time the project's real training path (jaxcnn.train: create_train_state, "
+        "make_optimizer, Preprocess with each model's recipe from experiments.cifar10 -- cnn3 "
+        "with crop+flip augmentation, mlp without -- make_train_step/make_eval_step jitted "
+        "with jit_train_step/jit_eval_step on a mesh of all devices, batches from "
+        "epoch_batches through shard_batch, as fit does) on synthetic uint8 32x32x3 data. "
+        "Protocol: compile, warm up, then the median of --repeats round-robin windows of "
+        "--steps steps, waiting for the device only at the window ends. Also the input "
+        "pipeline's images/s (jaxcnn.data.pipeline_images_per_s) and its ratio to the train "
+        "step (bar: >= 5x). --json prints one object keyed by model: the first batch size as "
+        "'cnn3', others as 'cnn3@512'; baselines as 'baseline:keras-tf', 'baseline:torch'.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--models", type=_csv(str), default=TRAIN_MODELS,
+                   help="comma-separated model names (jaxcnn.models.available())")
+    p.add_argument("--batch-sizes", type=_csv(positive_int), default=TRAIN_BATCH_SIZES,
+                   help="comma-separated global batch sizes; the first is the plain JSON key")
+    p.add_argument("--steps", type=positive_int, default=20, help="steps per timed window")
+    p.add_argument("--repeats", type=positive_int, default=3,
+                   help="timed windows per case (median reported)")
+    p.add_argument("--warmup", type=positive_int, default=2,
+                   help="untimed train and eval steps per case after compilation")
+    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="option for jaxcnn.models.create, repeatable: key=value goes to every "
+                   "model that accepts key, model.key=value to one model (e.g. "
+                   "cnn3.conv_impl=fast); values are Python literals or strings")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="compute dtype: sets the models' dtype option and the preprocessed "
+                   "input dtype, as experiments.cifar10 --dtype does")
+    p.add_argument("--xla-flags", default=None,
+                   help="extra XLA_FLAGS, given with '=' since they start with dashes: "
+                   "--xla-flags='--xla_cpu_enable_fast_math=true'; the benchmark re-runs "
+                   "itself in a subprocess with them added to XLA_FLAGS, since XLA reads its "
+                   "flags when jax starts")
+    p.add_argument("--dataset-size", type=positive_int, default=10_000,
+                   help="synthetic images held in memory (batches are drawn from them)")
+    p.add_argument("--pipeline-batches", type=positive_int, default=50,
+                   help="timed batches per input-pipeline measurement")
+    p.add_argument("--baselines", action="store_true",
+                   help="after the JAX measurements, run experiments/baselines/keras_cnn3.py "
+                   "and torch_cnn3.py (batch 128, one at a time) with --baseline-python")
+    p.add_argument("--baseline-python", default="/root/venv-baselines/bin/python",
+                   help="Python of the environment that has tensorflow/keras and torch (see "
+                   "experiments/baselines/README.md)")
+    p.add_argument("--baseline-steps", type=positive_int, default=20,
+                   help="steps per timed window of the baselines (median of --repeats)")
+    p.add_argument("--baseline-augment", action="store_true",
+                   help="baselines also augment (flip + pad-and-crop); off by default, while "
+                   "jaxcnn's cnn3 always trains with its recipe's augmentation")
+    p.add_argument("--seed", type=int, default=0, help="seed for data, init and augmentation")
+    p.add_argument("--json", action="store_true", help="print one JSON object, not a table")
+    p.set_defaults(func=_cmd_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m experiments.bench",
@@ -309,7 +850,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # for subcommands that re-run themselves (train --xla-flags)
     return args.func(args)
 
 
