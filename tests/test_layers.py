@@ -1,0 +1,93 @@
+"""layers.Conv vs flax.linen.Conv, and max_pool_2x2 vs flax.linen.max_pool."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcnn.models.layers import Conv, max_pool_2x2
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)
+
+
+@pytest.mark.parametrize("impl", ["fast", "lax"])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(kernel_size=(3, 3), padding="SAME"),
+        dict(kernel_size=(3, 3), strides=2, padding="SAME"),
+        dict(kernel_size=(1, 1), padding="VALID", use_bias=False),
+        dict(kernel_size=(5, 3), strides=(2, 1), padding=((2, 1), (0, 1))),
+    ],
+)
+def test_conv_matches_nn_conv(impl, kw):
+    x = jax.random.normal(jax.random.key(0), (2, 9, 10, 4))
+    ref = nn.Conv(6, **kw)
+    ours = Conv(6, impl=impl, **kw)
+    v = ref.init(jax.random.key(1), x)
+    v_ours = ours.init(jax.random.key(1), x)
+    # Same parameter tree, shapes and initial values.
+    assert jax.tree.map(jnp.shape, v) == jax.tree.map(jnp.shape, v_ours)
+    assert max(jax.tree.leaves(jax.tree.map(rel_err, v_ours, v))) == 0
+
+    def loss(m):
+        return lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))
+
+    y, y_ref = ours.apply(v, x), ref.apply(v, x)
+    assert y.shape == y_ref.shape and rel_err(y, y_ref) <= 1e-5
+    g = jax.jit(jax.grad(loss(ours), (0, 1)))(v, x)
+    g_ref = jax.jit(jax.grad(loss(ref), (0, 1)))(v, x)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref), strict=True):
+        assert rel_err(a, b) <= 1e-5
+
+
+def test_conv_dtypes():
+    x = jnp.ones((1, 6, 6, 3))
+    m = Conv(4, dtype=jnp.bfloat16)
+    v = m.init(jax.random.key(0), x)
+    assert v["params"]["kernel"].dtype == jnp.float32
+    y = m.apply(v, x)
+    assert y.dtype == jnp.bfloat16
+    g = jax.grad(lambda p: m.apply(p, x).astype(jnp.float32).sum())(v)
+    assert g["params"]["kernel"].dtype == jnp.float32
+    ref = nn.Conv(4, (3, 3), dtype=jnp.bfloat16).apply(v, x)
+    assert rel_err(y, ref) <= 2**-7
+
+
+def test_conv_bad_impl():
+    with pytest.raises(ValueError, match="impl"):
+        Conv(4, impl="cudnn").init(jax.random.key(0), jnp.ones((1, 5, 5, 2)))
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 7, 9, 2), (3, 2, 2, 1)])
+def test_max_pool_matches_flax(shape):
+    # Distinct values: no ties, so the gradients must agree exactly.
+    x = jax.random.permutation(jax.random.key(0), np.prod(shape)).reshape(shape).astype(jnp.float32)
+    ref = lambda a: nn.max_pool(a, (2, 2), strides=(2, 2))  # noqa: E731
+    assert np.array_equal(max_pool_2x2(x), ref(x))
+    w = jax.random.normal(jax.random.key(1), ref(x).shape)
+    g = jax.grad(lambda a: jnp.sum(w * max_pool_2x2(a)))(x)
+    g_ref = jax.grad(lambda a: jnp.sum(w * ref(a)))(x)
+    assert np.array_equal(g, g_ref)
+
+
+def test_max_pool_ties_split_equally():
+    x = jnp.array([[1.0, 1.0], [0.0, 1.0]]).reshape(1, 2, 2, 1)
+    g = jax.grad(lambda a: max_pool_2x2(a).sum())(x)
+    np.testing.assert_allclose(g.reshape(2, 2), [[1 / 3, 1 / 3], [0, 1 / 3]])
+    # flax routes the whole gradient to a single one of the tied entries.
+    g_ref = jax.grad(lambda a: nn.max_pool(a, (2, 2), strides=(2, 2)).sum())(x)
+    assert float(g_ref.sum()) == 1.0 and int((g_ref != 0).sum()) == 1
+
+
+def test_max_pool_bad_shapes():
+    with pytest.raises(ValueError, match=r"\(N, H, W, C\)"):
+        max_pool_2x2(jnp.zeros((4, 4, 1)))
+    with pytest.raises(ValueError, match="H, W >= 2"):
+        max_pool_2x2(jnp.zeros((1, 1, 4, 1)))
