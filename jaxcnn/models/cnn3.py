@@ -7,6 +7,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxcnn.models.layers import Conv, max_pool_2x2, resolve_conv_impl
 from jaxcnn.models.registry import register
 
 
@@ -34,6 +35,10 @@ class CNN3(nn.Module):
       filters / dropouts: per-block widths and dropout rates.
       dense: width of the hidden dense layer; head_dropout: dropout before ``head``.
       dtype: compute dtype (e.g. ``jnp.bfloat16``); param_dtype: float32 by default.
+      conv_impl: how convolutions are differentiated: ``"fast"`` (hand-written GEMM kernel
+        gradient and a reshape max-pool, much faster on XLA:CPU), ``"lax"`` (``nn.Conv`` and
+        ``nn.max_pool``, XLA's own gradients) or ``"auto"`` (fast on the CPU backend, lax on
+        GPU/TPU). All three compute the same function with the same parameters.
     """
 
     num_classes: int = 10
@@ -45,6 +50,7 @@ class CNN3(nn.Module):
     bn_epsilon: float = 1e-5
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False):
@@ -59,10 +65,12 @@ class CNN3(nn.Module):
                 f"filters {self.filters} and dropouts {self.dropouts} must have the same length"
             )
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        impl = resolve_conv_impl(self.conv_impl)
         x = jnp.asarray(x, self.dtype)
         for b, (width, rate) in enumerate(zip(self.filters, self.dropouts, strict=True), start=1):
             for c in (1, 2):
-                x = nn.Conv(width, (3, 3), padding="SAME", name=f"block{b}_conv{c}", **kw)(x)
+                x = Conv(width, (3, 3), padding="SAME", impl=impl, name=f"block{b}_conv{c}",
+                         **kw)(x)
                 x = nn.BatchNorm(
                     use_running_average=not train,
                     momentum=self.bn_momentum,
@@ -71,7 +79,10 @@ class CNN3(nn.Module):
                     **kw,
                 )(x)
                 x = nn.relu(x)
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            if impl == "fast":
+                x = max_pool_2x2(x)
+            else:
+                x = nn.max_pool(x, (2, 2), strides=(2, 2))
             x = nn.Dropout(rate, deterministic=not train, name=f"block{b}_dropout")(x)
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(nn.Dense(self.dense, name="fc", **kw)(x))
