@@ -25,6 +25,7 @@ from jaxcnn.data.dataset import (
     channel_stats,
     resize_images,
 )
+from jaxcnn.data.image_folder import load_image_folder, scan_image_folder  # noqa: F401
 from jaxcnn.data.tfds_source import DataNotFoundError, load_tfds
 
 __all__ = [
