@@ -25,6 +25,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxcnn.models.layers import Conv, resolve_conv_impl
 from jaxcnn.models.registry import register
 
 SHORTCUTS = ("A", "B")
@@ -81,6 +82,9 @@ class BasicBlock(nn.Module):
     block is ``ReLU(shortcut(x))`` at init: the identity on non-negative inputs (Goyal et al.
     2017). Meaningless without the skip connection (the block would output zeros), so
     ``residual=False`` rejects it.
+
+    ``conv_impl``: "lax" (default here, as the ImageNet ResNets use it), "fast" or "auto"; see
+    ``CifarResNet``.
     """
 
     features: int
@@ -93,6 +97,7 @@ class BasicBlock(nn.Module):
     bn_epsilon: float = 1e-5
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    conv_impl: str = "lax"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -104,9 +109,11 @@ class BasicBlock(nn.Module):
         conv_kw = dict(use_bias=self.conv_bias, kernel_init=he_normal, **kw)
         bn_kw = dict(momentum=self.bn_momentum, epsilon=self.bn_epsilon, **kw)
         s = self.strides
-        y = nn.Conv(self.features, (3, 3), (s, s), padding=PAD1, name="conv1", **conv_kw)(x)
+        impl = resolve_conv_impl(self.conv_impl)
+        conv_kw["impl"] = impl
+        y = Conv(self.features, (3, 3), (s, s), padding=PAD1, name="conv1", **conv_kw)(x)
         y = nn.relu(batch_norm(train, name="bn1", **bn_kw)(y))
-        y = nn.Conv(self.features, (3, 3), padding=PAD1, name="conv2", **conv_kw)(y)
+        y = Conv(self.features, (3, 3), padding=PAD1, name="conv2", **conv_kw)(y)
         y = batch_norm(train, zero_scale=self.zero_init_residual, name="bn2", **bn_kw)(y)
         if not self.residual:
             return nn.relu(y)
@@ -115,7 +122,7 @@ class BasicBlock(nn.Module):
         elif self.shortcut == "A":
             residual = shortcut_a(x, self.features, s)
         else:
-            residual = nn.Conv(self.features, (1, 1), (s, s), name="proj_conv", **conv_kw)(x)
+            residual = Conv(self.features, (1, 1), (s, s), name="proj_conv", **conv_kw)(x)
             residual = batch_norm(train, name="proj_bn", **bn_kw)(residual)
         return nn.relu(y + residual)
 
@@ -143,6 +150,9 @@ class CifarResNet(nn.Module):
       zero_init_residual: start every block's last BN scale at 0 (residual nets only).
       bn_momentum / bn_epsilon: BatchNorm settings (0.9 / 1e-5).
       dtype: compute dtype; params stay ``param_dtype`` (float32), logits are float32.
+      conv_impl: ``"auto"`` (fast on CPU, lax elsewhere), ``"fast"`` (``jaxcnn.models.layers.Conv``
+        with the hand-written GEMM kernel gradient, about 2x faster training on XLA:CPU) or
+        ``"lax"`` (XLA's gradients). Same function and parameters (``kernel``) for all three.
     """
 
     num_classes: int = 10
@@ -155,6 +165,7 @@ class CifarResNet(nn.Module):
     bn_epsilon: float = 1e-5
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False):
@@ -169,9 +180,10 @@ class CifarResNet(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         bn_kw = dict(momentum=self.bn_momentum, epsilon=self.bn_epsilon, **kw)
         x = jnp.asarray(x, self.dtype)
-        x = nn.Conv(
+        impl = resolve_conv_impl(self.conv_impl)
+        x = Conv(
             self.widths[0], (3, 3), padding=PAD1, use_bias=False, kernel_init=he_normal,
-            name="stem_conv", **kw,
+            impl=impl, name="stem_conv", **kw,
         )(x)
         x = nn.relu(batch_norm(train, name="stem_bn", **bn_kw)(x))
         for s, width in enumerate(self.widths, 1):
@@ -184,6 +196,7 @@ class CifarResNet(nn.Module):
                     zero_init_residual=self.zero_init_residual,
                     bn_momentum=self.bn_momentum,
                     bn_epsilon=self.bn_epsilon,
+                    conv_impl=impl,
                     name=f"stage{s}_block{b}",
                     **kw,
                 )(x, train)
