@@ -1,0 +1,106 @@
+"""Classify image files with an exported model bundle.
+
+    python -m jaxcnn.predict runs/flowers/feature_extraction/bundle photo1.jpg photo2.png
+    python -m jaxcnn.predict BUNDLE *.jpg --top-k 3 --figure visuals/custom/predictions.png
+
+Prints, for each image, the ``--top-k`` classes with their probabilities; ``--figure`` also
+writes a figure with each image next to bars of its top-k confidences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["main", "predict_files", "predictions_figure"]
+
+
+def predict_files(bundle, paths, k: int = 3):
+    """``[(path, image_uint8, [(class, prob), ...]), ...]`` for image files, best class first."""
+    from jaxcnn.export import load_image
+
+    images = [load_image(p) for p in paths]
+    tops = bundle.top_k(images, k=k)
+    return [(Path(p), img, top) for p, img, top in zip(paths, images, tops, strict=True)]
+
+
+def predictions_figure(results, path, title: str = "Predictions") -> Path:
+    """One row per image: the photo and a horizontal bar chart of its top-k probabilities."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(results)
+    fig, axes = plt.subplots(n, 2, figsize=(7.5, 2.3 * n), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 1.6]})
+    for (p, img, top), (ax_img, ax_bar) in zip(results, axes, strict=True):
+        shown = img[..., 0] if img.shape[-1] == 1 else img[..., :3]
+        ax_img.imshow(shown, cmap="gray" if img.shape[-1] == 1 else None)
+        ax_img.set_title(p.name, fontsize=8)
+        ax_img.axis("off")
+        names = [c for c, _ in top][::-1]
+        probs = [q for _, q in top][::-1]
+        colors = ["#bbbbbb"] * (len(top) - 1) + ["#2a7ab9"]
+        ax_bar.barh(names, probs, color=colors)
+        for y, q in enumerate(probs):
+            ax_bar.text(min(q + 0.02, 0.85), y, f"{q:.1%}", va="center", fontsize=8)
+        ax_bar.set_xlim(0, 1)
+        ax_bar.set_xlabel("confidence")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="jaxcnn-predict",
+        description="Top-k classes of image files, from a bundle written by jaxcnn.export.save.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("bundle", type=Path, help="bundle directory (holding bundle.json)")
+    p.add_argument("images", type=Path, nargs="+", help="image files (jpg, png, ...)")
+    p.add_argument("--top-k", type=int, default=3, help="classes shown per image")
+    p.add_argument("--figure", type=Path, default=None,
+                   help="also write a PNG of the images with confidence bars to this path")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from jaxcnn import export
+
+    missing = [str(p) for p in args.images if not p.is_file()]
+    if missing:
+        print(f"error: image file(s) not found: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    try:
+        bundle = export.load(args.bundle)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    k = min(max(args.top_k, 1), bundle.num_classes)
+    try:
+        results = predict_files(bundle, args.images, k)
+    except (OSError, ValueError) as err:  # unreadable / not an image
+        print(f"error: cannot read an image: {err}", file=sys.stderr)
+        return 2
+    width = max(len(c) for c in bundle.class_names)
+    for p, _, top in results:
+        print(p)
+        for rank, (c, q) in enumerate(top, 1):
+            print(f"  {rank}. {c:<{width}} {q:7.2%}  {'#' * int(round(30 * q))}")
+    if args.figure is not None:
+        predictions_figure(results, args.figure,
+                           title=f"{bundle.model_name}: top-{k} predictions")
+        print(f"figure: {args.figure}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

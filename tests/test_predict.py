@@ -1,0 +1,64 @@
+"""jaxcnn.predict: top-k printout and figure from a tiny bundle; clear errors."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxcnn import export, models, predict
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bundle")
+    model = models.create("mlp", num_classes=3, hidden=(4,))
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 6, 6, 3)), train=False)
+    return export.save(root / "bundle", model_name="mlp", model_options={"hidden": (4,)},
+                       variables=variables, class_names=["ant", "bee", "cat"],
+                       preprocessing=dict(input_size=(6, 6), mean=(0.5,) * 3, std=(0.25,) * 3))
+
+
+@pytest.fixture
+def images(tmp_path):
+    rng = np.random.default_rng(0)
+    a = tmp_path / "a.png"
+    Image.fromarray(rng.integers(0, 256, (10, 8, 3), dtype=np.uint8)).save(a)
+    b = tmp_path / "b.png"
+    Image.fromarray(rng.integers(0, 256, (5, 5), dtype=np.uint8)).save(b)  # grayscale
+    return [a, b]
+
+
+def test_cli_prints_top_k_and_writes_figure(tiny_bundle, images, tmp_path, capsys):
+    fig = tmp_path / "out" / "pred.png"
+    assert predict.main([str(tiny_bundle), *map(str, images), "--top-k", "2",
+                         "--figure", str(fig)]) == 0
+    out = capsys.readouterr().out
+    assert "a.png" in out and "b.png" in out and "2." in out and "3." not in out
+    assert fig.is_file() and fig.stat().st_size > 1000
+    # printed probabilities are the bundle's
+    bundle = export.load(tiny_bundle)
+    top = bundle.top_k([export.load_image(images[0])], k=2)[0]
+    assert f"{top[0][1]:.2%}" in out.split("b.png")[0]
+
+
+def test_predict_files_matches_bundle(tiny_bundle, images):
+    bundle = export.load(tiny_bundle)
+    res = predict.predict_files(bundle, images, k=3)
+    probs = bundle.predict([export.load_image(p) for p in images])
+    for (_path, _, top), p in zip(res, probs, strict=True):
+        assert [c for c, _ in top][0] == bundle.class_names[int(p.argmax())]
+        np.testing.assert_allclose(sum(q for _, q in top), 1.0, rtol=1e-5)
+
+
+def test_cli_errors(tiny_bundle, images, tmp_path, capsys):
+    assert predict.main([str(tmp_path / "no_bundle"), str(images[0])]) == 2
+    assert "no model bundle" in capsys.readouterr().err
+    assert predict.main([str(tiny_bundle), str(tmp_path / "missing.jpg")]) == 2
+    assert "not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    assert predict.main([str(tiny_bundle), str(bad)]) == 2
+    assert "cannot read" in capsys.readouterr().err
