@@ -1,0 +1,512 @@
+"""Classic CNN architectures side by side on CIFAR-10, and the plain-vs-residual lesson.
+
+    python -m experiments.architectures                          # lenet5, alexnet_mini, vgg_mini,
+                                                                 #   resnet20: the table
+    python -m experiments.architectures --eval-split 'train[45000:]' --train-split 'train[:45000]'
+    python -m experiments.architectures --lesson vanishing       # plain20/56 vs resnet20/56
+    python -m experiments.architectures --lesson gradients       # grad norms at init only (fast)
+    python -m experiments.architectures --lesson figures         # timeline + block diagram only
+
+``--lesson compare`` (the default) trains every model of ``--models`` with the same budget
+(``--epochs``, the same optimiser family, schedule, augmentation and batch size; only the peak
+learning rate is per model, see ``RECIPES``) and prints a table: parameters, FLOPs per image
+(XLA's cost analysis of a batch-1 inference forward pass, 2 FLOPs per multiply-add), held-out
+accuracy and training images/s. Every model sees RGB 32x32 images: LeNet-5's convolutions take
+any number of input channels, so it runs on colour (62,006 params instead of the 61,706 of the
+1998 grayscale layout).
+
+``--lesson vanishing`` trains plain20, resnet20, plain56 and resnet56 (He et al. 2016, figure 1
+and 6) and records the gradient norm of every conv kernel, in depth order, on one fixed batch
+(train mode, BatchNorm with batch statistics, cross-entropy) at initialisation and after the
+first epoch. The paper's result to look for: plain56 trains worse than plain20 (higher training
+error, not overfitting), resnet56 trains better than resnet20.
+
+Budget (default ``--epochs 8`` for compare, 6 for vanishing): measured on a 2-core CPU under
+load from a few training steps per model at batch 128 (see the report in the docstring of
+``EPOCH_COST``), so that a full run is about an hour. Results go to ``<workdir>/results.json``
+(one entry per model, ``<workdir>/vanishing/results.json`` for the lesson), checkpoints to
+``<workdir>/<model>/`` (resumed when present), figures to ``visuals/architectures/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from experiments import _cli
+
+DEFAULT_MODELS = ("lenet5", "alexnet_mini", "vgg_mini", "resnet20")
+VANISHING_MODELS = ("plain20", "resnet20", "plain56", "resnet56")
+LESSONS = ("compare", "vanishing", "gradients", "figures")
+
+# The shared recipe: SGD with Nesterov momentum, one-cycle schedule, crop + flip augmentation.
+# Only the peak learning rate differs: AlexNet-mini has no BatchNorm (and 2M params in dense
+# layers), LeNet-5's tanh saturates at large steps; the BN nets take the usual 0.1 (VGG 0.05).
+COMMON = dict(optimizer="sgd", schedule="onecycle", weight_decay=5e-4, label_smoothing=0.0,
+              augment=True, cutout=0)
+RECIPES: dict[str, dict] = {
+    "lenet5": dict(COMMON, lr=0.05),
+    "alexnet_mini": dict(COMMON, lr=0.02),
+    "vgg_mini": dict(COMMON, lr=0.05),
+    "resnet20": dict(COMMON, lr=0.1),
+}
+# The paper's CIFAR recipe for the plain/residual study (weight decay 1e-4, lr 0.1).
+VANISHING_RECIPE = dict(COMMON, lr=0.1, weight_decay=1e-4)
+GENERIC_RECIPE = dict(COMMON, lr=0.05)
+
+EPOCH_COST = {}
+"""Training images/s measured with ``--limit-train`` smoke runs (2 CPU cores shared with a
+long training run, so these are lower bounds); filled in by the report, not used by the code."""
+
+DEFAULT_EPOCHS = {"compare": 8, "vanishing": 6}
+
+
+def build_parser():
+    p = _cli.make_parser("architectures", __doc__.split("\n")[0])
+    _cli.add_common(p, "architectures", data_dir=True)
+    p.add_argument("--lesson", choices=LESSONS, default="compare",
+                   help="compare: train --models and print the table; vanishing: plain vs "
+                        "residual nets (curves + gradient norms); gradients: gradient norms at "
+                        "init only (no training); figures: timeline and block diagram only")
+    p.add_argument("--models", default=None,
+                   help="comma-separated model names (default: lenet5,alexnet_mini,vgg_mini,"
+                        "resnet20 for compare; plain20,resnet20,plain56,resnet56 otherwise)")
+    p.add_argument("--train-split", default="train",
+                   help="TFDS split to train on, e.g. 'train' or 'train[:45000]'")
+    p.add_argument("--eval-split", default="test",
+                   help="TFDS split to report accuracy on (never trained on), e.g. 'test' or "
+                        "'train[45000:]' when only the train split is available")
+    p.add_argument("--limit-train", type=_cli.positive_int, default=None,
+                   help="use only the first N images of the train split (smoke runs)")
+    p.add_argument("--limit-eval", type=_cli.positive_int, default=None,
+                   help="use only the first N images of the eval split (smoke runs)")
+    p.add_argument("--epochs", type=_cli.positive_int, default=None,
+                   help="epochs per model, the same for all (default: 8 compare, 6 vanishing)")
+    p.add_argument("--batch-size", type=_cli.positive_int, default=128,
+                   help="global batch size, split over all local devices")
+    p.add_argument("--lr", type=_cli.positive_float, default=None,
+                   help="peak learning rate for every model (default: per model, RECIPES)")
+    p.add_argument("--grad-batch", type=_cli.positive_int, default=128,
+                   help="images in the fixed batch the per-layer gradient norms are taken on "
+                        "(the first N of the train split)")
+    p.add_argument("--eval-batch-size", type=_cli.positive_int, default=500,
+                   help="batch size for evaluation")
+    p.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="start from scratch even when a checkpoint exists in --workdir")
+    p.add_argument("--no-figures", dest="figures", action="store_false",
+                   help="skip writing figures")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars (for logs)")
+    return p
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers (pure; tested in tests/test_architectures_experiment.py)
+
+
+def conv_layer_paths(model, variables, x) -> list[tuple[str, ...]]:
+    """Module paths of the model's convolutions in the order the forward pass runs them.
+
+    Found by intercepting module calls during an abstract forward pass (``jax.eval_shape``:
+    nothing is computed), so the order is the data-flow order, not the (alphabetical) order of
+    the parameter dict. A projection shortcut appears after its block's convs. Each path is the
+    key path of the layer's ``kernel`` under ``params`` (without "kernel").
+    """
+    import flax.linen as nn
+    import jax
+
+    from jaxcnn.models.layers import Conv
+
+    order: list[tuple[str, ...]] = []
+
+    def interceptor(next_fun, args, kwargs, context):
+        if context.method_name == "__call__" and isinstance(context.module, (nn.Conv, Conv)):
+            path = tuple(context.module.path)
+            if path not in order:
+                order.append(path)
+        return next_fun(*args, **kwargs)
+
+    def forward(v, xx):
+        with nn.intercept_methods(interceptor):
+            return model.apply(v, xx, train=False)
+
+    jax.eval_shape(forward, variables, x)
+    return order
+
+
+def _get_path(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def conv_grad_norms(model, variables, images, labels, *, seed: int = 0):
+    """Frobenius norm of dL/dkernel for every conv, in depth order, on one batch.
+
+    Args:
+      model: a ``jaxcnn.models`` module.
+      variables: ``{"params": ..., ["batch_stats": ...]}``.
+      images: (N, H, W, C) float32, already normalised.
+      labels: (N,) int class indices.
+      seed: dropout key (models with dropout run it, as in training).
+
+    Returns:
+      list of ``(name, norm)``, ``name`` the conv's module path joined with "/".
+      The loss is the mean softmax cross-entropy in training mode (BatchNorm uses the batch's
+      statistics, as in a training step); nothing is updated.
+    """
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    x = jnp.asarray(images, jnp.float32)
+    y = jnp.asarray(labels, jnp.int32)
+    paths = conv_layer_paths(model, variables, x[:1])
+    if not paths:
+        raise ValueError(f"{type(model).__name__} has no convolution layers")
+    others = {k: v for k, v in variables.items() if k != "params"}
+
+    @jax.jit
+    def grads_of(params):
+        def loss_fn(p):
+            out = model.apply({"params": p, **others}, x, train=True,
+                              rngs={"dropout": jax.random.key(seed)},
+                              mutable=list(others) or False)
+            logits = out[0] if isinstance(out, tuple) else out
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        return jax.grad(loss_fn)(params)
+
+    grads = grads_of(variables["params"])
+    return [("/".join(p), float(jnp.linalg.norm(_get_path(grads, p)["kernel"])))
+            for p in paths]
+
+
+def flops_per_image(model, variables, image_shape) -> float:
+    """FLOPs of one inference forward pass on one (H, W, C) image (XLA's count)."""
+    from jaxcnn.flops import forward_flops
+
+    return forward_flops(model, variables, (1, *image_shape))
+
+
+def update_results(path: Path, name: str, row: dict) -> dict:
+    """Merge ``row`` under ``name`` into the JSON file ``path`` (written atomically)."""
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results[name] = row
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+    return results
+
+
+def format_table(results: dict, names) -> str:
+    head = (f"{'model':<13} {'params':>10} {'MFLOPs/img':>10} {'accuracy':>9} {'epochs':>6} "
+            f"{'train min':>9} {'img/s':>7}")
+    lines = [head, "-" * len(head)]
+    for name in names:
+        r = results.get(name)
+        if r is None:
+            continue
+        acc = r.get("test_accuracy")
+        acc = f"{100 * acc:.2f}%" if acc is not None else "-"
+        lines.append(
+            f"{name:<13} {r['params']:>10,} {r['flops_per_image'] / 1e6:>10.1f} {acc:>9} "
+            f"{r.get('epochs', 0):>6} {r.get('train_seconds', float('nan')) / 60:>9.1f} "
+            f"{r.get('images_per_s', float('nan')):>7.0f}"
+        )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Data and training
+
+
+def load_data(args, need_eval: bool = True):
+    """(train, eval) ArrayDatasets cut to --limit-train/--limit-eval; exit 2 if data is missing."""
+    from jaxcnn.data import ArrayDataset, DataNotFoundError, load_tfds
+
+    def cut(ds, n):
+        if n is None or n >= len(ds):
+            return ds
+        return ArrayDataset(ds.images[:n], ds.labels[:n], ds.class_names)
+
+    try:
+        train = load_tfds("cifar10", args.train_split, data_dir=args.data_dir,
+                          progress=args.progress)
+        evaluation = (load_tfds("cifar10", args.eval_split, data_dir=args.data_dir,
+                                progress=args.progress) if need_eval else None)
+    except DataNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    train = cut(train, args.limit_train)
+    if evaluation is not None:
+        evaluation = cut(evaluation, args.limit_eval)
+    return train, evaluation
+
+
+def normalised(images):
+    from jaxcnn.data import CIFAR10_MEAN, CIFAR10_STD
+
+    x = np.asarray(images, np.float32) / 255.0
+    return (x - np.asarray(CIFAR10_MEAN, np.float32)) / np.asarray(CIFAR10_STD, np.float32)
+
+
+def init_variables(model, image_shape, seed: int):
+    import jax
+    import jax.numpy as jnp
+
+    return model.init(jax.random.key(seed), jnp.zeros((1, *image_shape), jnp.float32),
+                      train=False)
+
+
+def fit_model(name, model, recipe, train, evaluation, args, workdir, stop_after_epoch=None):
+    from jaxcnn.data import CIFAR10_MEAN, CIFAR10_STD
+    from jaxcnn.train import FitConfig, Preprocess, fit
+
+    preprocess = Preprocess(mean=CIFAR10_MEAN, std=CIFAR10_STD, augment=recipe["augment"],
+                            cutout_size=recipe["cutout"])
+    config = FitConfig(
+        epochs=recipe["epochs"], batch_size=min(args.batch_size, len(train)),
+        optimizer=recipe["optimizer"], lr=recipe["lr"], schedule=recipe["schedule"],
+        weight_decay=recipe["weight_decay"], label_smoothing=recipe["label_smoothing"],
+        seed=args.seed, augment=recipe["augment"], cutout_size=recipe["cutout"],
+        eval_batch_size=min(args.eval_batch_size, len(evaluation)),
+    )
+    return fit(model, train, evaluation, config=config, workdir=workdir, preprocess=preprocess,
+               resume=args.resume, progress=args.progress, stop_after_epoch=stop_after_epoch)
+
+
+def state_variables(state) -> dict:
+    import jax
+
+    variables = {"params": state.params}
+    if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+    return jax.device_get(variables)
+
+
+def recipe_for(name: str, args, lesson: str) -> dict:
+    base = VANISHING_RECIPE if lesson == "vanishing" else RECIPES.get(name, GENERIC_RECIPE)
+    recipe = dict(base)
+    recipe["epochs"] = args.epochs or DEFAULT_EPOCHS[lesson]
+    if args.lr is not None:
+        recipe["lr"] = args.lr
+    return recipe
+
+
+# --------------------------------------------------------------------------------------------
+# Lessons
+
+
+def write_static_figures(visuals: Path) -> list[Path]:
+    from jaxcnn.viz import architectures as fig
+
+    return [fig.timeline(visuals / "timeline.png"),
+            fig.residual_block_diagram(visuals / "residual_block.png")]
+
+
+def run_compare(names, args) -> dict:
+    from jaxcnn import models
+    from jaxcnn.evaluate import predict_logits
+
+    train, evaluation = load_data(args)
+    print(f"train: {args.train_split} {len(train):,} images; eval: {args.eval_split} "
+          f"{len(evaluation):,} images")
+    results_path = args.workdir / "results.json"
+    results, histories = {}, {}
+    for name in names:
+        recipe = recipe_for(name, args, "compare")
+        model = models.create(name, num_classes=train.num_classes)
+        print(models.summary(model, (1, *train.image_shape)))
+        start = time.perf_counter()
+        result = fit_model(name, model, recipe, train, evaluation, args, args.workdir / name)
+        seconds = time.perf_counter() - start
+        variables = state_variables(result.state)
+        logits = predict_logits(model.apply, variables, evaluation.images,
+                                mean=recipe_mean(), std=recipe_std(),
+                                batch_size=min(args.eval_batch_size, len(evaluation)))
+        history = result.history
+        row = {
+            "test_accuracy": float((logits.argmax(-1) == evaluation.labels).mean()),
+            "eval_split": args.eval_split,
+            "train_split": args.train_split,
+            "train_images": len(train),
+            "params": models.count_params(variables["params"]),
+            "flops_per_image": flops_per_image(model, variables, train.image_shape),
+            "epochs": len(history) if history else recipe["epochs"],
+            "train_seconds": seconds,
+            "images_per_s": float(np.median([h["images_per_s"] for h in history]))
+            if history else float("nan"),
+            "recipe": recipe,
+            "batch_size": args.batch_size,
+        }
+        results = update_results(results_path, name, row)
+        histories[name] = history
+        print(f"{name}: {100 * row['test_accuracy']:.2f}% on {args.eval_split}")
+    print()
+    print(format_table(results, names))
+    print(f"\nresults: {results_path}")
+    if args.figures:
+        from jaxcnn.viz import results as rfig
+
+        paths = write_static_figures(args.visuals_dir)
+        if histories:
+            paths.append(rfig.training_curves(
+                histories, args.visuals_dir / "training_curves.png",
+                title="CIFAR-10: LeNet-5 -> AlexNet -> VGG -> ResNet (eval split dashed)"))
+        print("figures: " + ", ".join(str(p) for p in paths))
+    return results
+
+
+def recipe_mean():
+    from jaxcnn.data import CIFAR10_MEAN
+
+    return CIFAR10_MEAN
+
+
+def recipe_std():
+    from jaxcnn.data import CIFAR10_STD
+
+    return CIFAR10_STD
+
+
+def gradient_norms_at_init(names, train, args) -> dict[str, list[tuple[str, float]]]:
+    """{model: [(conv name, grad norm), ...]} on the first --grad-batch train images."""
+    from jaxcnn import models
+
+    n = min(args.grad_batch, len(train))
+    x, y = normalised(train.images[:n]), train.labels[:n]
+    out = {}
+    for name in names:
+        model = models.create(name, num_classes=train.num_classes)
+        variables = init_variables(model, train.image_shape, args.seed)
+        out[name] = conv_grad_norms(model, variables, x, y, seed=args.seed)
+    return out
+
+
+def write_gradient_figure(norms: dict, path: Path, batch: int, title_extra: str = ""):
+    from jaxcnn.viz.architectures import gradient_norms_plot
+
+    curves = {label: [v for _, v in layers] for label, layers in norms.items()}
+    return gradient_norms_plot(
+        curves, path,
+        title="Gradient norm of each conv kernel, plain vs residual" + title_extra,
+        note=f"One fixed batch of {batch} CIFAR-10 training images, train-mode BatchNorm, "
+             "cross-entropy; He-normal init, seed fixed. Layer 1 is the stem conv.")
+
+
+def summarise_norms(norms: dict) -> dict:
+    return {name: {"first": layers[0][1], "last": layers[-1][1],
+                   "first_over_last": layers[0][1] / layers[-1][1],
+                   "per_layer": {k: v for k, v in layers}}
+            for name, layers in norms.items()}
+
+
+def run_gradients(names, args) -> dict:
+    train, _ = load_data(args, need_eval=False)
+    norms = gradient_norms_at_init(names, train, args)
+    batch = min(args.grad_batch, len(train))
+    for name, layers in norms.items():
+        print(f"{name:<9} {len(layers)} convs; grad norm first conv {layers[0][1]:.4g}, "
+              f"last conv {layers[-1][1]:.4g} (first/last {layers[0][1] / layers[-1][1]:.3g})")
+    summary = summarise_norms(norms)
+    path = args.workdir / "gradient_norms_init.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"batch": batch, "seed": args.seed, "models": summary}, indent=2))
+    if args.figures:
+        p = write_gradient_figure({f"{n}, at init": v for n, v in norms.items()},
+                                  args.visuals_dir / "gradient_norms_init.png", batch,
+                                  " (at initialisation)")
+        print(f"figure: {p}")
+    return summary
+
+
+def run_vanishing(names, args) -> dict:
+    from jaxcnn import models
+
+    train, evaluation = load_data(args)
+    batch = min(args.grad_batch, len(train))
+    x, y = normalised(train.images[:batch]), train.labels[:batch]
+    workdir = args.workdir / "vanishing"
+    results, histories, norm_curves = {}, {}, {}
+    for name in names:
+        recipe = recipe_for(name, args, "vanishing")
+        model = models.create(name, num_classes=train.num_classes)
+        init = init_variables(model, train.image_shape, args.seed)
+        at_init = conv_grad_norms(model, init, x, y, seed=args.seed)
+        start = time.perf_counter()
+        # One epoch, the gradient norms then, and the rest of the run (fit resumes).
+        first = fit_model(name, model, recipe, train, evaluation, args, workdir / name,
+                          stop_after_epoch=1)
+        after1 = conv_grad_norms(model, state_variables(first.state), x, y, seed=args.seed)
+        result = fit_model(name, model, recipe, train, evaluation, args, workdir / name)
+        seconds = time.perf_counter() - start
+        history = result.history
+        final = history[-1] if history else {}
+        row = {
+            "train_accuracy": final.get("train_accuracy"),
+            "train_loss": final.get("train_loss"),
+            "eval_accuracy": final.get("eval_accuracy"),
+            "eval_split": args.eval_split,
+            "params": models.count_params(init["params"]),
+            "epochs": len(history),
+            "train_seconds": seconds,
+            "grad_norms_init": summarise_norms({name: at_init})[name],
+            "grad_norms_epoch1": summarise_norms({name: after1})[name],
+            "grad_batch": batch,
+            "recipe": recipe,
+        }
+        results = update_results(workdir / "results.json", name, row)
+        histories[name] = history
+        norm_curves[f"{name}, at init"] = at_init
+        norm_curves[f"{name}, after epoch 1"] = after1
+        print(f"{name}: train acc {row['train_accuracy']}, eval acc {row['eval_accuracy']}; "
+              f"first-conv grad norm init {at_init[0][1]:.4g}, epoch 1 {after1[0][1]:.4g}")
+    print()
+    for name in names:
+        r = results[name]
+        print(f"{name:<9} train loss {r['train_loss']:.4f}  train acc "
+              f"{100 * r['train_accuracy']:.2f}%  eval acc {100 * (r['eval_accuracy'] or 0):.2f}%")
+    if args.figures:
+        from jaxcnn.viz import results as rfig
+
+        paths = [
+            rfig.training_curves(histories, args.visuals_dir / "vanishing_training_curves.png",
+                                 title="Plain vs residual: 20 and 56 layers (eval dashed)"),
+            write_gradient_figure(norm_curves, args.visuals_dir / "gradient_norms.png", batch),
+        ]
+        print("figures: " + ", ".join(str(p) for p in paths))
+    return results
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    from jaxcnn import models
+    from jaxcnn.train import maybe_initialize_distributed
+
+    default = DEFAULT_MODELS if args.lesson == "compare" else VANISHING_MODELS
+    names = ([n.strip() for n in args.models.split(",") if n.strip()] if args.models
+             else list(default))
+    unknown = [n for n in names if n not in models.available()]
+    if unknown:
+        raise SystemExit(f"error: unknown model(s) {unknown}; available: {models.available()}")
+    if args.lesson == "figures":
+        paths = write_static_figures(args.visuals_dir)
+        print("figures: " + ", ".join(str(p) for p in paths))
+        return {"figures": [str(p) for p in paths]}
+    maybe_initialize_distributed()
+    if args.lesson == "gradients":
+        return run_gradients(names, args)
+    if args.lesson == "vanishing":
+        return run_vanishing(names, args)
+    return run_compare(names, args)
+
+
+if __name__ == "__main__":
+    main()
