@@ -261,8 +261,9 @@ def init_variables(model, image_shape, seed: int):
     import jax
     import jax.numpy as jnp
 
-    return model.init(jax.random.key(seed), jnp.zeros((1, *image_shape), jnp.float32),
-                      train=False)
+    # Jitted: an eager init of a 56-layer net dispatches (and compiles) op by op.
+    init = jax.jit(lambda key, x: model.init(key, x, train=False))
+    return init(jax.random.key(seed), jnp.zeros((1, *image_shape), jnp.float32))
 
 
 def fit_model(name, model, recipe, train, evaluation, args, workdir, stop_after_epoch=None):
