@@ -11,6 +11,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxcnn.models.layers import Conv, max_pool_2x2, resolve_conv_impl
 from jaxcnn.models.registry import register
 
 VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -37,12 +38,14 @@ class VGGBlock(nn.Module):
     bn_epsilon: float = 1e-5
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    conv_impl: str = "lax"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        impl = resolve_conv_impl(self.conv_impl)
         for i, width in enumerate(self.widths, 1):
-            x = nn.Conv(width, (3, 3), padding="SAME", name=f"conv{i}", **kw)(x)
+            x = Conv(width, (3, 3), padding="SAME", impl=impl, name=f"conv{i}", **kw)(x)
             if self.batch_norm:
                 x = nn.BatchNorm(
                     use_running_average=not train,
@@ -52,6 +55,8 @@ class VGGBlock(nn.Module):
                     **kw,
                 )(x)
             x = nn.relu(x)
+        if impl == "fast":
+            return max_pool_2x2(x)
         return nn.max_pool(x, (2, 2), strides=(2, 2))
 
 
@@ -83,6 +88,7 @@ class VGG(nn.Module):
     bn_epsilon: float = 1e-5
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    conv_impl: str = "lax"
 
     def _check(self, x):
         if x.ndim != 4:
@@ -119,6 +125,7 @@ class VGG(nn.Module):
                 batch_norm=self.batch_norm,
                 bn_momentum=self.bn_momentum,
                 bn_epsilon=self.bn_epsilon,
+                conv_impl=self.conv_impl,
                 name=f"block{s}",
                 **kw,
             )(x, train)
@@ -224,6 +231,7 @@ def vgg_mini(
     bn_momentum: float = 0.9,
     bn_epsilon: float = 1e-5,
     dtype: Any = jnp.float32,
+    conv_impl: str = "auto",
 ) -> VGG:
     """VGG for 32x32 inputs: stages of 3x3 convs (32, 32 | 64, 64 | 128, 128, 128), one dense.
 
@@ -239,8 +247,12 @@ def vgg_mini(
     Params for 32x32x3 and 10 classes with the defaults: convs 434,592 + BN scale/bias 1,152 +
     fc1 524,544 + head 2,570 = **962,858** (+1,152 BatchNorm running statistics);
     ``batch_norm=False``: 961,706. Any input size from 8x8 works (fc1 width follows it).
+
+    ``conv_impl``: "auto" (fast on CPU), "fast" (``jaxcnn.models.layers.Conv`` with the GEMM
+    kernel gradient and a reshape max-pool) or "lax"; same function and parameters.
     """
     return VGG(
+        conv_impl=conv_impl,
         num_classes=num_classes,
         stages=tuple(tuple(s) for s in stages),
         top=(dense,),
