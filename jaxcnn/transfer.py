@@ -481,7 +481,10 @@ def fine_tune(
     steps = len(train) // batch_size
     if steps < 1:
         raise ValueError(f"batch_size {batch_size} exceeds the {len(train)} training images")
-    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(steps // 2, 1), epochs * steps)
+    total = epochs * steps
+    warmup = min(steps // 2, total - 1)
+    schedule = (optax.warmup_cosine_decay_schedule(0.0, lr, warmup, total) if warmup > 0
+                else optax.cosine_decay_schedule(lr, total))
     tx = make_freezing_optimizer(optax.adamw(schedule, weight_decay=weight_decay), labels)
     opt_state = tx.init(params)
     step = make_fine_tune_step(model, tx, labels, train.num_classes, freeze_bn=freeze_bn,
