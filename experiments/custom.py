@@ -1,0 +1,155 @@
+"""Your own image folder: scan, class weights, two-phase transfer learning, export, predictions.
+
+    python -m experiments.custom --data-dir PATH                 # PATH/<class>/*.jpg
+    python -m experiments.custom --data-dir PATH --fine-tune-epochs 0   # phase 1 only (fast)
+    python -m jaxcnn.predict runs/custom/bundle new_photo.jpg    # classify new images
+
+Steps:
+
+1. Scan ``PATH`` (``PATH/<class>/*`` or ``PATH/train/<class>`` + ``PATH/val/<class>``): class
+   counts, imbalance ratio, skipped corrupt / non-image files (listed with the reason).
+2. Read every image as RGB at ``--input-size`` (grayscale and RGBA converted); hold out a
+   stratified ``--val-fraction`` unless ``val/`` exists.
+3. Balanced class weights ``n / (k * count)`` enter the loss when the imbalance ratio exceeds
+   ``--weight-threshold`` (or always / never with ``--class-weights on|off``).
+4. Phase 1: EfficientNet-Lite0 (ImageNet) features, computed once and cached in
+   ``<workdir>/cache/``, and a new Dense head trained on them. Phase 2 (``--fine-tune-epochs``
+   > 0): the top ``--trainable-blocks`` modules and the head fine-tuned at a lower learning
+   rate with BatchNorm statistics frozen.
+5. Export to ``<workdir>/bundle/`` (``python -m jaxcnn.predict`` reads it), metrics in
+   ``<workdir>/results.json``, a figure of held-out predictions in ``visuals/custom/``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from experiments import _cli
+
+LITE0_MEAN = (0.5, 0.5, 0.5)
+LITE0_STD = (0.5, 0.5, 0.5)
+
+
+def build_parser():
+    p = _cli.make_parser("custom", __doc__.split("\n")[0])
+    _cli.add_common(p, "custom", data_dir=False)
+    p.add_argument("--data-dir", type=str, required=True,
+                   help="image folder: PATH/<class>/<images> or PATH/train|val/<class>/<images>")
+    p.add_argument("--val-fraction", type=float, default=0.15,
+                   help="stratified held-out fraction (ignored when PATH/val exists)")
+    p.add_argument("--input-size", type=_cli.positive_int, default=224,
+                   help="side the images are resized to (224 = the network's ImageNet size)")
+    p.add_argument("--class-weights", choices=("auto", "on", "off"), default="auto",
+                   help="balanced class weights in the loss; auto: on when the imbalance ratio "
+                        "exceeds --weight-threshold")
+    p.add_argument("--weight-threshold", type=float, default=1.5,
+                   help="imbalance ratio (largest / smallest class) above which auto weights")
+    p.add_argument("--head-epochs", type=_cli.positive_int, default=60,
+                   help="phase 1: epochs of the head on cached features")
+    p.add_argument("--head-lr", type=_cli.positive_float, default=1e-3,
+                   help="phase 1: AdamW learning rate")
+    p.add_argument("--fine-tune-epochs", type=int, default=3,
+                   help="phase 2: epochs of fine-tuning (0 skips phase 2)")
+    p.add_argument("--trainable-blocks", type=int, default=2,
+                   help="phase 2: modules below the head that are unfrozen")
+    p.add_argument("--fine-tune-lr", type=_cli.positive_float, default=1e-4,
+                   help="phase 2: peak AdamW learning rate")
+    p.add_argument("--batch-size", type=_cli.positive_int, default=32,
+                   help="phase 2 batch size")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars")
+    return p
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    from experiments.flowers import split_indices
+    from jaxcnn import export, models, pretrained, transfer
+    from jaxcnn.data import load_image_folder, scan_image_folder
+    from jaxcnn.data.image_folder import class_weights
+    from jaxcnn.predict import predictions_figure
+
+    try:
+        scan = scan_image_folder(args.data_dir)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+    print(scan.report())
+    size = (args.input_size, args.input_size)
+    data = load_image_folder(args.data_dir, image_size=size, scan=scan, progress=args.progress)
+    if isinstance(data, tuple):
+        train, val = data
+        if len(val) == 0:
+            raise SystemExit(f"error: {scan.root}/val holds no images")
+    else:
+        val_idx, train_idx = split_indices(data, args.val_fraction, args.seed)
+        train, val = data.take(train_idx), data.take(val_idx)
+    names = train.class_names
+    weights = class_weights(train.labels, train.num_classes)
+    ratio = float(train.class_counts().max() / max(train.class_counts().min(), 1))
+    use_w = args.class_weights == "on" or (args.class_weights == "auto"
+                                            and ratio > args.weight_threshold)
+    print(f"train {len(train)}, held-out {len(val)}; imbalance {ratio:.2f}; class weights "
+          f"{dict(zip(names, np.round(weights, 3).tolist(), strict=True))} "
+          f"({'used' if use_w else 'not used'})")
+    cw = weights if use_w else None
+
+    model, variables = pretrained.load("efficientnet_lite0")
+    prep = transfer.image_preprocess(size, LITE0_MEAN, LITE0_STD)
+    t0 = time.perf_counter()
+    cache = args.workdir / "cache"
+    f_train = transfer.extract_features(model, variables, train.images, prep, 64,
+                                        cache_dir=cache, name="train", progress=args.progress)
+    f_val = transfer.extract_features(model, variables, val.images, prep, 64,
+                                      cache_dir=cache, name="val", progress=args.progress)
+    head, hist = transfer.train_head(f_train, train.labels, train.num_classes,
+                                     val=(f_val, val.labels), epochs=args.head_epochs,
+                                     lr=args.head_lr, class_weights=cw, seed=args.seed,
+                                     progress=args.progress)
+    logits = np.asarray(transfer.head_logits(head, f_val))
+    row = {"phase1_val_accuracy": float((logits.argmax(-1) == val.labels).mean())}
+    print(f"phase 1 (head on frozen features): {row['phase1_val_accuracy']:.2%}")
+    model_k = models.create("efficientnet_lite0", num_classes=train.num_classes)
+    tuned = transfer.with_head(variables, head)
+    if args.fine_tune_epochs > 0:
+        trainable = transfer.top_blocks(tuned["params"], args.trainable_blocks)
+        tuned, hist2 = transfer.fine_tune(
+            model_k, tuned, train, val, prep, trainable=trainable, epochs=args.fine_tune_epochs,
+            batch_size=min(args.batch_size, len(train)), lr=args.fine_tune_lr, class_weights=cw,
+            seed=args.seed, progress=args.progress)
+        logits = transfer.predict_logits(model_k, tuned, val.images, prep)
+        row["phase2_val_accuracy"] = float((logits.argmax(-1) == val.labels).mean())
+        print(f"phase 2 (top {args.trainable_blocks} blocks fine-tuned): "
+              f"{row['phase2_val_accuracy']:.2%}")
+    row.update(val_accuracy=float((logits.argmax(-1) == val.labels).mean()),
+               n_train=len(train), n_val=len(val), imbalance_ratio=ratio,
+               class_weights=weights.tolist() if use_w else None,
+               skipped=[f"{p}: {r}" for p, r in scan.skipped],
+               seconds=time.perf_counter() - t0)
+    bundle = export.save(args.workdir / "bundle", model_name="efficientnet_lite0",
+                         model_options={}, variables=tuned, class_names=names,
+                         preprocessing=dict(input_size=size, mean=LITE0_MEAN, std=LITE0_STD),
+                         metrics={k: v for k, v in row.items() if k != "skipped"})
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    (args.workdir / "results.json").write_text(json.dumps(row, indent=2))
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    show = np.random.default_rng(args.seed).permutation(len(val))[:6]
+    k = min(3, len(names))
+    results = []
+    for i in show:
+        order = np.argsort(-probs[i])[:k]
+        results.append((Path(f"held-out #{i} (true: {names[val.labels[i]]})"), val.images[i],
+                        [(names[j], float(probs[i, j])) for j in order]))
+    fig = predictions_figure(results, args.visuals_dir / "predictions.png",
+                             title="Held-out predictions")
+    print(f"bundle: {bundle}\nresults: {args.workdir / 'results.json'}\nfigure: {fig}\n"
+          f"classify new images: python -m jaxcnn.predict {bundle} IMAGE...")
+    return row
+
+
+if __name__ == "__main__":
+    main()
