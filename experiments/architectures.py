@@ -21,10 +21,15 @@ and 6) and records the gradient norm of every conv kernel, in depth order, on on
 first epoch. The paper's result to look for: plain56 trains worse than plain20 (higher training
 error, not overfitting), resnet56 trains better than resnet20.
 
-Budget (default ``--epochs 8`` for compare, 6 for vanishing): measured on a 2-core CPU under
-load from a few training steps per model at batch 128 (see the report in the docstring of
-``EPOCH_COST``), so that a full run is about an hour. Results go to ``<workdir>/results.json``
-(one entry per model, ``<workdir>/vanishing/results.json`` for the lesson), checkpoints to
+Budget (defaults ``--epochs 6`` for compare, 4 for vanishing), from smoke runs (1,024 images,
+3 epochs, batch 128, median epoch) on the 2-core CPU while a long training run held both cores
+(so these are lower bounds): training images/s lenet5 1,083, alexnet_mini 55, vgg_mini 97,
+resnet20 71 (median epoch; 117 in its last), all with the fast conv gradients (alexnet_mini and
+vgg_mini gave 27 and 53 with XLA's). Under that load one epoch of the four models on 50,000
+images takes about 35 minutes; on a quiet machine we expect about 3x the throughput, so the 6
+epochs take about an hour (an estimate, not measured: ``--epochs`` scales it). plain56 and
+resnet56 cost about 3x resnet20 per image. Results go to ``<workdir>/results.json`` (one entry
+per model; ``<workdir>/vanishing/results.json`` for the lesson), checkpoints to
 ``<workdir>/<model>/`` (resumed when present), figures to ``visuals/architectures/``.
 """
 
@@ -59,11 +64,7 @@ RECIPES: dict[str, dict] = {
 VANISHING_RECIPE = dict(COMMON, lr=0.1, weight_decay=1e-4)
 GENERIC_RECIPE = dict(COMMON, lr=0.05)
 
-EPOCH_COST = {}
-"""Training images/s measured with ``--limit-train`` smoke runs (2 CPU cores shared with a
-long training run, so these are lower bounds); filled in by the report, not used by the code."""
-
-DEFAULT_EPOCHS = {"compare": 8, "vanishing": 6}
+DEFAULT_EPOCHS = {"compare": 6, "vanishing": 4}
 
 
 def build_parser():
@@ -86,7 +87,7 @@ def build_parser():
     p.add_argument("--limit-eval", type=_cli.positive_int, default=None,
                    help="use only the first N images of the eval split (smoke runs)")
     p.add_argument("--epochs", type=_cli.positive_int, default=None,
-                   help="epochs per model, the same for all (default: 8 compare, 6 vanishing)")
+                   help="epochs per model, the same for all (default: 6 compare, 4 vanishing)")
     p.add_argument("--batch-size", type=_cli.positive_int, default=128,
                    help="global batch size, split over all local devices")
     p.add_argument("--lr", type=_cli.positive_float, default=None,

@@ -182,8 +182,8 @@ def gradient_norms_plot(
 
     Args:
       curves: ``{label: [norm of conv 1, conv 2, ...]}`` in depth order (input side first).
-        Labels containing "plain" are drawn in red tones, others in blue; labels containing
-        "epoch" are drawn dashed (e.g. "plain56, after 1 epoch").
+        One colour per network (the label up to its first comma; red tones for "plain",
+        blue for the others); labels containing "epoch" are dashed ("plain56, after epoch 1").
       note: a line of text under the axes (e.g. the batch used).
     """
     import numpy as np
@@ -193,12 +193,17 @@ def gradient_norms_plot(
     fig, ax = new_figure(size=(9.0, 4.8))
     reds, blues = iter(["#d62728", "#ff7f0e", "#8c564b", "#e377c2"]), iter(
         ["#1f77b4", "#17becf", "#2ca02c", "#9467bd"])
+    colors: dict[str, str] = {}
     for label, norms in curves.items():
         norms = np.asarray(norms, np.float64)
-        color = next(reds) if "plain" in label.lower() else next(blues)
+        base = label.split(",")[0].strip()  # "plain56, after epoch 1" -> "plain56"
+        if base not in colors:
+            colors[base] = next(reds) if "plain" in base.lower() else next(blues)
+        color = colors[base]
         ax.plot(np.arange(1, len(norms) + 1), norms, marker="o", ms=3, color=color,
                 linestyle="--" if "epoch" in label.lower() else "-", label=label)
     ax.set_yscale("log")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("conv layer (1 = first, next to the input)")
     ax.set_ylabel("||dL/dW|| (Frobenius)")
     ax.set_title(title)
