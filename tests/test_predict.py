@@ -62,3 +62,15 @@ def test_cli_errors(tiny_bundle, images, tmp_path, capsys):
     bad.write_bytes(b"not an image")
     assert predict.main([str(tiny_bundle), str(bad)]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_console_script_points_at_main():
+    """``jaxcnn-predict`` (pyproject [project.scripts]) resolves to this module's ``main``."""
+    import tomllib
+    from importlib import import_module
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    target = pyproject["project"]["scripts"]["jaxcnn-predict"]
+    module, _, attr = target.partition(":")
+    assert getattr(import_module(module), attr) is predict.main

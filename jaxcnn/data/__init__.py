@@ -7,6 +7,9 @@
   :func:`random_flip`, :func:`cutout`, :func:`augment`.
 * :mod:`~jaxcnn.data.batching` -- :func:`epoch_batches` (deterministic shuffles, per-process
   slices), :func:`pad_batch`, :func:`prefetch`.
+* :mod:`~jaxcnn.data.image_folder` -- your own ``PATH/<class>/*.jpg`` folders:
+  :func:`scan_image_folder` (counts, imbalance, skipped files), :func:`load_image_folder`,
+  :func:`class_weights`.
 """
 
 from jaxcnn.data.augment import augment, cutout, normalize, random_crop, random_flip
@@ -25,7 +28,13 @@ from jaxcnn.data.dataset import (
     channel_stats,
     resize_images,
 )
-from jaxcnn.data.image_folder import load_image_folder, scan_image_folder  # noqa: F401
+from jaxcnn.data.image_folder import (
+    FolderScan,
+    class_weights,
+    load_image_folder,
+    read_image_rgb,
+    scan_image_folder,
+)
 from jaxcnn.data.tfds_source import DataNotFoundError, load_tfds
 
 __all__ = [
@@ -33,11 +42,14 @@ __all__ = [
     "CIFAR10_STD",
     "ArrayDataset",
     "DataNotFoundError",
+    "FolderScan",
     "augment",
     "channel_stats",
+    "class_weights",
     "cutout",
     "epoch_batches",
     "epoch_permutation",
+    "load_image_folder",
     "load_tfds",
     "normalize",
     "num_batches",
@@ -46,5 +58,7 @@ __all__ = [
     "prefetch",
     "random_crop",
     "random_flip",
+    "read_image_rgb",
     "resize_images",
+    "scan_image_folder",
 ]
