@@ -63,6 +63,31 @@ which is why conv_reference's hand-written fwd+bwd beats it here:
       [PASS] conv_reference within 3x of lax (forward)
       [PASS] conv_reference within 3x of lax (fwd+bwd)
       [PASS] >= 1000x faster per output element than numpy loops
+
+What was tried to speed up the cnn3 train step on the 2-core CPU (AMD EPYC, AVX2, no AVX-512,
+so XLA:CPU uses its own convolution kernels, not oneDNN). Paired ratios of cnn3 train images/s
+at batch 128 against plain Flax (``nn.Conv`` + ``nn.max_pool``) measured in one process each;
+absolute figures are from a loaded machine and only the ratios carry over:
+
+    variant                                              train img/s   x plain
+    -------------------------------------------------------------------------
+    plain Flax (nn.Conv, nn.max_pool)                             64      1.00
+    layers.Conv: kernel gradient as per-row GEMMs                109      1.60
+    + layers.max_pool_2x2 (reshape-max, cheap backward)          144      2.16   <- kept (conv_impl=fast)
+    + rbg / unsafe_rbg PRNG for dropout                            -      2.11 / 2.12
+    + bf16 compute                                                 -      1.77
+    + XLA fast-math, malloc tuning, greedy fusion flags            -      0.97 - 1.0
+    + ynn eltwise/reduce, individual-dot flags                     -      0.87 - 0.99
+    batch 256 / batch 512 (per image)                              -      0.84 / 0.76
+
+    kernel-gradient variant over cnn3's 6 convs (fwd+bwd, ms)   lax 697-1120, per-tap GEMMs ~345,
+                                                                im2col 371-402, per-row GEMMs 277-298
+
+XLA:CPU's convolution backward with respect to the kernel is the bottleneck of the plain step;
+computing it as a few large matrix products over image rows (``jaxcnn.ops.fast_conv``) and
+replacing ``nn.max_pool``'s select-and-scatter backward with a reshape-max are what pay. The
+forward pass and the input gradient stay on XLA's convolution. The numerics match lax (tested
+in ``tests/test_fast_conv.py``, ``tests/test_layers.py``).
 """
 
 from __future__ import annotations

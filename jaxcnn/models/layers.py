@@ -4,6 +4,10 @@
   (kh, kw, C_in, C_out), ``bias`` of shape (C_out,)), whose gradient uses
   ``jaxcnn.ops.fast_conv.conv2d_fast`` (``impl="fast"``) or plain ``lax`` (``impl="lax"``).
   Checkpoints and ported weights are interchangeable with ``nn.Conv``.
+* ``DepthwiseConv``: a depthwise 2-D convolution (one filter per channel) with the parameters of
+  ``nn.Conv(C, feature_group_count=C)`` (``kernel`` (kh, kw, 1, C)), computed as shifted
+  multiply-adds (``jaxcnn.ops.depthwise``, ``impl="shift"``, 5-17x faster on XLA:CPU) or by
+  ``lax`` (``impl="lax"``).
 * ``max_pool_2x2``: 2x2 / stride 2 max pooling written as a reshape and a max, whose gradient
   is a cheap elementwise mask instead of XLA's select-and-scatter.
 """
@@ -18,9 +22,18 @@ import jax.numpy as jnp
 from flax.linen.dtypes import promote_dtype
 from jax import lax
 
+from jaxcnn.ops.depthwise import depthwise_conv2d, depthwise_conv2d_lax
 from jaxcnn.ops.fast_conv import conv2d_fast, resolve_padding
 
-__all__ = ["CONV_IMPLS", "Conv", "max_pool_2x2", "resolve_conv_impl"]
+__all__ = [
+    "CONV_IMPLS",
+    "DEPTHWISE_IMPLS",
+    "Conv",
+    "DepthwiseConv",
+    "max_pool_2x2",
+    "resolve_conv_impl",
+    "resolve_depthwise_impl",
+]
 
 CONV_IMPLS = ("fast", "lax")
 
@@ -34,6 +47,22 @@ def resolve_conv_impl(impl: str) -> str:
         return "fast" if jax.default_backend() == "cpu" else "lax"
     if impl not in CONV_IMPLS:
         raise ValueError(f"conv_impl must be 'auto' or one of {CONV_IMPLS}; got {impl!r}")
+    return impl
+
+
+DEPTHWISE_IMPLS = ("shift", "lax")
+
+
+def resolve_depthwise_impl(impl: str) -> str:
+    """``"auto"`` -> ``"shift"`` on the CPU backend (XLA:CPU's grouped convolution is slow) and
+    ``"lax"`` on GPU/TPU (cuDNN / the TPU convolution units run it well)."""
+    if impl == "auto":
+        import jax
+
+        return "shift" if jax.default_backend() == "cpu" else "lax"
+    if impl not in DEPTHWISE_IMPLS:
+        raise ValueError(f"depthwise_impl must be 'auto' or one of {DEPTHWISE_IMPLS}; "
+                         f"got {impl!r}")
     return impl
 
 
@@ -96,6 +125,49 @@ class Conv(nn.Module):
             y = lax.conv_general_dilated(
                 x, kernel, s, pad, dimension_numbers=("NHWC", "HWIO", "NHWC")
             )
+        if bias is not None:
+            y = y + bias.reshape(1, 1, 1, -1)
+        return y
+
+
+class DepthwiseConv(nn.Module):
+    """Depthwise 2-D convolution, NHWC in and out, same parameters as
+    ``nn.Conv(C, kernel_size, feature_group_count=C, use_bias=...)``.
+
+    Attributes:
+      kernel_size: (kh, kw) or an int.
+      strides: int or (sh, sw).
+      padding: "SAME" | "VALID" | int | (ph, pw) | ((top, bottom), (left, right)).
+      use_bias: add a learned (C,) bias.
+      dtype / param_dtype / kernel_init / bias_init: as in ``nn.Conv``.
+      impl: "shift" (shifted multiply-adds, ``jaxcnn.ops.depthwise.depthwise_conv2d``), "lax"
+        (``lax.conv_general_dilated`` with ``feature_group_count=C``) or "auto" (shift on CPU).
+    """
+
+    kernel_size: int | Sequence[int] = (3, 3)
+    strides: int | Sequence[int] = 1
+    padding: Any = "SAME"
+    use_bias: bool = False
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Callable = nn.initializers.lecun_normal()
+    bias_init: Callable = nn.initializers.zeros_init()
+    impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x):
+        """x: (N, H, W, C) -> (N, Ho, Wo, C)."""
+        impl = resolve_depthwise_impl(self.impl)
+        if jnp.ndim(x) != 4:
+            raise ValueError(f"DepthwiseConv expects x of shape (N, H, W, C); got {jnp.shape(x)}")
+        ks = self.kernel_size
+        ks = (ks, ks) if isinstance(ks, int) else tuple(ks)
+        c = jnp.shape(x)[-1]
+        kernel = self.param("kernel", self.kernel_init, (*ks, 1, c), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (c,), self.param_dtype) if self.use_bias else None
+        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+        fn = depthwise_conv2d if impl == "shift" else depthwise_conv2d_lax
+        y = fn(x, kernel, self.strides, self.padding)
         if bias is not None:
             y = y + bias.reshape(1, 1, 1, -1)
         return y
