@@ -69,19 +69,19 @@ so XLA:CPU uses its own convolution kernels, not oneDNN). Paired ratios of cnn3 
 at batch 128 against plain Flax (``nn.Conv`` + ``nn.max_pool``) measured in one process each;
 absolute figures are from a loaded machine and only the ratios carry over:
 
-    variant                                              train img/s   x plain
-    -------------------------------------------------------------------------
-    plain Flax (nn.Conv, nn.max_pool)                             64      1.00
-    layers.Conv: kernel gradient as per-row GEMMs                109      1.60
-    + layers.max_pool_2x2 (reshape-max, cheap backward)          144      2.16   <- kept (conv_impl=fast)
-    + rbg / unsafe_rbg PRNG for dropout                            -      2.11 / 2.12
-    + bf16 compute                                                 -      1.77
-    + XLA fast-math, malloc tuning, greedy fusion flags            -      0.97 - 1.0
-    + ynn eltwise/reduce, individual-dot flags                     -      0.87 - 0.99
-    batch 256 / batch 512 (per image)                              -      0.84 / 0.76
+    variant                                           train img/s   x plain
+    ---------------------------------------------------------------------
+    plain Flax (nn.Conv, nn.max_pool)                          64      1.00
+    layers.Conv: kernel gradient as per-row GEMMs             109      1.60
+    + layers.max_pool_2x2 (reshape-max backward)              144      2.16  <- kept
+    + rbg / unsafe_rbg PRNG for dropout                         -      2.11 / 2.12
+    + bf16 compute                                              -      1.77
+    + XLA fast-math, malloc tuning, greedy fusion               -      0.97 - 1.0
+    + ynn eltwise/reduce, individual-dot flags                  -      0.87 - 0.99
+    batch 256 / batch 512 (per image)                           -      0.84 / 0.76
 
-    kernel-gradient variant over cnn3's 6 convs (fwd+bwd, ms)   lax 697-1120, per-tap GEMMs ~345,
-                                                                im2col 371-402, per-row GEMMs 277-298
+    kernel gradient over cnn3's 6 convs (fwd+bwd, ms): lax 697-1120, per-tap GEMMs ~345,
+    im2col 371-402, per-row GEMMs 277-298 (kept, ``jaxcnn.ops.fast_conv``)
 
 XLA:CPU's convolution backward with respect to the kernel is the bottleneck of the plain step;
 computing it as a few large matrix products over image rows (``jaxcnn.ops.fast_conv``) and
