@@ -114,6 +114,8 @@ COUNTS = [
     ("resnet34", {"num_classes": 1000}, IMAGENET, 21_797_672, 17_024),
     ("resnet50", {"num_classes": 1000}, IMAGENET, 25_557_032, 53_120),
     ("resnet50", {"num_classes": 1000, "keras_compat": True}, IMAGENET, 25_583_592, 53_120),
+    ("mobilenet_v2", {"num_classes": 1000}, IMAGENET, 3_504_872, 34_112),
+    ("mobilenet_v2", {"num_classes": 1000, "include_top": False}, IMAGENET, 2_223_872, 34_112),
 ]
 
 
@@ -131,6 +133,9 @@ def test_headline_counts():
     keras = models.param_counts(models.create("resnet50", num_classes=1000, keras_compat=True),
                                 (1, 224, 224, 3))
     assert keras["total"] == 25_636_712  # Keras' ResNet50 count (trainable + moving stats)
+    mobilenet = models.param_counts(models.create("mobilenet_v2", num_classes=1000),
+                                    (1, 224, 224, 3))
+    assert mobilenet["total"] == 3_538_984  # Keras' MobileNetV2 count (moving stats included)
     assert (imagenet_resnet_count((3, 4, 6, 3), True)[0], imagenet_resnet_count((3, 4, 6, 3),
             False)[0]) == (25_557_032, 21_797_672)
 
@@ -370,7 +375,8 @@ def test_create_errors():
         shapes(models.create("resnet20", shortcut="C"), CIFAR)
     names = set(models.available())
     assert {"lenet5", "alexnet_mini", "vgg_mini", "vgg16", "vgg19", "resnet20", "resnet32",
-            "resnet56", "plain20", "plain56", "resnet18", "resnet34", "resnet50"} <= names
+            "resnet56", "plain20", "plain56", "resnet18", "resnet34", "resnet50",
+            "mobilenet_v2"} <= names
 
 
 # ----------------------------------------------------------------------------- one real SGD step

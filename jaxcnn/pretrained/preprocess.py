@@ -1,10 +1,16 @@
 """Image preprocessing of the pretrained networks, in numpy + PIL (no jax).
 
 ``resize_shorter_crop_normalize`` is the standard ImageNet evaluation transform: resize the
-shorter side (bicubic, as PIL does it), take the centre square, scale to floats and normalise
-per channel. ``EFFICIENTNET_LITE0`` gives the settings of the EfficientNet-Lite0 port:
-shorter side 256, centre crop 224, ``(x / 255 - 0.5) / 0.5`` (inputs in [-1, 1], not the usual
-ImageNet mean/std).
+shorter side (bicubic, as PIL does it), take the centre square, scale to floats, optionally
+reorder the channels and normalise per channel. The settings of the ports, all with shorter
+side 256 and centre crop 224:
+
+* ``EFFICIENTNET_LITE0`` and ``MOBILENET_V2``: ``(x / 255 - 0.5) / 0.5``, inputs in [-1, 1]
+  (Keras' ``preprocess_input`` mode ``"tf"``: ``x / 127.5 - 1``), not the usual ImageNet
+  mean/std;
+* ``RESNET50_CAFFE``: Keras' mode ``"caffe"`` (the original Caffe ResNet's convention): RGB ->
+  BGR and subtract the per-channel ImageNet mean ``(103.939, 116.779, 123.68)`` (B, G, R) from
+  the 0..255 pixel values, no scaling.
 
 This module imports only numpy and PIL so that tools running in other environments (the
 PyTorch reference in ``tools/make_efficientnet_golden.py``) can load it by file path and feed
@@ -19,18 +25,31 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-__all__ = ["EFFICIENTNET_LITE0", "Preprocessing", "resize_shorter_crop_normalize", "to_rgb_uint8"]
+__all__ = [
+    "EFFICIENTNET_LITE0",
+    "MOBILENET_V2",
+    "RESNET50_CAFFE",
+    "Preprocessing",
+    "resize_shorter_crop_normalize",
+    "to_rgb_uint8",
+]
 
 
 @dataclass(frozen=True)
 class Preprocessing:
     """Settings of an ImageNet evaluation transform.
 
+    The output is ``(x[..., order] / pixel_scale - mean) / std`` for pixel values ``x`` in
+    0..255 after the resize and crop.
+
     Attributes:
       resize: the shorter image side after resizing (pixels).
       crop: side of the centre square cropped after resizing.
-      mean / std: per-channel (R, G, B) normalisation of ``x / 255``.
+      mean / std: per-channel normalisation of ``x / pixel_scale``, in the output channel order.
       resample: PIL resampling filter for the resize.
+      pixel_scale: the divisor applied to the 0..255 pixel values before ``mean``/``std``
+        (255: [0, 1] floats; 1: raw pixel values, as Caffe-style networks expect).
+      channel_order: ``"RGB"`` (unchanged) or ``"BGR"`` (channels reversed).
     """
 
     resize: int
@@ -38,9 +57,20 @@ class Preprocessing:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     resample: int = Image.Resampling.BICUBIC
+    pixel_scale: float = 255.0
+    channel_order: str = "RGB"
 
 
 EFFICIENTNET_LITE0 = Preprocessing(resize=256, crop=224, mean=(0.5,) * 3, std=(0.5,) * 3)
+MOBILENET_V2 = Preprocessing(resize=256, crop=224, mean=(0.5,) * 3, std=(0.5,) * 3)
+RESNET50_CAFFE = Preprocessing(
+    resize=256,
+    crop=224,
+    mean=(103.939, 116.779, 123.68),
+    std=(1.0, 1.0, 1.0),
+    pixel_scale=1.0,
+    channel_order="BGR",
+)
 
 
 def to_rgb_uint8(image) -> np.ndarray:
@@ -101,8 +131,10 @@ def resize_shorter_crop_normalize(images, p: Preprocessing = EFFICIENTNET_LITE0)
 
     Returns:
       float32 (N, crop, crop, 3): resized (shorter side ``p.resize``, bicubic), centre-cropped,
-      ``(x / 255 - mean) / std``.
+      channels in ``p.channel_order``, ``(x / p.pixel_scale - mean) / std``.
     """
+    if p.channel_order not in ("RGB", "BGR"):
+        raise ValueError(f"channel_order must be 'RGB' or 'BGR'; got {p.channel_order!r}")
     if isinstance(images, np.ndarray) and images.ndim == 4:
         items: Sequence = list(images)
     elif isinstance(images, Image.Image) or (
@@ -122,5 +154,8 @@ def resize_shorter_crop_normalize(images, p: Preprocessing = EFFICIENTNET_LITE0)
     std = np.asarray(p.std, np.float32)
     out = np.empty((len(items), p.crop, p.crop, 3), np.float32)
     for i, image in enumerate(items):
-        out[i] = (_resize_crop(to_rgb_uint8(image), p) / np.float32(255.0) - mean) / std
+        pixels = _resize_crop(to_rgb_uint8(image), p)
+        if p.channel_order == "BGR":
+            pixels = pixels[..., ::-1]
+        out[i] = (pixels / np.float32(p.pixel_scale) - mean) / std
     return out
