@@ -15,7 +15,9 @@ Steps:
 4. Phase 1: EfficientNet-Lite0 (ImageNet) features, computed once and cached in
    ``<workdir>/cache/``, and a new Dense head trained on them. Phase 2 (``--fine-tune-epochs``
    > 0): the top ``--trainable-blocks`` modules and the head fine-tuned at a lower learning
-   rate with BatchNorm statistics frozen.
+   rate with BatchNorm statistics frozen. The frozen modules' output is computed once (also
+   cached; ``--no-cache-activations`` runs the whole network every step instead) so each step
+   costs only the trainable top part.
 5. Export to ``<workdir>/bundle/`` (``python -m jaxcnn.predict`` reads it), metrics in
    ``<workdir>/results.json``, a figure of held-out predictions in ``visuals/custom/``.
 """
@@ -60,6 +62,10 @@ def build_parser():
                    help="phase 2: peak AdamW learning rate")
     p.add_argument("--batch-size", type=_cli.positive_int, default=32,
                    help="phase 2 batch size")
+    p.add_argument("--no-cache-activations", dest="cache_activations", action="store_false",
+                   help="phase 2: run the whole network every step instead of caching the "
+                        "frozen modules' output once (in <workdir>/cache/) and training the top "
+                        "part on it (slower; see jaxcnn.transfer.fine_tune)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars")
     return p
@@ -115,11 +121,13 @@ def main(argv=None) -> dict:
     model_k = models.create("efficientnet_lite0", num_classes=train.num_classes)
     tuned = transfer.with_head(variables, head)
     if args.fine_tune_epochs > 0:
-        trainable = transfer.top_blocks(tuned["params"], args.trainable_blocks)
+        trainable = transfer.top_blocks(tuned["params"], args.trainable_blocks,
+                                        model=model_k)
         tuned, hist2 = transfer.fine_tune(
             model_k, tuned, train, val, prep, trainable=trainable, epochs=args.fine_tune_epochs,
             batch_size=min(args.batch_size, len(train)), lr=args.fine_tune_lr, class_weights=cw,
-            seed=args.seed, progress=args.progress)
+            seed=args.seed, progress=args.progress, cache_activations=args.cache_activations,
+            cache_dir=cache)
         logits = transfer.predict_logits(model_k, tuned, val.images, prep)
         row["phase2_val_accuracy"] = float((logits.argmax(-1) == val.labels).mean())
         print(f"phase 2 (top {args.trainable_blocks} blocks fine-tuned): "

@@ -34,8 +34,13 @@ roughly 32-48 px (re-sampling them through 32 px changes them by only 3.7/255 on
 the same cached features gives the same 74% (97% on train), an MLP head 68%, and 224 px input
 instead of 160 px adds about 2 points (5-fold CV on 500 photos: 71.6% -> 73.8%). The zero-shot
 ImageNet head confirms the features are sane (daisies are mostly "daisy"). Not yet run (CPU
-budget): ``--modes scratch`` and ``--modes fine_tuning`` (phase 2 runs the whole backbone
-forward per step: about 5x the extraction time per epoch on 2 cores).
+budget): ``--modes scratch`` and ``--modes fine_tuning``. Phase 2 caches the frozen modules'
+output once (train photos, their mirror images and the held-out ones; ``<workdir>/cache/``)
+and each step runs only the top ``--trainable-blocks`` modules and the head: on 256 of these
+photos at 160 px with 3 trainable modules, 99 img/s against 12 img/s for the whole-network step
+it replaced (2.0x from the cache, 4.2x from Lite0's shift-based depthwise convolution; see
+:func:`jaxcnn.transfer.fine_tune`). ``--no-cache-activations`` (or ``--train-bn``) runs the whole
+network every step.
 """
 
 from __future__ import annotations
@@ -77,7 +82,13 @@ def build_parser():
     p.add_argument("--fine-tune-lr", type=_cli.positive_float, default=1e-4,
                    help="fine_tuning: peak AdamW learning rate of phase 2")
     p.add_argument("--train-bn", action="store_true",
-                   help="fine_tuning: update BatchNorm statistics (default: frozen)")
+                   help="fine_tuning: update BatchNorm statistics (default: frozen; implies "
+                        "the full forward pass per step, as --no-cache-activations)")
+    p.add_argument("--no-cache-activations", dest="cache_activations", action="store_false",
+                   help="fine_tuning: run the whole network every step instead of caching the "
+                        "frozen modules' output once (in <workdir>/cache/) and training the top "
+                        "part on it; slower, but the only way to add image augmentation "
+                        "beyond flips")
     p.add_argument("--scratch-model", default="cnn3", help="registry model for scratch")
     p.add_argument("--scratch-size", type=_cli.positive_int, default=96,
                    help="scratch: image side the model trains at")
@@ -181,14 +192,17 @@ def run_transfer(ds, val_idx, train_idx, args, modes, outcomes):
         outcomes["feature_extraction"] = dict(row=row, logits=logits, history=hist)
     if "fine_tuning" in modes:
         train, val = ds.take(train_idx), ds.take(val_idx)
-        trainable = transfer.top_blocks(variables_k["params"], args.trainable_blocks)
+        trainable = transfer.top_blocks(variables_k["params"], args.trainable_blocks,
+                                        model=model_k)
         print(f"fine-tuning {trainable} (BatchNorm statistics "
               f"{'updated' if args.train_bn else 'frozen'})")
         start = time.perf_counter()
         tuned, hist2 = transfer.fine_tune(
             model_k, variables_k, train, val, prep, trainable=trainable,
             epochs=args.fine_tune_epochs, batch_size=args.batch_size, lr=args.fine_tune_lr,
-            freeze_bn=not args.train_bn, seed=args.seed, progress=args.progress)
+            freeze_bn=not args.train_bn, seed=args.seed, progress=args.progress,
+            cache_activations=args.cache_activations, cache_dir=args.workdir / "cache",
+            cache_name="efficientnet_lite0-activations")
         ft_s = time.perf_counter() - start
         logits2 = transfer.predict_logits(model_k, tuned, val.images, prep)
         n_head = len(hist)

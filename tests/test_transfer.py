@@ -145,3 +145,131 @@ def test_train_head_learns_separable_features_and_with_head(tiny):
     np.testing.assert_allclose(
         model.apply(v, jnp.asarray(_data()[0]), train=False),
         transfer.head_logits(head, feats), rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# fine_tune with cached activations (EfficientNet-Lite's split forward)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lite():
+    """A tiny EfficientNet-Lite (stem, block0..block3, head_conv) at 32 px with a trained-ish
+    head, non-trivial BN statistics, and a small uint8 train/val split."""
+    from jaxcnn.data import ArrayDataset
+    from jaxcnn.models.efficientnet_lite import EfficientNetLite
+
+    model = EfficientNetLite(num_classes=3, stages=((1, 3, 1, 8, 1), (6, 3, 2, 16, 2),
+                                                    (6, 5, 2, 24, 1)),
+                             stem_features=8, head_features=32)
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    # jit returns dicts with sorted keys; top_blocks reads the network order from the params
+    order = [*model.module_names(), "head"]
+    variables = {c: {k: t[k] for k in order if k in t} for c, t in variables.items()}
+    variables["batch_stats"] = jax.tree.map(lambda a: a + 0.2, variables["batch_stats"])
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 3, 32).astype(np.int32)
+    names = ("a", "b", "c")
+    train = ArrayDataset(images[:24], labels[:24], names)
+    val = ArrayDataset(images[24:], labels[24:], names)
+    prep = transfer.image_preprocess((32, 32), (0.5,) * 3, (0.5,) * 3)
+    return model, variables, train, val, prep
+
+
+def _fine_tune(lite, **kw):
+    model, variables, train, val, prep = lite
+    trainable = transfer.top_blocks(variables["params"], 2)  # block3, head_conv (+ head)
+    kw = dict(dict(epochs=2, batch_size=8, lr=1e-2, eval_batch_size=8, progress=False), **kw)
+    return transfer.fine_tune(model, variables, train, val, prep, trainable=trainable, **kw)
+
+
+def test_split_point(tiny, lite):
+    model, variables = lite[:2]
+    params = variables["params"]
+    assert transfer.split_point(model, params, transfer.top_blocks(params, 2)) == 4
+    assert transfer.split_point(model, params, ("head",)) == 5  # head only: head_conv's input
+    assert transfer.split_point(model, params, lambda p: p[0] == "block1") == 2
+    assert transfer.split_point(model, params, transfer.top_blocks(params, 6)) is None  # stem
+    assert transfer.split_point(tiny[0], tiny[1]["params"], ("head",)) is None  # no split API
+    # params that went through jit / jax.tree (e.g. pretrained.load) have sorted keys: the
+    # network order then comes from the model
+    shuffled = dict(sorted(params.items()))
+    assert transfer.top_blocks(shuffled, 2) == ("head_conv", "stem", "head")  # wrong without it
+    assert transfer.top_blocks(shuffled, 2, model=model) == ("block3", "head_conv", "head")
+    with pytest.raises(ValueError, match="params hold modules"):
+        transfer.top_blocks({"head": 0, "stem": 0}, 1, model=model)
+
+
+def test_extract_activations_match_the_split_forward(lite, tmp_path):
+    model, variables, train, _, prep = lite
+    a = transfer.extract_activations(model, variables, train.images, prep, 4, batch_size=5,
+                                     cache_dir=tmp_path, progress=False)
+    want = model.apply(variables, prep(train.images), method=model.stem_and_blocks, upto=4)
+    assert a.shape == (24, 8, 8, 16) and a.dtype == np.float32
+    np.testing.assert_allclose(a, want, rtol=1e-6, atol=1e-6)
+    flipped = transfer.extract_activations(model, variables, train.images, prep, 4,
+                                           batch_size=5, flip=True, cache_dir=tmp_path,
+                                           progress=False)
+    want = model.apply(variables, prep(train.images[:, :, ::-1]), method=model.stem_and_blocks,
+                       upto=4)
+    np.testing.assert_allclose(flipped, want, rtol=1e-6, atol=1e-6)
+    assert len(list(tmp_path.glob("activations-*.npz"))) == 2
+    # a new head / new top blocks keep the key (only the modules below the split enter it)
+    new_top = transfer.with_head(variables, {"kernel": jnp.ones((32, 3)), "bias": jnp.ones(3)})
+    transfer.extract_activations(model, new_top, train.images, prep, 4, batch_size=5,
+                                 cache_dir=tmp_path, progress=False)
+    assert len(list(tmp_path.glob("activations-*.npz"))) == 2
+
+
+@pytest.mark.parametrize("flip", [True, False])
+def test_cached_fine_tune_equals_full_forward(lite, tmp_path, flip):
+    """Same seed, batches, flips and dropout keys: the cached path (top part only) ends with the
+    params of the full-forward path (rtol 1e-5, atol 1e-6; bitwise equal on the CPU where it was
+    written), and the frozen modules and BN statistics are bitwise unchanged by both."""
+    model, variables = lite[:2]
+    full, hist_full = _fine_tune(lite, flip=flip, cache_activations=False)
+    cached, hist_cached = _fine_tune(lite, flip=flip, cache_dir=tmp_path)
+    files = sorted(p.name.rsplit("-", 1)[0] for p in tmp_path.glob("*.npz"))
+    assert files == (["activations-train", "activations-train-flipped", "activations-val"]
+                     if flip else ["activations-train", "activations-val"])
+    before, a, b = _flat(variables["params"]), _flat(full["params"]), _flat(cached["params"])
+    changed = 0
+    for k in before:
+        if k.split("/")[0] in ("stem", "block0", "block1", "block2"):
+            assert before[k].tobytes() == a[k].tobytes() == b[k].tobytes(), k
+        else:
+            changed += not np.allclose(before[k], b[k], rtol=1e-3, atol=1e-4)
+            np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    assert changed >= 10, "fine-tuning moved too few trainable leaves"
+    for s0, s1 in zip(jax.tree.leaves(variables["batch_stats"]),
+                      jax.tree.leaves(cached["batch_stats"]), strict=True):
+        assert np.asarray(s0).tobytes() == np.asarray(s1).tobytes()
+    for r1, r2 in zip(hist_full, hist_cached, strict=True):
+        assert r1["eval_accuracy"] == r2["eval_accuracy"]
+        np.testing.assert_allclose([r2["train_loss"], r2["eval_loss"]],
+                                   [r1["train_loss"], r1["eval_loss"]], rtol=1e-5)
+
+
+def test_cached_fine_tune_reuses_its_cache_and_falls_back(lite, tmp_path, monkeypatch):
+    first, _ = _fine_tune(lite, epochs=1, cache_dir=tmp_path)
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*.npz")}
+    assert len(stamps) == 3
+    passes = []
+    run = transfer._run_batched
+
+    def spy(*args, **kw):
+        passes.append(kw.get("desc"))
+        return run(*args, **kw)
+
+    monkeypatch.setattr(transfer, "_run_batched", spy)
+    again, _ = _fine_tune(lite, epochs=1, cache_dir=tmp_path)
+    assert passes == [None]  # the epoch's evaluation only: no extraction pass
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*.npz")} == stamps
+    jax.tree.map(np.testing.assert_array_equal, first, again)
+    # batch statistics updated (freeze_bn=False) need the full forward: nothing is cached
+    passes.clear()
+    _fine_tune(lite, epochs=1, freeze_bn=False, cache_dir=tmp_path / "bn")
+    assert passes == [None] and not (tmp_path / "bn").exists()
+    with pytest.raises(ValueError, match="needs freeze_bn=True"):
+        transfer.make_fine_tune_step(lite[0], optax.sgd(0.1), None, 3, freeze_bn=False, start=4)

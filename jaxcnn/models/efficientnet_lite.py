@@ -24,16 +24,23 @@ shift every later feature map by a pixel and break ported weights). BatchNorm us
 ``epsilon=1e-3`` and ``momentum=0.99``.
 
 Ported ImageNet weights: ``jaxcnn.pretrained.load("efficientnet_lite0")``.
+
+Split forward (for fine-tuning with cached activations, :func:`jaxcnn.transfer.fine_tune`):
+``method=model.stem_and_blocks, upto=k`` runs modules ``0 .. k-1`` of ``model.module_names()``
+(``stem, block0, ..., block15, head_conv``) and ``method=model.from_block, start=k`` the rest up
+to the logits; the parameter names are those of the plain forward pass.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxcnn.models.layers import DepthwiseConv, resolve_depthwise_impl
 from jaxcnn.models.registry import register
 
 __all__ = ["EfficientNetLite", "LITE0_STAGES", "MBConv", "tf_same_padding"]
@@ -81,22 +88,35 @@ class ConvBN(nn.Module):
     bn_epsilon: float = 1e-3
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    depthwise_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         """x: (N, H, W, C_in) -> (N, ceil(H / stride), ceil(W / stride), features)."""
         pad = tuple(tf_same_padding(n, self.kernel, self.stride) for n in x.shape[1:3])
-        x = nn.Conv(
-            self.features,
-            (self.kernel, self.kernel),
-            strides=(self.stride, self.stride),
-            padding=pad,
-            feature_group_count=self.groups,
-            use_bias=False,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="conv",
-        )(x)
+        if self.groups > 1 and self.groups == self.features == x.shape[-1]:
+            # depthwise: the same (k, k, 1, C) kernel as nn.Conv(feature_group_count=C)
+            x = DepthwiseConv(
+                self.kernel,
+                self.stride,
+                padding=pad,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                impl=self.depthwise_impl,
+                name="conv",
+            )(x)
+        else:
+            x = nn.Conv(
+                self.features,
+                (self.kernel, self.kernel),
+                strides=(self.stride, self.stride),
+                padding=pad,
+                feature_group_count=self.groups,
+                use_bias=False,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="conv",
+            )(x)
         x = nn.BatchNorm(
             use_running_average=not train,
             momentum=self.bn_momentum,
@@ -123,6 +143,7 @@ class MBConv(nn.Module):
     bn_epsilon: float = 1e-3
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    depthwise_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -132,6 +153,7 @@ class MBConv(nn.Module):
             bn_epsilon=self.bn_epsilon,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            depthwise_impl=self.depthwise_impl,
         )
         c_in = x.shape[-1]
         h = x
@@ -158,6 +180,11 @@ class EfficientNetLite(nn.Module):
       dropout: rate before ``head`` (0.2 for Lite0).
       bn_momentum / bn_epsilon: TF's 0.99 and 1e-3.
       dtype: compute dtype (e.g. ``jnp.bfloat16``); params float32; logits float32.
+      depthwise_impl: the depthwise convolutions: ``"shift"`` (shifted multiply-adds,
+        :func:`jaxcnn.ops.depthwise.depthwise_conv2d`), ``"lax"`` (``nn.Conv`` with
+        ``feature_group_count``) or ``"auto"`` (shift on CPU, where XLA's grouped convolution
+        and above all its kernel gradient are 5-17x slower; lax on GPU/TPU). Same parameters,
+        same outputs up to float rounding.
     """
 
     num_classes: int = 1000
@@ -169,8 +196,15 @@ class EfficientNetLite(nn.Module):
     bn_epsilon: float = 1e-3
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    depthwise_impl: str = "auto"
 
-    @nn.compact
+    def module_names(self) -> tuple[str, ...]:
+        """Top-level modules below ``head``, in network order: ``stem, block0, ...,
+        block{B-1}, head_conv`` (18 for Lite0). Module ``k`` of :meth:`stem_and_blocks` and
+        :meth:`from_block` is ``module_names()[k]``; the names are the params' top-level keys."""
+        blocks = sum(stage[4] for stage in self.stages)
+        return ("stem", *(f"block{i}" for i in range(blocks)), "head_conv")
+
     def __call__(self, x, train: bool = False, return_features: bool = False):
         """x: (N, H, W, 3) float, preprocessed to [-1, 1] (224x224 for ImageNet) ->
         logits (N, num_classes) float32.
@@ -181,27 +215,71 @@ class EfficientNetLite(nn.Module):
         """
         if x.ndim != 4:
             raise ValueError(f"EfficientNetLite expects x of shape (N, H, W, C); got {x.shape}")
+        return self._run(x, train, 0, None, return_features)
+
+    def stem_and_blocks(self, x, train: bool = False, upto: int | None = None):
+        """The bottom part: modules ``0 .. upto - 1`` of :meth:`module_names`.
+
+        x: (N, H, W, 3) image as for ``__call__`` -> the activation entering module ``upto``
+        (N, h, w, c) in the compute dtype; ``upto=0`` returns ``x`` itself (cast), ``upto =
+        len(module_names())`` the output of ``head_conv`` before pooling; None: all of them.
+        ``from_block(stem_and_blocks(x, upto=k), start=k)`` equals ``__call__(x)``::
+
+            h = model.apply(variables, x, train=False, method=model.stem_and_blocks, upto=k)
+            logits = model.apply(variables, h, train=False, method=model.from_block, start=k)
+
+        Only the variables of the modules it runs are read (others may be absent).
+        """
+        n = len(self.module_names())
+        upto = n if upto is None else upto
+        self._check_split("upto", upto, n, x)
+        return self._run(x, train, 0, upto, False)
+
+    def from_block(self, h, train: bool = False, start: int = 0,
+                   return_features: bool = False):
+        """The top part: modules ``start ..`` of :meth:`module_names`, pooling, dropout, head.
+
+        h: the activation entering module ``start`` (:meth:`stem_and_blocks` with ``upto=start``)
+        -> logits (N, num_classes) float32, or with ``return_features`` the (N, head_features)
+        pooled features. ``start=0`` is ``__call__``. Dropout and BatchNorm behave as in
+        ``__call__`` (``train``); the model has no stochastic depth (drop-connect), so with
+        ``train=False`` the bottom part is a fixed function of the image.
+        """
+        self._check_split("start", start, len(self.module_names()), h)
+        return self._run(h, train, start, None, return_features)
+
+    @staticmethod
+    def _check_split(arg: str, k, n: int, x) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= n:
+            raise ValueError(f"{arg} must be an int in [0, {n}] (a module index; module_names() "
+                             f"lists them), got {k!r}")
+        if x.ndim != 4:
+            raise ValueError(f"EfficientNetLite expects (N, H, W, C) input; got {x.shape}")
+
+    @nn.compact
+    def _run(self, x, train: bool, start: int, stop: int | None, return_features: bool):
+        """Modules ``start .. stop - 1`` (all when ``stop`` is None, then the classifier)."""
+        resolve_depthwise_impl(self.depthwise_impl)  # a bad name fails here, before any layer
         kw = dict(
             bn_momentum=self.bn_momentum,
             bn_epsilon=self.bn_epsilon,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            depthwise_impl=self.depthwise_impl,
         )
-        x = jnp.asarray(x, self.dtype)
-        x = ConvBN(self.stem_features, 3, 2, name="stem", **kw)(x, train)
+        layers = [functools.partial(ConvBN, self.stem_features, 3, 2, name="stem", **kw)]
         i = 0
         for expand, kernel, stride, out, repeats in self.stages:
             for r in range(repeats):
-                x = MBConv(
-                    out,
-                    expand,
-                    kernel,
-                    stride if r == 0 else 1,
-                    name=f"block{i}",
-                    **kw,
-                )(x, train)
+                layers.append(functools.partial(
+                    MBConv, out, expand, kernel, stride if r == 0 else 1, name=f"block{i}", **kw))
                 i += 1
-        x = ConvBN(self.head_features, 1, name="head_conv", **kw)(x, train)
+        layers.append(functools.partial(ConvBN, self.head_features, 1, name="head_conv", **kw))
+        x = jnp.asarray(x, self.dtype)
+        for make in layers[start:stop]:
+            x = make()(x, train)
+        if stop is not None:
+            return x
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         if return_features:
             return x
