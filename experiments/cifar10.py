@@ -1,6 +1,6 @@
-"""CIFAR-10 head-to-head: an MLP against the 3-block CNN (the project's main job).
+"""CIFAR-10 head-to-head: an MLP, the 3-block CNN and transfer learning (the project's main job).
 
-    python -m experiments.cifar10                       # mlp and cnn3 on train / test
+    python -m experiments.cifar10                       # mlp, cnn3, lite0_transfer on train / test
     python -m experiments.cifar10 --train-split 'train[:45000]' --eval-split 'train[45000:]'
     python -m experiments.cifar10 --models cnn3 --ensemble 4
     python -m experiments.cifar10 --eval-only           # evaluate saved checkpoints
@@ -15,6 +15,14 @@ Per-model defaults (overridden by the flags) are the documented recipe: cnn3 tra
 label smoothing 0.1, random crop (4-pixel reflect padding) and horizontal flips for 30 epochs;
 the MLP trains with AdamW and a cosine schedule, without augmentation (it cannot use it: an MLP
 has no translation invariance, so shifted images only make its task harder).
+
+``lite0_transfer`` is the transfer-learning row: EfficientNet-Lite0 with its ImageNet weights
+(``jaxcnn.pretrained``), frozen and in inference mode, sees every image upsampled to
+``--transfer-size`` (bilinear, scaled to [-1, 1]); its pooled 1280-d features are computed once
+(cached in ``<workdir>/cache/``) and a new Dense head is trained on them for
+``--transfer-epochs`` (AdamW, cosine). Its bundle is an ``efficientnet_lite0`` with 10 classes
+that predicts from 32x32 uint8 images (resized inside). ``train_seconds`` includes the feature
+extraction; ``images_per_s`` is the extraction rate.
 """
 
 from __future__ import annotations
@@ -29,7 +37,11 @@ import numpy as np
 
 from experiments import _cli
 
-DEFAULT_MODELS = ("mlp", "cnn3")
+DEFAULT_MODELS = ("mlp", "cnn3", "lite0_transfer")
+# Rows that are not trained from scratch: name -> pretrained backbone.
+TRANSFER_MODELS = {"lite0_transfer": "efficientnet_lite0"}
+LITE0_MEAN = (0.5, 0.5, 0.5)
+LITE0_STD = (0.5, 0.5, 0.5)
 
 # The recipe per model; every key can be overridden from the command line.
 RECIPES: dict[str, dict] = {
@@ -78,6 +90,13 @@ def build_parser():
                    help="train K models from K seeds at once (vmap); reports mean +- std")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="compute dtype; parameters and optimizer state stay float32")
+    p.add_argument("--transfer-size", type=_cli.positive_int, default=128,
+                   help="lite0_transfer: side the 32x32 images are upsampled to (224 is the "
+                        "ImageNet size; 128 costs a third of it)")
+    p.add_argument("--transfer-epochs", type=_cli.positive_int, default=30,
+                   help="lite0_transfer: epochs of the Dense head on the cached features")
+    p.add_argument("--transfer-lr", type=_cli.positive_float, default=1e-3,
+                   help="lite0_transfer: peak AdamW learning rate of the head")
     p.add_argument("--eval-batch-size", type=_cli.positive_int, default=500,
                    help="batch size for evaluation")
     p.add_argument("--eval-only", action="store_true",
@@ -145,6 +164,69 @@ def train_one(name, recipe, train, evaluation, args):
     return model, model_options, preprocess, result, time.perf_counter() - start
 
 
+def run_transfer(name, train, evaluation, args):
+    """Feature extraction with a frozen pretrained backbone + a new Dense head.
+
+    Returns (row, outcome) like the trained models; the bundle goes to
+    ``<workdir>/<name>/bundle/``.
+    """
+    from jaxcnn import export, models, pretrained, transfer
+
+    backbone = TRANSFER_MODELS[name]
+    size = (args.transfer_size,) * 2
+    prep = transfer.image_preprocess(size, LITE0_MEAN, LITE0_STD)
+    bundle_dir = args.workdir / name / "bundle"
+    if args.eval_only:
+        if not bundle_dir.exists():
+            raise SystemExit(f"error: no bundle in {bundle_dir}; train first (drop --eval-only)")
+        bundle = export.load(bundle_dir)
+        probs = bundle.predict(evaluation.images)
+        logits = np.log(np.clip(probs, 1e-12, None))
+        row = dict(bundle.metrics, test_accuracy=float((logits.argmax(-1) ==
+                                                        evaluation.labels).mean()))
+        return row, dict(logits=logits, accuracy=row["test_accuracy"], history=[])
+    model, variables = pretrained.load(backbone)
+    cache = args.workdir / "cache"
+    start = time.perf_counter()
+    f_train = transfer.extract_features(model, variables, train.images, prep, 64,
+                                        cache_dir=cache, name=f"{backbone}-cifar10-train",
+                                        progress=args.progress)
+    f_eval = transfer.extract_features(model, variables, evaluation.images, prep, 64,
+                                       cache_dir=cache, name=f"{backbone}-cifar10-eval",
+                                       progress=args.progress)
+    extract_s = time.perf_counter() - start
+    print(f"{name}: features {f_train.shape} + {f_eval.shape} in {extract_s:.0f} s")
+    start = time.perf_counter()
+    head, history = transfer.train_head(
+        f_train, train.labels, train.num_classes, val=(f_eval, evaluation.labels),
+        epochs=args.transfer_epochs, batch_size=args.batch_size, lr=args.transfer_lr,
+        seed=args.seed,
+        progress=args.progress)
+    head_s = time.perf_counter() - start
+    logits = np.asarray(transfer.head_logits(head, f_eval))
+    variables_k = transfer.with_head(variables, head)
+    row = {
+        "test_accuracy": float((logits.argmax(-1) == evaluation.labels).mean()),
+        "eval_split": args.eval_split,
+        "params": models.count_params(variables_k["params"]),
+        "trainable_params": int(head["kernel"].size + head["bias"].size),
+        "epochs": args.transfer_epochs,
+        "train_seconds": extract_s + head_s,
+        "feature_seconds": extract_s,
+        "head_seconds": head_s,
+        "images_per_s": (len(train) + len(evaluation)) / extract_s,
+        "input_size": args.transfer_size,
+        "recipe": dict(backbone=backbone, frozen=True, head="Dense", optimizer="adamw",
+                       lr=args.transfer_lr, epochs=args.transfer_epochs,
+                       batch_size=args.batch_size),
+    }
+    export.save(bundle_dir, model_name=backbone, model_options={}, variables=variables_k,
+                class_names=train.class_names,
+                preprocessing=dict(input_size=size, mean=LITE0_MEAN, std=LITE0_STD),
+                metrics={k: v for k, v in row.items() if k != "recipe"})
+    return row, dict(logits=logits, accuracy=row["test_accuracy"], history=history)
+
+
 def member_variables(state, index: int | None):
     """Model variables of a (possibly ensembled) TrainState, or of a restored checkpoint dict,
     as host numpy."""
@@ -185,7 +267,7 @@ def update_results(workdir: Path, name: str, row: dict) -> dict:
 
 
 def format_table(results: dict, names) -> str:
-    head = (f"{'model':<10} {'accuracy':>16} {'params':>11} {'epochs':>6} {'train min':>9} "
+    head = (f"{'model':<15} {'accuracy':>16} {'params':>11} {'epochs':>6} {'train min':>9} "
             f"{'img/s':>8}")
     lines = [head, "-" * len(head)]
     for name in names:
@@ -196,7 +278,7 @@ def format_table(results: dict, names) -> str:
         if "test_accuracy_std" in r:
             acc = f"{100 * r['test_accuracy']:.2f}+-{100 * r['test_accuracy_std']:.2f}%"
         minutes = r.get("train_seconds", float("nan")) / 60
-        lines.append(f"{name:<10} {acc:>16} {r['params']:>11,} {r.get('epochs', 0):>6} "
+        lines.append(f"{name:<15} {acc:>16} {r['params']:>11,} {r.get('epochs', 0):>6} "
                      f"{minutes:>9.1f} {r.get('images_per_s', float('nan')):>8.0f}")
     return "\n".join(lines)
 
@@ -242,6 +324,8 @@ def write_figures(visuals: Path, train, evaluation, outcomes: dict, args) -> Non
                            visuals / "confident_mistakes.png",
                            title=f"{best}: most confident mistakes")
     for name, o in outcomes.items():
+        if o.get("model") is None:
+            continue  # a transfer row: its filters are ImageNet's, not learned here
         variables = o["variables"]
         try:
             kernel = evaluate.first_conv_kernel(variables)
@@ -263,15 +347,21 @@ def main(argv=None) -> dict:
     from jaxcnn import export, models
     from jaxcnn.train import checkpoint, maybe_initialize_distributed
 
-    unknown = [n for n in names if n not in models.available()]
+    unknown = [n for n in names if n not in models.available() and n not in TRANSFER_MODELS]
     if unknown:
-        raise SystemExit(f"error: unknown model(s) {unknown}; available: {models.available()}")
+        raise SystemExit(f"error: unknown model(s) {unknown}; available: "
+                         f"{models.available() + sorted(TRANSFER_MODELS)}")
     maybe_initialize_distributed()
     train, evaluation = load_data(args)
     print(f"train: {args.train_split} {len(train):,} images; eval: {args.eval_split} "
           f"{len(evaluation):,} images")
     outcomes, results = {}, {}
     for name in names:
+        if name in TRANSFER_MODELS:
+            row, outcomes[name] = run_transfer(name, train, evaluation, args)
+            results = update_results(args.workdir, name, row)
+            print(f"{name}: {100 * row['test_accuracy']:.2f}% on {args.eval_split}")
+            continue
         recipe = recipe_for(name, args)
         if args.eval_only:
             from jaxcnn.data import CIFAR10_MEAN, CIFAR10_STD

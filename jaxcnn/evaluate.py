@@ -467,7 +467,8 @@ def first_conv_kernel(variables) -> np.ndarray:
 
 
 def conv_activations(model, variables, images_uint8, *, mean, std) -> dict[str, np.ndarray]:
-    """Outputs of every ``nn.Conv`` layer of ``model`` for a few images (inference mode).
+    """Outputs of every convolution layer (``nn.Conv``, ``layers.Conv``, ``layers.DepthwiseConv``)
+    of ``model`` for a few images (inference mode).
 
     Args:
       model: a Flax linen module following the jaxcnn convention.
@@ -481,6 +482,9 @@ def conv_activations(model, variables, images_uint8, *, mean, std) -> dict[str, 
     """
     import flax.linen as nn
 
+    from jaxcnn.models.layers import Conv, DepthwiseConv
+
+    conv_types = (nn.Conv, Conv, DepthwiseConv)  # flax's and jaxcnn's fast CPU layers
     images = np.asarray(images_uint8)
     if images.ndim != 4 or images.dtype != np.uint8:
         raise ValueError(
@@ -494,7 +498,8 @@ def conv_activations(model, variables, images_uint8, *, mean, std) -> dict[str, 
         variables,
         x,
         train=False,
-        capture_intermediates=lambda mdl, method: isinstance(mdl, nn.Conv) and method == "__call__",
+        capture_intermediates=lambda mdl, method: isinstance(mdl, conv_types)
+        and method == "__call__",
         mutable=["intermediates"],
     )
     out: dict[str, np.ndarray] = {}
@@ -506,5 +511,7 @@ def conv_activations(model, variables, images_uint8, *, mean, std) -> dict[str, 
             elif hasattr(value, "items"):
                 walk(value, f"{prefix}/{key}" if prefix else key)
 
-    walk(state["intermediates"], "")
+    walk(state.get("intermediates", {}), "")
+    if not out:
+        raise ValueError(f"{type(model).__name__} has no convolution layer to capture")
     return out

@@ -163,3 +163,21 @@ def test_first_conv_kernel_and_activations():
     x = jnp.asarray((images / 255.0 - 0.5) / 0.25, jnp.float32)
     want = nn.Conv(4, (3, 3)).apply({"params": variables["params"]["Conv_0"]}, x)
     np.testing.assert_allclose(acts["Conv_0"], np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+def test_conv_activations_capture_jaxcnn_conv_layers():
+    """cnn3 uses layers.Conv (the fast CPU kernel gradient), not nn.Conv: still captured."""
+    from jaxcnn import models
+
+    model = models.create("cnn3", num_classes=10, conv_impl="fast")
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    images = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
+    acts = ev.conv_activations(model, variables, images, mean=0.5, std=0.25)
+    assert len(acts) == 6
+    first = next(iter(acts.values()))
+    assert first.shape == (1, 32, 32, 32) and np.abs(first).max() > 0
+    with pytest.raises(ValueError, match="no convolution"):
+        ev.conv_activations(models.create("mlp", num_classes=10),
+                            models.create("mlp", num_classes=10).init(
+                                jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False),
+                            images, mean=0.5, std=0.25)
