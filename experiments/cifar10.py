@@ -100,7 +100,9 @@ def build_parser():
     p.add_argument("--eval-batch-size", type=_cli.positive_int, default=500,
                    help="batch size for evaluation")
     p.add_argument("--eval-only", action="store_true",
-                   help="do not train: evaluate the best saved checkpoint of each model")
+                   help="do not train: evaluate the last saved checkpoint of each model (the "
+                        "final model; 'best' is chosen on the eval split, so reporting it "
+                        "would select on the data the accuracy is measured on)")
     p.add_argument("--no-resume", dest="resume", action="store_false",
                    help="start from scratch even when a checkpoint exists in --workdir")
     p.add_argument("--no-figures", dest="figures", action="store_false",
@@ -367,7 +369,7 @@ def main(argv=None) -> dict:
             from jaxcnn.data import CIFAR10_MEAN, CIFAR10_STD
             from jaxcnn.train import Preprocess
 
-            restored = checkpoint.restore(args.workdir / name, which="best")
+            restored = checkpoint.restore(args.workdir / name, which="latest")
             if restored is None:
                 raise SystemExit(f"error: no checkpoint in {args.workdir / name}; train first "
                                  "(drop --eval-only) or pass the --workdir of an earlier run")
