@@ -40,8 +40,6 @@ from experiments import _cli
 DEFAULT_MODELS = ("mlp", "cnn3", "lite0_transfer")
 # Rows that are not trained from scratch: name -> pretrained backbone.
 TRANSFER_MODELS = {"lite0_transfer": "efficientnet_lite0"}
-LITE0_MEAN = (0.5, 0.5, 0.5)
-LITE0_STD = (0.5, 0.5, 0.5)
 
 # The recipe per model; every key can be overridden from the command line.
 RECIPES: dict[str, dict] = {
@@ -176,7 +174,7 @@ def run_transfer(name, train, evaluation, args):
 
     backbone = TRANSFER_MODELS[name]
     size = (args.transfer_size,) * 2
-    prep = transfer.image_preprocess(size, LITE0_MEAN, LITE0_STD)
+    prep = transfer.backbone_preprocess(backbone, size)
     bundle_dir = args.workdir / name / "bundle"
     if args.eval_only:
         if not bundle_dir.exists():
@@ -224,7 +222,7 @@ def run_transfer(name, train, evaluation, args):
     }
     export.save(bundle_dir, model_name=backbone, model_options={}, variables=variables_k,
                 class_names=train.class_names,
-                preprocessing=dict(input_size=size, mean=LITE0_MEAN, std=LITE0_STD),
+                preprocessing=dict(input_size=size, mean=prep.mean, std=prep.std),
                 metrics={k: v for k, v in row.items() if k != "recipe"})
     return row, dict(logits=logits, accuracy=row["test_accuracy"], history=history)
 

@@ -32,9 +32,6 @@ import numpy as np
 
 from experiments import _cli
 
-LITE0_MEAN = (0.5, 0.5, 0.5)
-LITE0_STD = (0.5, 0.5, 0.5)
-
 
 def build_parser():
     p = _cli.make_parser("custom", __doc__.split("\n")[0])
@@ -104,7 +101,7 @@ def main(argv=None) -> dict:
     cw = weights if use_w else None
 
     model, variables = pretrained.load("efficientnet_lite0")
-    prep = transfer.image_preprocess(size, LITE0_MEAN, LITE0_STD)
+    prep = transfer.backbone_preprocess("efficientnet_lite0", size)
     t0 = time.perf_counter()
     cache = args.workdir / "cache"
     f_train = transfer.extract_features(model, variables, train.images, prep, 64,
@@ -139,7 +136,7 @@ def main(argv=None) -> dict:
                seconds=time.perf_counter() - t0)
     bundle = export.save(args.workdir / "bundle", model_name="efficientnet_lite0",
                          model_options={}, variables=tuned, class_names=names,
-                         preprocessing=dict(input_size=size, mean=LITE0_MEAN, std=LITE0_STD),
+                         preprocessing=dict(input_size=size, mean=prep.mean, std=prep.std),
                          metrics={k: v for k, v in row.items() if k != "skipped"})
     args.workdir.mkdir(parents=True, exist_ok=True)
     (args.workdir / "results.json").write_text(json.dumps(row, indent=2))

@@ -52,8 +52,6 @@ import numpy as np
 from experiments import _cli
 
 MODES = ("scratch", "feature_extraction", "fine_tuning")
-LITE0_MEAN = (0.5, 0.5, 0.5)
-LITE0_STD = (0.5, 0.5, 0.5)
 
 
 def build_parser():
@@ -146,7 +144,7 @@ def lite0_features(ds, args):
     from jaxcnn import pretrained, transfer
 
     model, variables = pretrained.load("efficientnet_lite0")
-    prep = transfer.image_preprocess((args.input_size,) * 2, LITE0_MEAN, LITE0_STD)
+    prep = transfer.backbone_preprocess("efficientnet_lite0", (args.input_size,) * 2)
     start = time.perf_counter()
     feats = transfer.extract_features(model, variables, ds.images, prep, 64,
                                       cache_dir=args.workdir / "cache",
@@ -178,7 +176,7 @@ def run_transfer(ds, val_idx, train_idx, args, modes, outcomes):
     logits = np.asarray(transfer.head_logits(head, feats[val_idx]))
     model_k = models.create("efficientnet_lite0", num_classes=ds.num_classes)
     variables_k = transfer.with_head(variables, head)
-    prep_dict = dict(input_size=(args.input_size,) * 2, mean=LITE0_MEAN, std=LITE0_STD)
+    prep_dict = dict(input_size=(args.input_size,) * 2, mean=prep.mean, std=prep.std)
     if "feature_extraction" in modes:
         row = dict(mode="feature_extraction", model="efficientnet_lite0 (frozen) + Dense head",
                    val_accuracy=float((logits.argmax(-1) == yv).mean()),

@@ -120,6 +120,23 @@ def image_preprocess(
     return prep
 
 
+def backbone_preprocess(
+    name: str, input_size: tuple[int, int]
+) -> Callable[[np.ndarray], np.ndarray]:
+    """:func:`image_preprocess` with the normalisation of the pretrained network ``name``
+    (``jaxcnn.pretrained.PRETRAINED[name].preprocessing``), at ``input_size``."""
+    from jaxcnn.pretrained import PRETRAINED
+
+    if name not in PRETRAINED:
+        raise ValueError(f"unknown pretrained network {name!r}; available: {sorted(PRETRAINED)}")
+    spec = PRETRAINED[name].preprocessing
+    if spec.pixel_scale != 255.0 or spec.channel_order != "RGB":
+        raise ValueError(f"{name}'s preprocessing ({spec.channel_order}, pixels / "
+                         f"{spec.pixel_scale}) is not a per-channel mean/std on [0, 1] RGB; "
+                         "use jaxcnn.pretrained.preprocess for it")
+    return image_preprocess(input_size, spec.mean, spec.std)
+
+
 def _hash_tree(h, tree) -> None:
     flat = traverse_util.flatten_dict(jax.device_get(dict(tree)), sep="/")
     for k in sorted(flat):

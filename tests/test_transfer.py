@@ -273,3 +273,17 @@ def test_cached_fine_tune_reuses_its_cache_and_falls_back(lite, tmp_path, monkey
     assert passes == [None] and not (tmp_path / "bn").exists()
     with pytest.raises(ValueError, match="needs freeze_bn=True"):
         transfer.make_fine_tune_step(lite[0], optax.sgd(0.1), None, 3, freeze_bn=False, start=4)
+
+
+def test_backbone_preprocess_uses_the_pretrained_spec():
+    from jaxcnn.pretrained import PRETRAINED
+
+    prep = transfer.backbone_preprocess("efficientnet_lite0", (8, 8))
+    spec = PRETRAINED["efficientnet_lite0"].preprocessing
+    assert prep.input_size == (8, 8) and prep.mean == spec.mean and prep.std == spec.std
+    x = np.full((1, 8, 8, 3), 255, np.uint8)
+    np.testing.assert_allclose(prep(x), 1.0)  # [-1, 1] scaling: white -> 1
+    with pytest.raises(ValueError, match="BGR"):
+        transfer.backbone_preprocess("resnet50", (8, 8))
+    with pytest.raises(ValueError, match="unknown pretrained"):
+        transfer.backbone_preprocess("nope", (8, 8))

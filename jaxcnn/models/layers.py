@@ -38,16 +38,21 @@ __all__ = [
 CONV_IMPLS = ("fast", "lax")
 
 
-def resolve_conv_impl(impl: str) -> str:
-    """``"auto"`` -> ``"fast"`` on the CPU backend (where XLA's convolution kernel gradient is
-    slow) and ``"lax"`` on GPU/TPU (where XLA's own gradients are the fast path)."""
+def _resolve_impl(impl: str, choices: tuple[str, ...], on_cpu: str, what: str) -> str:
+    """``"auto"`` -> ``on_cpu`` on the CPU backend, else ``"lax"``; otherwise one of ``choices``."""
     if impl == "auto":
         import jax
 
-        return "fast" if jax.default_backend() == "cpu" else "lax"
-    if impl not in CONV_IMPLS:
-        raise ValueError(f"conv_impl must be 'auto' or one of {CONV_IMPLS}; got {impl!r}")
+        return on_cpu if jax.default_backend() == "cpu" else "lax"
+    if impl not in choices:
+        raise ValueError(f"{what} must be 'auto' or one of {choices}; got {impl!r}")
     return impl
+
+
+def resolve_conv_impl(impl: str) -> str:
+    """``"auto"`` -> ``"fast"`` on the CPU backend (where XLA's convolution kernel gradient is
+    slow) and ``"lax"`` on GPU/TPU (where XLA's own gradients are the fast path)."""
+    return _resolve_impl(impl, CONV_IMPLS, "fast", "conv_impl")
 
 
 DEPTHWISE_IMPLS = ("shift", "lax")
@@ -56,14 +61,7 @@ DEPTHWISE_IMPLS = ("shift", "lax")
 def resolve_depthwise_impl(impl: str) -> str:
     """``"auto"`` -> ``"shift"`` on the CPU backend (XLA:CPU's grouped convolution is slow) and
     ``"lax"`` on GPU/TPU (cuDNN / the TPU convolution units run it well)."""
-    if impl == "auto":
-        import jax
-
-        return "shift" if jax.default_backend() == "cpu" else "lax"
-    if impl not in DEPTHWISE_IMPLS:
-        raise ValueError(f"depthwise_impl must be 'auto' or one of {DEPTHWISE_IMPLS}; "
-                         f"got {impl!r}")
-    return impl
+    return _resolve_impl(impl, DEPTHWISE_IMPLS, "shift", "depthwise_impl")
 
 
 class Conv(nn.Module):

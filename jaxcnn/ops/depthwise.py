@@ -26,16 +26,9 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcnn.ops.fast_conv import resolve_padding
+from jaxcnn.ops.fast_conv import _pair, resolve_padding
 
 __all__ = ["depthwise_conv2d", "depthwise_conv2d_lax"]
-
-
-def _pair(v, name: str) -> tuple[int, int]:
-    t = (v, v) if isinstance(v, int) else tuple(v)
-    if len(t) != 2 or not all(isinstance(s, int) and s >= 1 for s in t):
-        raise ValueError(f"{name} must be a positive int or a pair of them; got {v!r}")
-    return t
 
 
 def _check(x, kernel) -> None:
