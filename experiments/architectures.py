@@ -48,7 +48,7 @@ behind resnet20 (more layers to fit in the same number of steps); the paper's re
 needs the full schedule, which was not run here (about 3x resnet20's cost per image: 73 vs 168
 img/s measured here).
 
-, 4 for vanishing), from smoke runs (1,024 images,
+Budget (defaults ``--epochs 6`` for compare, 4 for vanishing), from smoke runs (1,024 images,
 3 epochs, batch 128, median epoch) on the 2-core CPU while a long training run held both cores
 (so these are lower bounds): training images/s lenet5 1,083, alexnet_mini 55, vgg_mini 97,
 resnet20 71 (median epoch; 117 in its last), all with the fast conv gradients (alexnet_mini and
@@ -119,6 +119,10 @@ def build_parser():
                    help="global batch size, split over all local devices")
     p.add_argument("--lr", type=_cli.positive_float, default=None,
                    help="peak learning rate for every model (default: per model, RECIPES)")
+    p.add_argument("--zero-init-residual", action="store_true",
+                   help="start the last BatchNorm scale of every residual block at 0 (Goyal et al. "
+                        "2017), so each block is the identity at init; residual nets only, the "
+                        "plain nets are unchanged")
     p.add_argument("--grad-batch", type=_cli.positive_int, default=128,
                    help="images in the fixed batch the per-layer gradient norms are taken on "
                         "(the first N of the train split)")
@@ -351,7 +355,7 @@ def run_compare(names, args) -> dict:
     results, histories = {}, {}
     for name in names:
         recipe = recipe_for(name, args, "compare")
-        model = models.create(name, num_classes=train.num_classes)
+        model = models.create(name, num_classes=train.num_classes, **model_options(name, args))
         print(models.summary(model, (1, *train.image_shape)))
         start = time.perf_counter()
         result = fit_model(name, model, recipe, train, evaluation, args, args.workdir / name)
@@ -405,6 +409,17 @@ def recipe_std():
     return CIFAR10_STD
 
 
+def model_options(name: str, args) -> dict:
+    """``jaxcnn.models.create`` options for ``name`` from the flags: ``zero_init_residual`` for
+    the models that have it (the residual nets) when ``--zero-init-residual`` is given."""
+    from jaxcnn import models
+
+    if getattr(args, "zero_init_residual", False) and "zero_init_residual" in (
+            models.accepted_options(name) or ()):
+        return {"zero_init_residual": True}
+    return {}
+
+
 def gradient_norms_at_init(names, train, args) -> dict[str, list[tuple[str, float]]]:
     """{model: [(conv name, grad norm), ...]} on the first --grad-batch train images."""
     from jaxcnn import models
@@ -413,7 +428,7 @@ def gradient_norms_at_init(names, train, args) -> dict[str, list[tuple[str, floa
     x, y = normalised(train.images[:n]), train.labels[:n]
     out = {}
     for name in names:
-        model = models.create(name, num_classes=train.num_classes)
+        model = models.create(name, num_classes=train.num_classes, **model_options(name, args))
         variables = init_variables(model, train.image_shape, args.seed)
         out[name] = conv_grad_norms(model, variables, x, y, seed=args.seed)
     return out
@@ -430,9 +445,14 @@ def write_gradient_figure(norms: dict, path: Path, batch: int, title_extra: str 
              "cross-entropy; He-normal init, seed fixed. Layer 1 is the stem conv.")
 
 
+def _ratio(a: float, b: float) -> float | None:
+    """a / b, or None when b is 0 (a zero-initialised residual branch gets no gradient at init)."""
+    return a / b if b else None
+
+
 def summarise_norms(norms: dict) -> dict:
     return {name: {"first": layers[0][1], "last": layers[-1][1],
-                   "first_over_last": layers[0][1] / layers[-1][1],
+                   "first_over_last": _ratio(layers[0][1], layers[-1][1]),
                    "per_layer": {k: v for k, v in layers}}
             for name, layers in norms.items()}
 
@@ -442,8 +462,10 @@ def run_gradients(names, args) -> dict:
     norms = gradient_norms_at_init(names, train, args)
     batch = min(args.grad_batch, len(train))
     for name, layers in norms.items():
+        ratio = _ratio(layers[0][1], layers[-1][1])
         print(f"{name:<9} {len(layers)} convs; grad norm first conv {layers[0][1]:.4g}, "
-              f"last conv {layers[-1][1]:.4g} (first/last {layers[0][1] / layers[-1][1]:.3g})")
+              f"last conv {layers[-1][1]:.4g} (first/last "
+              f"{'-' if ratio is None else format(ratio, '.3g')})")
     summary = summarise_norms(norms)
     path = args.workdir / "gradient_norms_init.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -466,7 +488,7 @@ def run_vanishing(names, args) -> dict:
     results, histories, norm_curves = {}, {}, {}
     for name in names:
         recipe = recipe_for(name, args, "vanishing")
-        model = models.create(name, num_classes=train.num_classes)
+        model = models.create(name, num_classes=train.num_classes, **model_options(name, args))
         init = init_variables(model, train.image_shape, args.seed)
         at_init = conv_grad_norms(model, init, x, y, seed=args.seed)
         start = time.perf_counter()
@@ -490,6 +512,7 @@ def run_vanishing(names, args) -> dict:
             "grad_norms_epoch1": summarise_norms({name: after1})[name],
             "grad_batch": batch,
             "recipe": recipe,
+            "model_options": model_options(name, args),
         }
         results = update_results(workdir / "results.json", name, row)
         histories[name] = history

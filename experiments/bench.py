@@ -393,9 +393,9 @@ def options_for(name: str, model_options: dict[str, dict]) -> dict:
     global options the model accepts, then its own. Dtype names become ``jnp`` dtypes."""
     import jax.numpy as jnp
 
-    from jaxcnn.models import registry
+    from jaxcnn.models import accepted_options
 
-    accepted = registry._accepted_options(registry._REGISTRY[name])
+    accepted = accepted_options(name)
     opts = {k: v for k, v in model_options.get("*", {}).items()
             if accepted is None or k in accepted}
     opts.update(model_options.get(name, {}))
@@ -406,12 +406,11 @@ def options_for(name: str, model_options: dict[str, dict]) -> dict:
 
 
 def _check_global_options(models: list[str], model_options: dict[str, dict]) -> None:
-    from jaxcnn.models import registry
+    from jaxcnn.models import accepted_options
 
     for key in model_options.get("*", {}):
         takers = [m for m in models
-                  if (acc := registry._accepted_options(registry._REGISTRY[m])) is None
-                  or key in acc]
+                  if (acc := accepted_options(m)) is None or key in acc]
         if not takers:
             raise ValueError(f"--model-option {key}: none of the models {models} accepts it")
 

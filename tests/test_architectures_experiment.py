@@ -159,6 +159,17 @@ def test_unknown_model_is_rejected():
         exp.main(["--models", "lenet6", "--lesson", "figures"])
 
 
+def test_zero_init_residual_flag_reaches_only_the_residual_nets():
+    args = exp.build_parser().parse_args(["--lesson", "vanishing", "--zero-init-residual"])
+    assert exp.model_options("resnet56", args) == {"zero_init_residual": True}
+    assert exp.model_options("plain56", args) == {}  # no skip: the option would zero the block
+    assert exp.model_options("resnet56", exp.build_parser().parse_args([])) == {}
+    model = models.create("resnet20", **exp.model_options("resnet20", args))
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    scales = [v["bn2"]["scale"] for k, v in variables["params"].items() if "_block" in k]
+    assert len(scales) == 9 and all(float(jnp.abs(s).max()) == 0.0 for s in scales)
+
+
 # -------------------------------------------------------------------------- tiny run
 
 

@@ -25,6 +25,14 @@ def test_registry_errors_name_the_bad_value():
         models.register("cnn3")(lambda num_classes: None)
 
 
+def test_accepted_options_lists_factory_keywords():
+    assert "zero_init_residual" in models.accepted_options("resnet20")
+    assert "zero_init_residual" not in models.accepted_options("plain20")
+    assert "num_classes" not in models.accepted_options("resnet20")
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        models.accepted_options("nope")
+
+
 def test_register_custom_factory():
     name = "tiny_test_factory"
 

@@ -13,7 +13,7 @@ imported below, so a new family only needs a new file with ``@register("name")``
 import importlib as _importlib
 import pkgutil as _pkgutil
 
-from jaxcnn.models.registry import available, create, register
+from jaxcnn.models.registry import accepted_options, available, create, register
 from jaxcnn.models.summary import count_params, init_shapes, param_counts, summary
 
 for _info in _pkgutil.iter_modules(__path__):
@@ -26,6 +26,7 @@ from jaxcnn.models.mlp import MLP  # noqa: E402
 __all__ = [
     "CNN3",
     "MLP",
+    "accepted_options",
     "available",
     "count_params",
     "create",

@@ -66,6 +66,14 @@ def _accepted_options(factory: ModelFactory) -> list[str] | None:
     return sorted(p.name for p in params if p.name != "num_classes")
 
 
+def accepted_options(name: str) -> list[str] | None:
+    """The keyword options ``create(name, ...)`` accepts (sorted, ``num_classes`` aside), or
+    None when the model's factory takes any (``**kwargs``)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available models: {', '.join(available())}")
+    return _accepted_options(_REGISTRY[name])
+
+
 def create(name: str, num_classes: int = 10, **options) -> nn.Module:
     """Build a registered model.
 

@@ -184,6 +184,7 @@ def gradient_norms_plot(
       curves: ``{label: [norm of conv 1, conv 2, ...]}`` in depth order (input side first).
         One colour per network (the label up to its first comma; red tones for "plain",
         blue for the others); labels containing "epoch" are dashed ("plain56, after epoch 1").
+        Zero norms (a zero-initialised residual branch at init) leave gaps on the log axis.
       note: a line of text under the axes (e.g. the batch used).
     """
     import numpy as np
@@ -196,6 +197,7 @@ def gradient_norms_plot(
     colors: dict[str, str] = {}
     for label, norms in curves.items():
         norms = np.asarray(norms, np.float64)
+        norms = np.where(norms > 0, norms, np.nan)  # log axis: zeros become gaps, not cliffs
         base = label.split(",")[0].strip()  # "plain56, after epoch 1" -> "plain56"
         if base not in colors:
             colors[base] = next(reds) if "plain" in base.lower() else next(blues)
