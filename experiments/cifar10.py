@@ -16,6 +16,11 @@ label smoothing 0.1, random crop (4-pixel reflect padding) and horizontal flips 
 the MLP trains with AdamW and a cosine schedule, without augmentation (it cannot use it: an MLP
 has no translation invariance, so shifted images only make its task harder).
 
+Measured on the 2-core CPU with ``--data-dir ../shared/data/tfds --train-split 'train[:45000]'
+--eval-split 'train[45000:]' --models cnn3`` (5,000 held-out images; one standard error is about
+0.46 points near 88%): the recipe above 87.52% (93.5 min); with ``--label-smoothing 0
+--weight-decay 2e-4`` 87.32% (82.6 min). Less regularisation did not help, so the defaults stay.
+
 ``lite0_transfer`` is the transfer-learning row: EfficientNet-Lite0 with its ImageNet weights
 (``jaxcnn.pretrained``), frozen and in inference mode, sees every image upsampled to
 ``--transfer-size`` (bilinear, scaled to [-1, 1]); its pooled 1280-d features are computed once
