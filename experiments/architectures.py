@@ -428,10 +428,8 @@ def model_options(name: str, args) -> dict:
     the models that have it (the residual nets) when ``--zero-init-residual`` is given."""
     from jaxcnn import models
 
-    if getattr(args, "zero_init_residual", False) and "zero_init_residual" in (
-            models.accepted_options(name) or ()):
-        return {"zero_init_residual": True}
-    return {}
+    wanted = {"zero_init_residual": True} if args.zero_init_residual else {}
+    return models.supported_options(name, wanted)
 
 
 def gradient_norms_at_init(names, train, args) -> dict[str, list[tuple[str, float]]]:
@@ -457,6 +455,20 @@ def write_gradient_figure(norms: dict, path: Path, batch: int, title_extra: str 
         title="Gradient norm of each conv kernel, plain vs residual" + title_extra,
         note=f"One fixed batch of {batch} CIFAR-10 training images, train-mode BatchNorm, "
              "cross-entropy; He-normal init, seed fixed. Layer 1 is the stem conv.")
+
+
+def epoch1_grad_norms(name, model, recipe, train, evaluation, args, run_dir, x, y):
+    """Per-conv gradient norms after the first epoch: train one epoch (``fit`` resumes), take
+    the norms, and keep them in ``run_dir/grad_norms_epoch1.json``. A resumed run whose
+    checkpoint is already past epoch 1 reads them back instead of measuring a later state."""
+    path = run_dir / "grad_norms_epoch1.json"
+    if args.resume and path.exists():
+        return [tuple(pair) for pair in json.loads(path.read_text())]
+    first = fit_model(name, model, recipe, train, evaluation, args, run_dir, stop_after_epoch=1)
+    norms = conv_grad_norms(model, state_variables(first.state), x, y, seed=args.seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(norms))
+    return norms
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -502,14 +514,13 @@ def run_vanishing(names, args) -> dict:
     results, histories, norm_curves = {}, {}, {}
     for name in names:
         recipe = recipe_for(name, args, "vanishing")
-        model = models.create(name, num_classes=train.num_classes, **model_options(name, args))
+        options = model_options(name, args)
+        model = models.create(name, num_classes=train.num_classes, **options)
         init = init_variables(model, train.image_shape, args.seed)
         at_init = conv_grad_norms(model, init, x, y, seed=args.seed)
         start = time.perf_counter()
-        # One epoch, the gradient norms then, and the rest of the run (fit resumes).
-        first = fit_model(name, model, recipe, train, evaluation, args, workdir / name,
-                          stop_after_epoch=1)
-        after1 = conv_grad_norms(model, state_variables(first.state), x, y, seed=args.seed)
+        after1 = epoch1_grad_norms(name, model, recipe, train, evaluation, args,
+                                   workdir / name, x, y)
         result = fit_model(name, model, recipe, train, evaluation, args, workdir / name)
         seconds = time.perf_counter() - start
         history = result.history
@@ -526,7 +537,7 @@ def run_vanishing(names, args) -> dict:
             "grad_norms_epoch1": summarise_norms({name: after1})[name],
             "grad_batch": batch,
             "recipe": recipe,
-            "model_options": model_options(name, args),
+            "model_options": options,
         }
         results = update_results(workdir / "results.json", name, row)
         histories[name] = history

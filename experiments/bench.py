@@ -393,11 +393,9 @@ def options_for(name: str, model_options: dict[str, dict]) -> dict:
     global options the model accepts, then its own. Dtype names become ``jnp`` dtypes."""
     import jax.numpy as jnp
 
-    from jaxcnn.models import accepted_options
+    from jaxcnn.models import supported_options
 
-    accepted = accepted_options(name)
-    opts = {k: v for k, v in model_options.get("*", {}).items()
-            if accepted is None or k in accepted}
+    opts = supported_options(name, model_options.get("*", {}))
     opts.update(model_options.get(name, {}))
     for k in ("dtype", "param_dtype"):
         if isinstance(opts.get(k), str):
@@ -406,12 +404,10 @@ def options_for(name: str, model_options: dict[str, dict]) -> dict:
 
 
 def _check_global_options(models: list[str], model_options: dict[str, dict]) -> None:
-    from jaxcnn.models import accepted_options
+    from jaxcnn.models import supported_options
 
-    for key in model_options.get("*", {}):
-        takers = [m for m in models
-                  if (acc := accepted_options(m)) is None or key in acc]
-        if not takers:
+    for key, value in model_options.get("*", {}).items():
+        if not any(supported_options(m, {key: value}) for m in models):
             raise ValueError(f"--model-option {key}: none of the models {models} accepts it")
 
 

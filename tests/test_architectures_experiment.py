@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import flax.linen as nn
 import jax
@@ -168,6 +169,24 @@ def test_zero_init_residual_flag_reaches_only_the_residual_nets():
     variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)
     scales = [v["bn2"]["scale"] for k, v in variables["params"].items() if "_block" in k]
     assert len(scales) == 9 and all(float(jnp.abs(s).max()) == 0.0 for s in scales)
+
+
+def test_epoch1_grad_norms_are_kept_for_a_resumed_run(tmp_path, monkeypatch):
+    fits = []
+    monkeypatch.setattr(exp, "fit_model", lambda *a, **k: fits.append(k) or SimpleNamespace(
+        state=None))
+    monkeypatch.setattr(exp, "state_variables", lambda state: {})
+    monkeypatch.setattr(exp, "conv_grad_norms", lambda *a, **k: [("c1", 0.5), ("c2", 0.25)])
+    call = ("m", None, {}, None, None)
+    args = exp.build_parser().parse_args([])
+    first = exp.epoch1_grad_norms(*call, args, tmp_path, None, None)
+    # A resumed run's checkpoint may be past epoch 1: the kept norms are read back, not remeasured.
+    monkeypatch.setattr(exp, "conv_grad_norms", lambda *a, **k: [("c1", 9.0), ("c2", 9.0)])
+    again = exp.epoch1_grad_norms(*call, args, tmp_path, None, None)
+    assert first == again == [("c1", 0.5), ("c2", 0.25)]
+    assert fits == [{"stop_after_epoch": 1}]
+    fresh = exp.build_parser().parse_args(["--no-resume"])
+    assert exp.epoch1_grad_norms(*call, fresh, tmp_path, None, None) == [("c1", 9.0), ("c2", 9.0)]
 
 
 # -------------------------------------------------------------------------- tiny run

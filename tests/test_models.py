@@ -31,6 +31,9 @@ def test_accepted_options_lists_factory_keywords():
     assert "num_classes" not in models.accepted_options("resnet20")
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         models.accepted_options("nope")
+    wanted = {"zero_init_residual": True, "bn_momentum": 0.8}
+    assert models.supported_options("resnet20", wanted) == wanted
+    assert models.supported_options("plain20", wanted) == {"bn_momentum": 0.8}
 
 
 def test_register_custom_factory():

@@ -13,7 +13,13 @@ imported below, so a new family only needs a new file with ``@register("name")``
 import importlib as _importlib
 import pkgutil as _pkgutil
 
-from jaxcnn.models.registry import accepted_options, available, create, register
+from jaxcnn.models.registry import (
+    accepted_options,
+    available,
+    create,
+    register,
+    supported_options,
+)
 from jaxcnn.models.summary import count_params, init_shapes, param_counts, summary
 
 for _info in _pkgutil.iter_modules(__path__):
@@ -34,4 +40,5 @@ __all__ = [
     "param_counts",
     "register",
     "summary",
+    "supported_options",
 ]

@@ -66,12 +66,25 @@ def _accepted_options(factory: ModelFactory) -> list[str] | None:
     return sorted(p.name for p in params if p.name != "num_classes")
 
 
+def _factory(name: str) -> ModelFactory:
+    """The registered factory of ``name``, or a ValueError listing the available models."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available models: {', '.join(available())}")
+    return _REGISTRY[name]
+
+
 def accepted_options(name: str) -> list[str] | None:
     """The keyword options ``create(name, ...)`` accepts (sorted, ``num_classes`` aside), or
     None when the model's factory takes any (``**kwargs``)."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; available models: {', '.join(available())}")
-    return _accepted_options(_REGISTRY[name])
+    return _accepted_options(_factory(name))
+
+
+def supported_options(name: str, options: dict) -> dict:
+    """The entries of ``options`` that ``create(name, ...)`` accepts (all of them when its
+    factory takes ``**kwargs``): for options meant for some models of a list, e.g.
+    ``zero_init_residual`` for the residual nets and not their plain twins."""
+    accepted = accepted_options(name)
+    return {k: v for k, v in options.items() if accepted is None or k in accepted}
 
 
 def create(name: str, num_classes: int = 10, **options) -> nn.Module:
@@ -85,11 +98,9 @@ def create(name: str, num_classes: int = 10, **options) -> nn.Module:
     Returns:
       An unbound ``flax.linen.Module``; logits have shape ``(N, num_classes)``.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; available models: {', '.join(available())}")
+    factory = _factory(name)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    factory = _REGISTRY[name]
     accepted = _accepted_options(factory)
     if accepted is not None:
         unknown = sorted(set(options) - set(accepted))
