@@ -9,7 +9,11 @@ them:
 * ``flower_photos.tgz``: ``flower_photos/{daisy,dandelion,roses,sunflowers,tulips}/*.jpg`` and a
   ``LICENSE.txt``.
 
-The server binds to 127.0.0.1 only (never another address).
+The server binds to 127.0.0.1 only (never another address). Handlers for the failure modes a
+download must survive: :func:`recording_handler` (counts requests), :func:`truncating_handler`
+(announces the full length, sends less, hangs up), :func:`stalling_handler` (headers, then
+silence), :func:`trickling_handler` (slow but live); :func:`closed_port_url` gives an address
+where nothing listens.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ import functools
 import hashlib
 import http.server
 import io
+import socket
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -129,3 +135,89 @@ def serve_directory(directory: Path, handler=None) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def recording_handler(log: list):
+    """A quiet handler that appends each requested path to ``log``."""
+
+    class Recording(_QuietHandler):
+        def do_GET(self):
+            log.append(self.path)
+            super().do_GET()
+
+    return Recording
+
+
+def _send_headers(handler, length: int) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/octet-stream")
+    handler.send_header("Content-Length", str(length))
+    handler.end_headers()
+    handler.wfile.flush()
+
+
+def _file_bytes(handler) -> bytes | None:
+    path = Path(handler.translate_path(handler.path))
+    if not path.is_file():
+        handler.send_error(404)
+        return None
+    return path.read_bytes()
+
+
+def truncating_handler(fraction: float = 0.5, log: list | None = None):
+    """Sends the full ``Content-Length`` but only ``fraction`` of the bytes, then hangs up."""
+
+    class Truncating(_QuietHandler):
+        def do_GET(self):
+            if log is not None:
+                log.append(self.path)
+            data = _file_bytes(self)
+            if data is None:
+                return
+            _send_headers(self, len(data))
+            self.wfile.write(data[: int(len(data) * fraction)])
+            self.wfile.flush()
+            self.close_connection = True
+
+    return Truncating
+
+
+def stalling_handler(release: threading.Event, max_wait: float = 30.0):
+    """Sends the headers (full ``Content-Length``), then nothing until ``release`` is set."""
+
+    class Stalling(_QuietHandler):
+        def do_GET(self):
+            data = _file_bytes(self)
+            if data is None:
+                return
+            _send_headers(self, len(data))
+            release.wait(max_wait)
+            self.close_connection = True
+
+    return Stalling
+
+
+def trickling_handler(pieces: int = 4, pause: float = 0.5):
+    """Sends the whole file in ``pieces`` parts, ``pause`` seconds apart (slow but live)."""
+
+    class Trickling(_QuietHandler):
+        def do_GET(self):
+            data = _file_bytes(self)
+            if data is None:
+                return
+            _send_headers(self, len(data))
+            step = -(-len(data) // pieces)
+            for start in range(0, len(data), step):
+                self.wfile.write(data[start : start + step])
+                self.wfile.flush()
+                time.sleep(pause)
+
+    return Trickling
+
+
+def closed_port_url(path: str = "/archive.tar.gz") -> str:
+    """An http URL on 127.0.0.1 whose port has no listener (connections are refused)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}{path}"

@@ -1,4 +1,7 @@
-"""TFDS loading: real CIFAR-10 (skips without ../shared/data), the npz cache, clear errors."""
+"""TFDS loading: real CIFAR-10 (skips without ../shared/data), the npz cache, clear errors.
+
+The download path without TensorFlow (official archives) is tested in tests/test_download.py.
+"""
 
 import time
 
@@ -6,7 +9,14 @@ import numpy as np
 import pytest
 
 import jaxcnn.data.tfds_source as tfds_source
-from jaxcnn.data import CIFAR10_MEAN, CIFAR10_STD, DataNotFoundError, channel_stats, load_tfds
+from jaxcnn.data import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    DataNotFoundError,
+    channel_stats,
+    load_tfds,
+    official,
+)
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                    "ship", "truck")
@@ -34,7 +44,7 @@ def test_load_cifar10_slice_and_cache(tfds_dir, cache_dir, monkeypatch):
     assert ds.class_names == CIFAR10_CLASSES
     assert ds.images.std() > 30  # real pictures, not blanks
 
-    cached = cache_dir / "cifar10" / "train_-500.npz"
+    cached = cache_dir / "cifar10" / "tfds" / "train_-500.npz"
     assert cached.exists()
     assert not list(cache_dir.rglob("*.tmp"))
 
@@ -135,3 +145,43 @@ def test_env_data_dir_and_unknown_name(tmp_path, monkeypatch, cache_dir):
         load_tfds("mnist", "train", download=False)
     with pytest.raises(ValueError, match="unknown TFDS dataset name 'not_a_dataset'"):
         load_tfds("not_a_dataset", download=False)
+
+
+@pytest.mark.parametrize("split", ["train[:500", "train[500]", "train[:200%]", "train[1.5:]",
+                                   "", "train[::2]", "train[:10%", "all[:5]"])
+def test_malformed_split_is_one_line_before_anything(split, tmp_path, cache_dir):
+    with pytest.raises(ValueError) as err:
+        load_tfds("cifar10", split, data_dir=tmp_path / "nowhere")
+    msg = str(err.value)
+    assert "\n" not in msg and "'train[:45000]'" in msg and "'train[:10%]'" in msg
+    assert err.value.__cause__ is None
+    assert not (tmp_path / "nowhere").exists()  # nothing read, written or downloaded
+
+
+@pytest.mark.parametrize("split,n,expected", [
+    ("train", 30, (0, 30)),
+    ("train[:10%]", 30, (0, 3)),
+    ("train[:33%]", 30, (0, 10)),      # closest: 9.9 -> 10
+    ("train[:25%]", 30, (0, 8)),       # 7.5 -> 8 (round half to even)
+    ("train[:35%]", 30, (0, 10)),      # 10.5 -> 10 (round half to even)
+    ("train[45%:]", 30, (14, 30)),     # 13.5 -> 14
+    ("train[-5:]", 30, (25, 30)),
+    ("train[:-5%]", 40, (0, 38)),
+    ("train[7:12]", 30, (7, 12)),
+])
+def test_official_slices_follow_tfds(split, n, expected):
+    """Percent and negative boundaries as TFDS computes them (its own parser and rounding)."""
+    import tensorflow_datasets as tfds
+
+    labels = np.arange(n) % 10
+    whole = {"train": tfds_source.ArrayDataset(np.zeros((n, 1, 1, 1), np.uint8), labels,
+                                               CIFAR10_CLASSES)}
+    got = official.select(split, whole, "cifar10")
+    np.testing.assert_array_equal(got.labels, labels[slice(*expected)])
+
+    class Info:
+        num_examples = n
+        shard_lengths = [n]
+
+    (absolute,) = tfds.core.ReadInstruction.from_spec(split).to_absolute({"train": Info()})
+    assert labels[absolute.from_:absolute.to].tolist() == got.labels.tolist()

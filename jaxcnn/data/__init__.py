@@ -2,7 +2,10 @@
 
 * :class:`ArrayDataset` -- images (N, H, W, C) uint8, labels (N,) int32, class names.
 * :func:`load_tfds` -- a TFDS dataset/split into an ArrayDataset (no TensorFlow needed to read a
-  prepared array_record data dir); :class:`DataNotFoundError` when it is missing.
+  prepared array_record data dir); :class:`DataNotFoundError` when it is missing. Without
+  TensorFlow, cifar10 and tf_flowers come from their official archives
+  (:mod:`~jaxcnn.data.official`), fetched by :func:`~jaxcnn.data.download.fetch` (sha256-checked,
+  atomic, cached, failing fast).
 * :mod:`~jaxcnn.data.augment` -- jit-compiled, batched: :func:`normalize`, :func:`random_crop`,
   :func:`random_flip`, :func:`cutout`, :func:`augment`.
 * :mod:`~jaxcnn.data.batching` -- :func:`epoch_batches` (deterministic shuffles, per-process
@@ -28,6 +31,7 @@ from jaxcnn.data.dataset import (
     channel_stats,
     resize_images,
 )
+from jaxcnn.data.download import ChecksumError, DownloadError, fetch
 from jaxcnn.data.image_folder import (
     FolderScan,
     class_weights,
@@ -41,7 +45,9 @@ __all__ = [
     "CIFAR10_MEAN",
     "CIFAR10_STD",
     "ArrayDataset",
+    "ChecksumError",
     "DataNotFoundError",
+    "DownloadError",
     "FolderScan",
     "augment",
     "channel_stats",
@@ -49,6 +55,7 @@ __all__ = [
     "cutout",
     "epoch_batches",
     "epoch_permutation",
+    "fetch",
     "load_image_folder",
     "load_tfds",
     "normalize",

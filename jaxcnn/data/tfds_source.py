@@ -1,16 +1,26 @@
 """Load TensorFlow-Datasets image datasets into memory as uint8 arrays, without TensorFlow.
 
-Reading goes through ``tfds`` random-access data sources (array_record files), which need no
-TensorFlow. Dependency set:
+Where the data comes from, in order:
 
-* reading an already prepared data dir (array_record): ``tensorflow-datasets`` + ``array-record``
-  (both in jaxcnn's base dependencies);
-* downloading and preparing a dataset on a machine with internet: TensorFlow as well, for TFDS's
-  builders of cifar10 / tf_flowers: ``pip install "jaxcnn[prepare]"``. jaxcnn asks TFDS to write
-  array_record files, so the same reader serves both cases.
+1. the ``.npz`` cache of an earlier load (see :func:`load_tfds`): well under a second for
+   CIFAR-10;
+2. a prepared TFDS data dir (array_record), read through ``tfds`` random-access data sources,
+   which need no TensorFlow (``tensorflow-datasets`` + ``array-record``, both base
+   dependencies);
+3. if the data dir holds no prepared copy:
 
-Decoded arrays are cached as an uncompressed ``.npz`` (see :func:`load_tfds`), so a second load
-of CIFAR-10 takes well under a second.
+   * with TensorFlow installed (``pip install "jaxcnn[prepare]"``), TFDS downloads and prepares
+     it (as array_record, so the same reader serves it) -- TFDS's own pipeline stays the first
+     choice;
+   * without TensorFlow, for ``cifar10`` and ``tf_flowers``, jaxcnn downloads the official
+     archive itself (sha256-checked, atomic, kept in ``<data_dir>/downloads/``) and decodes it
+     with numpy/PIL (:mod:`jaxcnn.data.official`). Its example order is the archive's
+     (CIFAR-10: data_batch_1..5, then test_batch), which differs from the shuffled order of a
+     TFDS-prepared copy: the same slice, e.g. 'train[:45000]', selects different images;
+   * other datasets need TensorFlow to be prepared; the error says so.
+
+Both sources give the same uint8 :class:`ArrayDataset` (TFDS's label ids and class names) and
+cache it; the cache is keyed by source, so the two never share an entry.
 """
 
 from __future__ import annotations
@@ -28,11 +38,43 @@ import numpy as np
 from jaxcnn.data.dataset import ArrayDataset, resize_images
 
 CHUNK_SIZE = 1024
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
+SPLIT_SYNTAX = (
+    "'NAME' or 'NAME[FROM:TO]' with FROM/TO integers (negative: from the end) or percentages, "
+    "several joined with '+', e.g. 'train', 'train[:45000]', 'train[45000:]', 'train[:10%]'"
+)
 
 
 class DataNotFoundError(FileNotFoundError):
     """The requested dataset/split is not prepared in the data dir and could not be downloaded."""
+
+
+def parse_split(split: str):
+    """Check a TFDS split string with TFDS's own parser (no TensorFlow needed).
+
+    Returns:
+      TFDS's split instruction (``tfds.core.ReadInstruction`` or a sum of them).
+
+    Raises:
+      ValueError: one line naming the bad string and the expected syntax.
+    """
+    if not isinstance(split, str) or not split.strip():
+        raise ValueError(f"split must be one split string, {SPLIT_SYNTAX}; got {split!r}")
+    from tensorflow_datasets.core import splits as tfds_splits
+
+    try:
+        return tfds_splits.ReadInstruction.from_spec(split)
+    except (ValueError, TypeError, NotImplementedError) as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = lines[-1].split(". See format at")[0] if lines else type(exc).__name__
+        raise ValueError(
+            f"bad split string {split!r} ({detail}); expected {SPLIT_SYNTAX}"
+        ) from None
+
+
+def split_names(split: str) -> list[str]:
+    """The split names a (valid) split string reads: 'train[:10]+test' -> ['train', 'test']."""
+    return [part.split("[")[0].strip() for part in re.split(r"\s*\+\s*", split.strip())]
 
 
 def default_data_dir() -> Path:
@@ -57,19 +99,35 @@ def _cache_roots(data_dir: Path) -> list[Path]:
     return roots
 
 
-def _cache_relpath(name: str, split: str, image_size: tuple[int, int] | None) -> Path:
+def _cache_relpath(name: str, split: str, image_size: tuple[int, int] | None,
+                   source: str = "tfds") -> Path:
+    """``<name>/<source>/<split>[_HxW].npz``; source is "tfds" or "official"."""
     stem = _sanitise(split)
     if image_size is not None:
         stem += f"_{image_size[0]}x{image_size[1]}"
-    return Path(_sanitise(name)) / f"{stem}.npz"
+    return Path(_sanitise(name)) / source / f"{stem}.npz"
 
 
 def _cache_meta(name: str, split: str, data_dir: Path, image_size) -> dict:
+    """Meta of a TFDS-read cache entry: the data dir it was read from identifies the data."""
     return {
         "format": _CACHE_FORMAT,
+        "source": "tfds",
         "name": name,
         "split": split,
         "data_dir": str(data_dir.resolve()),
+        "image_size": list(image_size) if image_size is not None else None,
+    }
+
+
+def _official_cache_meta(name: str, split: str, archive_sha256: str, image_size) -> dict:
+    """Meta of an official-archive cache entry: the archive's checksum identifies the data."""
+    return {
+        "format": _CACHE_FORMAT,
+        "source": "official",
+        "name": name,
+        "split": split,
+        "archive_sha256": archive_sha256,
         "image_size": list(image_size) if image_size is not None else None,
     }
 
@@ -139,15 +197,32 @@ def _download_hint(exc: BaseException) -> str:
     return ""
 
 
-def _not_found(name: str, split: str, data_dir: Path, reason: str) -> DataNotFoundError:
+def _not_found(name: str, split: str, data_dir: Path, reason: str,
+               other_way: str | None = None) -> DataNotFoundError:
+    other_way = other_way or (
+        "or run with download enabled on a machine with internet (preparing needs TensorFlow: "
+        'pip install "jaxcnn[prepare]").'
+    )
     return DataNotFoundError(
         f"TFDS dataset {name!r} (split {split!r}) was not found: searched data dir {data_dir} "
         f"(expected a prepared copy in {data_dir / name}/<version>/).\n"
         f"{reason}\n"
         "Fix: pass the TFDS data dir that holds a prepared copy with --data-dir DIR (Python: "
-        "data_dir=DIR) or set TFDS_DATA_DIR=DIR; or run with download enabled on a machine with "
-        'internet (preparing needs TensorFlow: pip install "jaxcnn[prepare]").'
+        f"data_dir=DIR) or set TFDS_DATA_DIR=DIR; {other_way}"
     )
+
+
+def _tensorflow_available() -> bool:
+    """Whether TensorFlow imports (then TFDS can prepare datasets itself)."""
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec("tensorflow") is None:
+            return False
+        import tensorflow  # noqa: F401
+    except Exception:  # a missing or broken install both mean: TFDS cannot prepare
+        return False
+    return True
 
 
 @contextlib.contextmanager
@@ -197,22 +272,35 @@ def load_tfds(
 ) -> ArrayDataset:
     """Load a TFDS image classification dataset into memory.
 
+    A prepared copy in ``data_dir`` is read with TFDS (no TensorFlow needed). Without one,
+    TFDS prepares it if TensorFlow is installed; if not, ``cifar10`` and ``tf_flowers`` come
+    from their official archives, which jaxcnn downloads (sha256-checked, into
+    ``<data_dir>/downloads/``; overridable with ``JAXCNN_CIFAR10_URL`` / ``_SHA256`` and
+    ``JAXCNN_TF_FLOWERS_URL`` / ``_SHA256``; stall timeout ``$JAXCNN_DOWNLOAD_TIMEOUT``, 30 s)
+    and decodes itself (:mod:`jaxcnn.data.official`). That path keeps the archive's order
+    (CIFAR-10: data_batch_1..5, then test_batch), not TFDS's shuffled order, so a slice such as
+    'train[:45000]' holds other images than on a TFDS-prepared copy; labels and class names
+    are TFDS's.
+
     Args:
       name: TFDS name: "cifar10", "mnist", "fashion_mnist", "tf_flowers", ... (optionally with
         a version, "cifar10:3.0.2").
       split: a TFDS split string: "train", "test", "train[:45000]", "train[45000:]",
-        "train[:10%]".
+        "train[:10%]", "train[:100]+test". Checked before anything is read or downloaded.
       data_dir: the TFDS data dir (the folder that CONTAINS ``<name>/<version>/``); defaults to
         ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets``. Passing ``<data_dir>/<name>`` itself
         also works.
-      download: download and prepare (as array_record) when the data dir lacks the dataset.
-      cache: reuse / write the decoded arrays as ``<root>/<name>/<split>[_HxW].npz`` (uncompressed,
-        written atomically) where root is ``$JAXCNN_CACHE_DIR`` if set, else
-        ``<data_dir>/jaxcnn_cache`` if writable, else ``~/.cache/jaxcnn``. A cache that cannot be
-        written never makes the load fail.
+      download: fetch the data when the data dir lacks it (TFDS prepare, or the official
+        archive). False never touches the network, but an archive already in a downloads
+        folder is still used.
+      cache: reuse / write the decoded arrays as ``<root>/<name>/<source>/<split>[_HxW].npz``
+        (uncompressed, written atomically; source "tfds" or "official", and the source is in the
+        entry's metadata too, so the two never share an entry) where root is
+        ``$JAXCNN_CACHE_DIR`` if set, else ``<data_dir>/jaxcnn_cache`` if writable, else
+        ``~/.cache/jaxcnn``. A cache that cannot be written never makes the load fail.
       image_size: (height, width) to resize every image to (PIL bilinear, antialiased); needed
         for datasets whose images differ in size (tf_flowers). None keeps the stored size.
-      progress: show a tqdm progress bar while decoding.
+      progress: show tqdm progress bars while downloading and decoding.
 
     Returns:
       :class:`ArrayDataset` with images (N, H, W, C) uint8, labels (N,) int32 and the class
@@ -220,12 +308,14 @@ def load_tfds(
 
     Raises:
       DataNotFoundError: the dataset or split is not in the data dir and downloading was disabled
-        or failed; the message says where it looked and how to fix it.
-      ValueError: unknown dataset name, malformed split string, or images of different sizes
-        without ``image_size``.
+        or failed (network, checksum, truncation); the message says where it looked, what it
+        tried and how to fix it.
+      ValueError: unknown dataset name, malformed split string, images of different sizes
+        without ``image_size``, or a URL override without its checksum.
     """
-    if not isinstance(split, str):
-        raise ValueError(f"split must be one split string such as 'train[:45000]', got {split!r}")
+    from jaxcnn.data import official
+
+    parse_split(split)  # a malformed split fails here, before any read or download
     data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     if image_size is not None:
         if isinstance(image_size, int | np.integer):
@@ -247,16 +337,59 @@ def load_tfds(
             if hit is not None:
                 return hit
 
+    def from_official():
+        return _load_official(base_name, split, data_dir, download, cache, image_size,
+                              progress, roots)
+
+    has_official = base_name in official.SUPPORTED
+    # Cheap first: no folder for the dataset at all means nothing is prepared.
+    if has_official and not (data_dir / base_name).exists() and not _tensorflow_available():
+        return from_official()
     with _quiet_absl():
-        ds = _load_from_tfds(name, split, data_dir, download, image_size, progress)
+        builder = _builder(name, data_dir)
+        prepared = builder.is_prepared()
+    if not prepared and has_official and not _tensorflow_available():
+        return from_official()
+    with _quiet_absl():
+        ds = _load_from_tfds(builder, prepared, name, split, data_dir, download, image_size,
+                             progress)
     if cache:
         _write_cache(roots, rel, ds, meta)
     return ds
 
 
-def _load_from_tfds(name, split, data_dir, download, image_size, progress):
-    builder = _builder(name, data_dir)
-    if not builder.is_prepared():
+def _load_official(name, split, data_dir, download, cache, image_size, progress, roots):
+    """cifar10 / tf_flowers from the official archive (cached like the TFDS path)."""
+    from jaxcnn.data import official
+
+    arc = official.archive(name)
+    official.check_request(arc, split, image_size)  # before any download
+    rel = _cache_relpath(name, split, image_size, source="official")
+    meta = _official_cache_meta(name, split, arc.sha256, image_size)
+    if cache:
+        for root in roots:
+            hit = _read_cache(root / rel, meta)
+            if hit is not None:
+                return hit
+    path = official.fetch_archive(arc, data_dir, split=split, download_missing=download,
+                                  progress=progress)
+    if path is None:
+        folder = official.downloads_dirs(data_dir)[0]
+        raise _not_found(
+            name, split, data_dir,
+            f"Download disabled (download=False), and no {arc.filename} in {folder}/.",
+            other_way=f"or place {arc.filename} (sha256 {arc.sha256}) in {folder}/; or run "
+            "with download enabled on a machine with internet (jaxcnn then downloads the "
+            f"official archive from {arc.url} itself; no TensorFlow needed).",
+        )
+    ds = official.load_archive(arc, path, split, image_size=image_size, progress=progress)
+    if cache:
+        _write_cache(roots, rel, ds, meta)
+    return ds
+
+
+def _load_from_tfds(builder, prepared, name, split, data_dir, download, image_size, progress):
+    if not prepared:
         if not download:
             raise _not_found(name, split, data_dir, "Download disabled (download=False).")
         try:
@@ -278,16 +411,19 @@ def _load_from_tfds(name, split, data_dir, download, image_size, progress):
         ) from None
     except (ValueError, KeyError) as exc:
         message = str(exc)
-        if "Unknown split" in message or split.split("[")[0].strip() not in available:
+        if "Unknown split" in message or any(
+            n not in available and n != "all" for n in split_names(split)
+        ):
             raise DataNotFoundError(
                 f"TFDS dataset {name!r} in {builder.data_dir} has no split {split!r}: available "
                 f"splits are {available}. Use one of them (e.g. 'train[:45000]' / "
                 "'train[45000:]' to hold out part of train), or pass --data-dir / "
                 "TFDS_DATA_DIR pointing at a copy that includes it."
             ) from None
+        sizes = {k: v.num_examples for k, v in builder.info.splits.items()}
         raise ValueError(
-            f"bad split string {split!r} for {name!r}: {message.splitlines()[0] if message else ''}"
-            "; expected e.g. 'train', 'train[:45000]', 'train[45000:]', 'train[:10%]'"
+            f"split {split!r} does not fit {name!r} in {builder.data_dir} (examples per split: "
+            f"{sizes}): {message.splitlines()[0] if message else type(exc).__name__}"
         ) from None
 
     image_key, label_key = _features_keys(builder)
