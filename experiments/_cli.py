@@ -1,23 +1,84 @@
-"""Argument helpers shared by the experiments (``python -m experiments.<name>``).
+"""Command-line plumbing shared by the experiments (``python -m experiments.<name>``).
 
-Every experiment takes the same four locations/knobs, spelled the same way:
-``--workdir`` (logs and results), ``--seed``, ``--visuals-dir`` (figures) and ``--data-dir``.
+Every experiment takes the same locations/knobs, spelled the same way: ``--workdir`` (results,
+logs, checkpoints and, by default, figures), ``--seed``, ``--visuals-dir`` (figures; default
+``<workdir>/figures``, see :func:`figures_dir`), ``--data-dir`` and ``--progress`` /
+``--no-progress`` (default: bars when stderr is a terminal, one line per epoch otherwise).
+
+Errors: argparse reports a bad flag value as one ``error:`` line (the ``type=`` functions below
+check values while parsing); :func:`run` turns a ``ValueError`` / ``FileNotFoundError`` raised
+by ``main`` (the library's input checks) into ``error: <message>`` and exit status 2, so the
+command line never shows a traceback while a Python caller of ``main`` still gets the exception
+(set ``JAXCNN_TRACEBACK=1`` to see it on the command line too).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+TFDS_DATA_DIR_HELP = ("TFDS data_dir holding the dataset (default: $TFDS_DATA_DIR, else "
+                      "~/tensorflow_datasets)")
+
+# Sizes of the CIFAR-10 TFDS splits, to resolve percent slices in split-overlap warnings.
+CIFAR10_SPLIT_SIZES = {"train": 50_000, "test": 10_000}
+
+
+# --------------------------------------------------------------------------------------------
+# Parser and --help
+# --------------------------------------------------------------------------------------------
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to a flag's help only where X means something.
+
+    Unlike ``argparse.ArgumentDefaultsHelpFormatter`` it leaves out the default of flags that
+    take no value (``--no-resume`` would read "(default: True)"), of ``None`` and empty
+    defaults (which mean "the recipe's" / "auto" / "off": the help text says which), and of
+    help texts that already state their default. Sequences are shown comma-separated, as
+    they are typed.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            action.nargs == 0  # store_true / store_false / store_const / count / help
+            or default is None
+            or default is argparse.SUPPRESS
+            or (isinstance(default, list | tuple | set | dict | str) and not default)
+            or "default" in text.lower()
+            or (not action.option_strings and action.nargs not in ("?", "*"))
+        ):
+            return text
+        if isinstance(default, list | tuple):
+            shown = ",".join(str(v) for v in default)
+        else:
+            shown = str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line (no usage block) on stderr, exit
+    status 2: ``python -m experiments.cifar10: error: argument --epochs: ...``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
 
 def make_parser(experiment: str, description: str) -> argparse.ArgumentParser:
-    """An ``ArgumentParser`` for ``experiment`` that shows defaults in ``--help``."""
-    return argparse.ArgumentParser(
+    """An ``ArgumentParser`` for ``experiment`` whose ``--help`` shows the real defaults and
+    whose bad flag values are one line of error."""
+    return ArgumentParser(
         prog=f"python -m experiments.{experiment}",
         description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
 
 
@@ -29,6 +90,7 @@ def add_common(
     seed: bool = True,
     visuals: bool = True,
     data_dir: bool = False,
+    data_dir_help: str = TFDS_DATA_DIR_HELP,
     default_seed: int = 0,
 ) -> argparse.ArgumentParser:
     """Add the shared flags to ``parser``; each can be left out with its keyword."""
@@ -37,7 +99,8 @@ def add_common(
             "--workdir",
             type=Path,
             default=Path("runs") / experiment,
-            help="folder for results (JSON, logs, checkpoints); created if missing",
+            help="folder for everything the run writes (figures and, where the experiment "
+                 "has them, results JSON, logs, checkpoints, bundles); created if missing",
         )
     if seed:
         parser.add_argument(
@@ -50,30 +113,275 @@ def add_common(
         parser.add_argument(
             "--visuals-dir",
             type=Path,
-            default=Path("visuals") / experiment,
-            help="folder the PNG figures are written to; created if missing",
+            default=None,
+            help="folder the PNG figures are written to, created if missing (default: "
+                 f"<workdir>/figures; --visuals-dir visuals/{experiment} rewrites the "
+                 "README's committed figures)",
         )
     if data_dir:
         parser.add_argument(
             "--data-dir",
             type=Path,
             default=None,
-            help="folder holding the dataset (a TFDS data_dir or an image folder)",
+            help=data_dir_help,
         )
     return parser
 
 
+def add_progress(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--progress`` / ``--no-progress`` (dest ``progress``); default: on when stderr is a
+    terminal, so a log file gets the fit loop's one line per epoch instead of bars."""
+    parser.add_argument("--progress", dest="progress", action="store_true",
+                        help="show progress bars (default: only when stderr is a terminal; "
+                             "otherwise one line per epoch)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bars, even on a terminal")
+    parser.set_defaults(progress=_stderr_is_terminal())
+    return parser
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return bool(sys.stderr.isatty())
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False
+
+
+def figures_dir(args: argparse.Namespace) -> Path:
+    """Where the run writes its figures: ``--visuals-dir`` if given, else ``<workdir>/figures``.
+
+    The README's committed images in ``visuals/<lesson>/`` are rewritten only when asked for
+    with ``--visuals-dir visuals/<lesson>``; no default run changes a tracked file.
+    """
+    explicit = getattr(args, "visuals_dir", None)
+    if explicit is not None:
+        return Path(explicit)
+    workdir = getattr(args, "workdir", None)
+    if workdir is None:
+        raise ValueError("figures_dir needs --visuals-dir or --workdir")
+    return Path(workdir) / "figures"
+
+
+# --------------------------------------------------------------------------------------------
+# Value types (argparse ``type=``): a bad value becomes one ``error:`` line while parsing
+# --------------------------------------------------------------------------------------------
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+def _float(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value != value:  # NaN
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+    return value
+
+
 def positive_float(text: str) -> float:
     """argparse type: a float > 0."""
-    value = float(text)
+    value = _float(text, "a number > 0")
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
     return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a float >= 0."""
+    value = _float(text, "a number >= 0")
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    """argparse type: a fraction strictly between 0 and 1."""
+    value = _float(text, "a fraction between 0 and 1")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a fraction between 0 and 1 (exclusive), got {text}")
+    return value
+
+
+def smoothing(text: str) -> float:
+    """argparse type: a label-smoothing amount in [0, 1)."""
+    value = _float(text, "a number in [0, 1)")
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
+    return value
+
+
+# A TFDS split: a name, optionally sliced with [start:end]; each bound an int or an int percent,
+# either may be negative (counted from the end) or left out. Parts can be joined with '+'.
+_BOUND = r"[-+]?\d+%?"
+_PART_RE = re.compile(
+    rf"^(?P<name>[A-Za-z_][\w\-]*)(?:\[(?P<start>{_BOUND})?:(?P<end>{_BOUND})?\])?$"
+)
+
+
+def _split_parts(text: str) -> list[tuple[str, tuple | None, tuple | None]]:
+    """``[(name, start, end), ...]`` of a split string; a bound is ``(value, is_percent)`` or
+    None. Raises ValueError naming the bad part."""
+    parts = []
+    for raw in text.split("+"):
+        part = raw.strip()
+        m = _PART_RE.match(part)
+        if m is None:
+            raise ValueError(
+                f"bad split {text!r}: {part!r} is not NAME or NAME[START:END] (START and END "
+                "optional integers or integer percents, e.g. 'train', 'train[:45000]', "
+                "'train[45000:]', 'train[:90%]', 'test[-10%:]')"
+            )
+        bounds = []
+        for key in ("start", "end"):
+            b = m.group(key)
+            if b is None:
+                bounds.append(None)
+                continue
+            pct = b.endswith("%")
+            value = int(b.rstrip("%"))
+            if pct and abs(value) > 100:
+                raise ValueError(f"bad split {text!r}: percent {b} is outside [-100%, 100%]")
+            bounds.append((value, pct))
+        parts.append((m.group("name"), bounds[0], bounds[1]))
+    return parts
+
+
+def tfds_split(text: str) -> str:
+    """argparse type: a TFDS split string such as ``train``, ``train[:45000]`` or
+    ``train[10%:]`` (parts may be joined with ``+``); returned stripped."""
+    text = text.strip()
+    try:
+        _split_parts(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def _position(bound, size: int | None, open_as: str):
+    """A bound as a comparable position: ``("start",)`` / ``("end",)`` for the ends of the
+    split (``open_as`` for an open bound), ``("abs", i)`` for a known index, ``("frac", f)``
+    for a fraction of the split and ``("from_end", i)`` for a negative index of a split of
+    unknown size."""
+    if bound is None:
+        return (open_as,)
+    value, pct = bound
+    if size is not None:
+        index = round(size * value / 100) if pct else value
+        if index < 0:
+            index += size
+        index = min(max(index, 0), size)
+        return ("start",) if index == 0 else ("end",) if index == size else ("abs", index)
+    if pct:
+        frac = value / 100 if value >= 0 else 1 + value / 100
+        return ("start",) if frac <= 0 else ("end",) if frac >= 1 else ("frac", frac)
+    if value == 0:
+        return ("start",)
+    return ("abs", value) if value > 0 else ("from_end", value)
+
+
+def _less(a, b) -> bool | None:
+    """``a < b`` for two positions, or None when it cannot be told without the split size."""
+    if a == b:
+        return False
+    if a == ("start",) or b == ("end",):
+        return True
+    if a == ("end",) or b == ("start",):
+        return False
+    if a[0] == b[0]:
+        return a[1] < b[1]
+    return None
+
+
+def splits_overlap(a: str, b: str, sizes: Mapping[str, int] | None = None) -> bool | None:
+    """Whether two TFDS split strings can share examples: True, False, or None when it
+    cannot be told (percent slices against index slices, or negative indices, of a split
+    whose size is not in ``sizes``). Different base splits (``train`` / ``test``) never
+    overlap."""
+    sizes = dict(sizes or {})
+    verdict: bool | None = False
+    for name_a, start_a, end_a in _split_parts(a):
+        for name_b, start_b, end_b in _split_parts(b):
+            if name_a != name_b:
+                continue
+            size = sizes.get(name_a)
+            sa, ea = _position(start_a, size, "start"), _position(end_a, size, "end")
+            sb, eb = _position(start_b, size, "start"), _position(end_b, size, "end")
+            checks = [_less(sa, ea), _less(sb, eb), _less(sa, eb), _less(sb, ea)]
+            if False in checks:  # an empty slice, or the ranges are disjoint
+                continue
+            if all(checks):
+                return True
+            verdict = None
+    return verdict
+
+
+def warn_split_overlap(train_split: str, eval_split: str,
+                       sizes: Mapping[str, int] | None = None) -> bool | None:
+    """Print a warning to stderr when the train and eval splits (may) share examples, so the
+    reported accuracy would be measured partly on training data. Returns the verdict."""
+    verdict = splits_overlap(train_split, eval_split, sizes)
+    if verdict is True:
+        print(f"warning: --train-split {train_split!r} and --eval-split {eval_split!r} overlap: "
+              "the eval accuracy is measured partly on training images (use disjoint slices, "
+              "e.g. 'train[:45000]' and 'train[45000:]')", file=sys.stderr)
+    elif verdict is None:
+        print(f"warning: --train-split {train_split!r} and --eval-split {eval_split!r} may "
+              "overlap (percent and index slices of the same split); check they are disjoint",
+              file=sys.stderr)
+    return verdict
+
+
+# --------------------------------------------------------------------------------------------
+# Checks after loading data, and the entry point
+# --------------------------------------------------------------------------------------------
+
+
+def check_batch_size(batch_size: int, n: int, *, flag: str = "--batch-size",
+                     what: str = "the training set") -> None:
+    """ValueError (one line via :func:`run`) when a batch is larger than the data it draws on."""
+    if batch_size > n:
+        raise ValueError(
+            f"{flag} {batch_size} is larger than {what} ({n:,} images); pass {flag} {n} or "
+            "less, or train on more images"
+        )
+
+
+def run(main: Callable[[list[str] | None], object], argv: list[str] | None = None):
+    """Call ``main(argv)`` as a command: exit with its int result (0 for anything else);
+    ``ValueError`` / ``FileNotFoundError`` become one ``error: <message>`` line on stderr and
+    exit status 2 (``JAXCNN_TRACEBACK=1`` shows the traceback instead); Ctrl-C exits 130 with
+    one line. Use as ``if __name__ == "__main__": _cli.run(main)``."""
+    try:
+        result = main(argv)
+    except (ValueError, FileNotFoundError) as err:
+        if os.environ.get("JAXCNN_TRACEBACK") == "1":
+            raise
+        message = str(err).strip() or type(err).__name__
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    raise SystemExit(result if isinstance(result, int) and not isinstance(result, bool) else 0)

@@ -71,14 +71,14 @@ images takes about 35 minutes; on a quiet machine we expect about 3x the through
 epochs take about an hour (an estimate, not measured: ``--epochs`` scales it). plain56 and
 resnet56 cost about 3x resnet20 per image. Results go to ``<workdir>/results.json`` (one entry
 per model; ``<workdir>/vanishing/results.json`` for the lesson), checkpoints to
-``<workdir>/<model>/`` (resumed when present), figures to ``visuals/architectures/``.
+``<workdir>/<model>/`` (resumed when present), figures to ``<workdir>/figures/``
+(``--visuals-dir visuals/architectures`` rewrites the README's committed ones instead).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -109,6 +109,8 @@ DEFAULT_EPOCHS = {"compare": 6, "vanishing": 4}
 
 
 def build_parser():
+    from jaxcnn import models
+
     p = _cli.make_parser("architectures", __doc__.split("\n")[0])
     _cli.add_common(p, "architectures", data_dir=True)
     p.add_argument("--lesson", choices=LESSONS, default="compare",
@@ -116,11 +118,13 @@ def build_parser():
                         "residual nets (curves + gradient norms); gradients: gradient norms at "
                         "init only (no training); figures: timeline and block diagram only")
     p.add_argument("--models", default=None,
-                   help="comma-separated model names (default: lenet5,alexnet_mini,vgg_mini,"
-                        "resnet20 for compare; plain20,resnet20,plain56,resnet56 otherwise)")
-    p.add_argument("--train-split", default="train",
+                   help="comma-separated model names, any of: "
+                        f"{', '.join(models.available())} (default: "
+                        f"{','.join(DEFAULT_MODELS)} for compare; {','.join(VANISHING_MODELS)} "
+                        "otherwise)")
+    p.add_argument("--train-split", type=_cli.tfds_split, default="train",
                    help="TFDS split to train on, e.g. 'train' or 'train[:45000]'")
-    p.add_argument("--eval-split", default="test",
+    p.add_argument("--eval-split", type=_cli.tfds_split, default="test",
                    help="TFDS split to report accuracy on (never trained on), e.g. 'test' or "
                         "'train[45000:]' when only the train split is available")
     p.add_argument("--limit-train", type=_cli.positive_int, default=None,
@@ -128,11 +132,16 @@ def build_parser():
     p.add_argument("--limit-eval", type=_cli.positive_int, default=None,
                    help="use only the first N images of the eval split (smoke runs)")
     p.add_argument("--epochs", type=_cli.positive_int, default=None,
-                   help="epochs per model, the same for all (default: 6 compare, 4 vanishing)")
+                   help="epochs per model, the same for all (default: "
+                        f"{DEFAULT_EPOCHS['compare']} compare, {DEFAULT_EPOCHS['vanishing']} "
+                        "vanishing)")
     p.add_argument("--batch-size", type=_cli.positive_int, default=128,
                    help="global batch size, split over all local devices")
     p.add_argument("--lr", type=_cli.positive_float, default=None,
-                   help="peak learning rate for every model (default: per model, RECIPES)")
+                   help="peak learning rate for every model (default: per model: "
+                        + ", ".join(f"{n} {r['lr']:g}" for n, r in RECIPES.items())
+                        + f", others {GENERIC_RECIPE['lr']:g}; {VANISHING_RECIPE['lr']:g} in "
+                        "the vanishing lesson)")
     p.add_argument("--zero-init-residual", action="store_true",
                    help="start the last BatchNorm scale of every residual block at 0 (Goyal et al. "
                         "2017), so each block is the identity at init; residual nets only, the "
@@ -141,13 +150,12 @@ def build_parser():
                    help="images in the fixed batch the per-layer gradient norms are taken on "
                         "(the first N of the train split)")
     p.add_argument("--eval-batch-size", type=_cli.positive_int, default=500,
-                   help="batch size for evaluation")
+                   help="batch size for evaluation (capped at the eval set's size)")
     p.add_argument("--no-resume", dest="resume", action="store_false",
                    help="start from scratch even when a checkpoint exists in --workdir")
     p.add_argument("--no-figures", dest="figures", action="store_false",
                    help="skip writing figures")
-    p.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress bars (for logs)")
+    _cli.add_progress(p)
     return p
 
 
@@ -274,22 +282,19 @@ def format_table(results: dict, names) -> str:
 
 
 def load_data(args, need_eval: bool = True):
-    """(train, eval) ArrayDatasets cut to --limit-train/--limit-eval; exit 2 if data is missing."""
-    from jaxcnn.data import ArrayDataset, DataNotFoundError, load_tfds
+    """(train, eval) ArrayDatasets cut to --limit-train/--limit-eval; the loader's
+    ``DataNotFoundError`` when the data is missing (one ``error:`` line on the command line)."""
+    from jaxcnn.data import ArrayDataset, load_tfds
 
     def cut(ds, n):
         if n is None or n >= len(ds):
             return ds
         return ArrayDataset(ds.images[:n], ds.labels[:n], ds.class_names)
 
-    try:
-        train = load_tfds("cifar10", args.train_split, data_dir=args.data_dir,
-                          progress=args.progress)
-        evaluation = (load_tfds("cifar10", args.eval_split, data_dir=args.data_dir,
-                                progress=args.progress) if need_eval else None)
-    except DataNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    train = load_tfds("cifar10", args.train_split, data_dir=args.data_dir,
+                      progress=args.progress)
+    evaluation = (load_tfds("cifar10", args.eval_split, data_dir=args.data_dir,
+                            progress=args.progress) if need_eval else None)
     train = cut(train, args.limit_train)
     if evaluation is not None:
         evaluation = cut(evaluation, args.limit_eval)
@@ -319,7 +324,7 @@ def fit_model(name, model, recipe, train, evaluation, args, workdir, stop_after_
     preprocess = Preprocess(mean=CIFAR10_MEAN, std=CIFAR10_STD, augment=recipe["augment"],
                             cutout_size=recipe["cutout"])
     config = FitConfig(
-        epochs=recipe["epochs"], batch_size=min(args.batch_size, len(train)),
+        epochs=recipe["epochs"], batch_size=args.batch_size,
         optimizer=recipe["optimizer"], lr=recipe["lr"], schedule=recipe["schedule"],
         weight_decay=recipe["weight_decay"], label_smoothing=recipe["label_smoothing"],
         seed=args.seed, augment=recipe["augment"], cutout_size=recipe["cutout"],
@@ -365,6 +370,7 @@ def run_compare(names, args) -> dict:
     train, evaluation = load_data(args)
     print(f"train: {args.train_split} {len(train):,} images; eval: {args.eval_split} "
           f"{len(evaluation):,} images")
+    _cli.check_batch_size(args.batch_size, len(train))
     results_path = args.workdir / "results.json"
     results, histories = {}, {}
     for name in names:
@@ -402,10 +408,11 @@ def run_compare(names, args) -> dict:
     if args.figures:
         from jaxcnn.viz import results as rfig
 
-        paths = write_static_figures(args.visuals_dir)
+        figures = _cli.figures_dir(args)
+        paths = write_static_figures(figures)
         if histories:
             paths.append(rfig.training_curves(
-                histories, args.visuals_dir / "training_curves.png",
+                histories, figures / "compare_training_curves.png",
                 title="CIFAR-10: LeNet-5 -> AlexNet -> VGG -> ResNet (eval split dashed)"))
         print("figures: " + ", ".join(str(p) for p in paths))
     return results
@@ -498,7 +505,7 @@ def run_gradients(names, args) -> dict:
     path.write_text(json.dumps({"batch": batch, "seed": args.seed, "models": summary}, indent=2))
     if args.figures:
         p = write_gradient_figure({f"{n}, at init": v for n, v in norms.items()},
-                                  args.visuals_dir / "gradient_norms_init.png", batch,
+                                  _cli.figures_dir(args) / "gradient_norms_init.png", batch,
                                   " (at initialisation)")
         print(f"figure: {p}")
     return summary
@@ -508,6 +515,7 @@ def run_vanishing(names, args) -> dict:
     from jaxcnn import models
 
     train, evaluation = load_data(args)
+    _cli.check_batch_size(args.batch_size, len(train))
     batch = min(args.grad_batch, len(train))
     x, y = normalised(train.images[:batch]), train.labels[:batch]
     workdir = args.workdir / "vanishing"
@@ -553,10 +561,11 @@ def run_vanishing(names, args) -> dict:
     if args.figures:
         from jaxcnn.viz import results as rfig
 
+        figures = _cli.figures_dir(args)
         paths = [
-            rfig.training_curves(histories, args.visuals_dir / "vanishing_training_curves.png",
+            rfig.training_curves(histories, figures / "vanishing_training_curves.png",
                                  title="Plain vs residual: 20 and 56 layers (eval dashed)"),
-            write_gradient_figure(norm_curves, args.visuals_dir / "gradient_norms.png", batch),
+            write_gradient_figure(norm_curves, figures / "gradient_norms.png", batch),
         ]
         print("figures: " + ", ".join(str(p) for p in paths))
     return results
@@ -571,12 +580,15 @@ def main(argv=None) -> dict:
     names = ([n.strip() for n in args.models.split(",") if n.strip()] if args.models
              else list(default))
     unknown = [n for n in names if n not in models.available()]
-    if unknown:
-        raise SystemExit(f"error: unknown model(s) {unknown}; available: {models.available()}")
+    if unknown or not names:
+        raise ValueError(f"--models: unknown model(s) {unknown or [args.models]}; available: "
+                         f"{', '.join(models.available())}")
     if args.lesson == "figures":
-        paths = write_static_figures(args.visuals_dir)
+        paths = write_static_figures(_cli.figures_dir(args))
         print("figures: " + ", ".join(str(p) for p in paths))
         return {"figures": [str(p) for p in paths]}
+    if args.lesson != "gradients":
+        _cli.warn_split_overlap(args.train_split, args.eval_split, _cli.CIFAR10_SPLIT_SIZES)
     maybe_initialize_distributed()
     if args.lesson == "gradients":
         return run_gradients(names, args)
@@ -586,4 +598,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    _cli.run(main)

@@ -103,6 +103,7 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments import _cli
 from experiments._cli import positive_int
 
 # --------------------------------------------------------------------------------------------
@@ -330,7 +331,7 @@ def _add_ops(sub) -> None:
         description="Time ops.conv and ops.conv_reference (forward; forward+backward w.r.t. "
         "input and kernel) on a batch of 32x32x32 feature maps with a 3x3, 32-channel SAME "
         "kernel, and a four-loop numpy convolution per output element.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_cli.HelpFormatter,
     )
     p.add_argument("--repeats", type=positive_int, default=5,
                    help="timed calls per jitted function (median reported), after one warm-up")
@@ -776,15 +777,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     unknown = [m for m in args.models if m not in available()]
     if unknown:
-        raise SystemExit(f"error: unknown model(s) {unknown}; available: {available()}")
-    try:
-        model_options = parse_model_options(args.model_option)
-        r = bench_train(models=args.models, batch_sizes=args.batch_sizes, steps=args.steps,
-                        repeats=args.repeats, warmup=args.warmup, model_options=model_options,
-                        dtype=args.dtype, dataset_size=args.dataset_size,
-                        pipeline_batches=args.pipeline_batches, seed=args.seed)
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+        raise ValueError(f"--models: unknown model(s) {unknown}; available: "
+                         f"{', '.join(available())}")
+    model_options = parse_model_options(args.model_option)
+    r = bench_train(models=args.models, batch_sizes=args.batch_sizes, steps=args.steps,
+                    repeats=args.repeats, warmup=args.warmup, model_options=model_options,
+                    dtype=args.dtype, dataset_size=args.dataset_size,
+                    pipeline_batches=args.pipeline_batches, seed=args.seed)
     if args.baselines:
         if not args.json:
             print(format_train(r), flush=True)
@@ -815,7 +814,7 @@ def _add_train(sub) -> None:
         "pipeline's images/s (jaxcnn.data.pipeline_images_per_s) and its ratio to the train "
         "step (bar: >= 5x). --json prints one object keyed by model: the first batch size as "
         "'cnn3', others as 'cnn3@512'; baselines as 'baseline:keras-tf', 'baseline:torch'.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_cli.HelpFormatter,
     )
     p.add_argument("--models", type=_csv(str), default=TRAIN_MODELS,
                    help="comma-separated model names (jaxcnn.models.available())")
@@ -834,7 +833,8 @@ def _add_train(sub) -> None:
                    help="compute dtype: sets the models' dtype option and the preprocessed "
                    "input dtype, as experiments.cifar10 --dtype does")
     p.add_argument("--xla-flags", default=None,
-                   help="extra XLA_FLAGS, given with '=' since they start with dashes: "
+                   help="extra XLA_FLAGS (default: none), given with '=' since they start with "
+                   "dashes: "
                    "--xla-flags='--xla_cpu_enable_fast_math=true'; the benchmark re-runs "
                    "itself in a subprocess with them added to XLA_FLAGS, since XLA reads its "
                    "flags when jax starts")
@@ -859,9 +859,10 @@ def _add_train(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _cli.ArgumentParser(
         prog="python -m experiments.bench",
         description="Speed tables for jaxcnn. Pick a subcommand; each has its own --help.",
+        formatter_class=_cli.HelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
@@ -877,4 +878,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _cli.run(main)

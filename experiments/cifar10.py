@@ -8,7 +8,9 @@
 Each model trains with :func:`jaxcnn.train.fit` (data parallel over every local device,
 checkpoints in ``<workdir>/<model>/``, resumed when present), is evaluated on ``--eval-split``,
 exported as a bundle to ``<workdir>/<model>/bundle/``, and reported in
-``<workdir>/results.json`` and a printed table. Figures go to ``visuals/cifar10/``.
+``<workdir>/results.json`` and a printed table. Figures go to ``<workdir>/figures/``;
+``--visuals-dir visuals/cifar10`` rewrites the README's committed ones instead. The train and
+eval splits are checked for overlap (a warning: accuracy on training images means little).
 
 Per-model defaults (overridden by the flags) are the documented recipe: cnn3 trains with SGD
 (Nesterov momentum 0.9, decoupled weight decay 5e-4), a one-cycle learning rate peaking at 0.1,
@@ -24,17 +26,17 @@ Measured on the 2-core CPU with ``--data-dir ../shared/data/tfds --train-split '
 ``lite0_transfer`` is the transfer-learning row: EfficientNet-Lite0 with its ImageNet weights
 (``jaxcnn.pretrained``), frozen and in inference mode, sees every image upsampled to
 ``--transfer-size`` (bilinear, scaled to [-1, 1]); its pooled 1280-d features are computed once
-(cached in ``<workdir>/cache/``) and a new Dense head is trained on them for
-``--transfer-epochs`` (AdamW, cosine). Its bundle is an ``efficientnet_lite0`` with 10 classes
-that predicts from 32x32 uint8 images (resized inside). ``train_seconds`` includes the feature
-extraction; ``images_per_s`` is the extraction rate.
+(cached in ``<workdir>/cache/``) and a new Dense head is trained on them (AdamW, cosine) for
+``--epochs`` like every other row (30 when not given; ``--transfer-epochs`` overrides it for
+this row alone; its learning rate is ``--transfer-lr``, not ``--lr``). Its bundle is an
+``efficientnet_lite0`` with 10 classes that predicts from 32x32 uint8 images (resized inside).
+``train_seconds`` includes the feature extraction; ``images_per_s`` is the extraction rate.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -58,37 +60,54 @@ RECIPES: dict[str, dict] = {
     ),
 }
 GENERIC_RECIPE = RECIPES["cnn3"]
+TRANSFER_EPOCHS = 30  # lite0_transfer's head, when neither --epochs nor --transfer-epochs is given
+
+
+def accepted_models() -> list[str]:
+    """Every name ``--models`` accepts: the registry's models and the transfer rows."""
+    from jaxcnn import models
+
+    return sorted(set(models.available()) | set(TRANSFER_MODELS))
 
 
 def build_parser():
     p = _cli.make_parser("cifar10", __doc__.split("\n")[0])
     _cli.add_common(p, "cifar10", data_dir=True)
     p.add_argument("--models", default=",".join(DEFAULT_MODELS),
-                   help="comma-separated model names from jaxcnn.models.available()")
-    p.add_argument("--train-split", default="train",
+                   help="comma-separated model names, any of: " + ", ".join(accepted_models()))
+    p.add_argument("--train-split", type=_cli.tfds_split, default="train",
                    help="TFDS split to train on, e.g. 'train' or 'train[:45000]'")
-    p.add_argument("--eval-split", default="test",
+    p.add_argument("--eval-split", type=_cli.tfds_split, default="test",
                    help="TFDS split to report accuracy on (never trained on), e.g. 'test' or "
                         "'train[45000:]' when only the train split is available")
     p.add_argument("--epochs", type=_cli.positive_int, default=None,
-                   help="epochs per model (default: the model's recipe, 30 for cnn3, 20 for mlp)")
+                   help="epochs per model, lite0_transfer's head included (default: the "
+                        "model's recipe: 30 cnn3, 20 mlp, 30 lite0_transfer)")
     p.add_argument("--batch-size", type=_cli.positive_int, default=128,
-                   help="global batch size, split over all local devices")
+                   help="global batch size, split over all local devices; also the "
+                        "lite0_transfer head's batch")
     p.add_argument("--lr", type=_cli.positive_float, default=None,
-                   help="peak learning rate (default: the recipe's: 0.1 cnn3, 1e-3 mlp)")
+                   help="peak learning rate of the models trained from scratch (default: the "
+                        "recipe's: 0.1 cnn3, 1e-3 mlp; lite0_transfer uses --transfer-lr)")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default=None,
-                   help="sgd = Nesterov momentum with decoupled weight decay; adamw")
+                   help="sgd = Nesterov momentum with decoupled weight decay; adamw (default: "
+                        "the recipe's: sgd cnn3, adamw mlp)")
     p.add_argument("--schedule", choices=("onecycle", "cosine", "constant"), default=None,
-                   help="learning-rate schedule (warm-up included for onecycle and cosine)")
-    p.add_argument("--weight-decay", type=float, default=None,
-                   help="decoupled weight decay (not applied to biases and BatchNorm)")
-    p.add_argument("--label-smoothing", type=float, default=None, help="0 disables it")
+                   help="learning-rate schedule, warm-up included for onecycle and cosine "
+                        "(default: the recipe's: onecycle cnn3, cosine mlp)")
+    p.add_argument("--weight-decay", type=_cli.non_negative_float, default=None,
+                   help="decoupled weight decay, not applied to biases and BatchNorm (default: "
+                        "the recipe's: 5e-4 cnn3, 1e-4 mlp)")
+    p.add_argument("--label-smoothing", type=_cli.smoothing, default=None,
+                   help="label smoothing in [0, 1); 0 disables it (default: the recipe's: "
+                        "0.1 cnn3, 0 mlp)")
     p.add_argument("--augment", dest="augment", action="store_true", default=None,
                    help="random crop + horizontal flip on device (default for conv nets)")
     p.add_argument("--no-augment", dest="augment", action="store_false",
                    help="train without augmentation")
-    p.add_argument("--cutout", type=int, default=None,
-                   help="side of a random square zeroed per image during training (0: off)")
+    p.add_argument("--cutout", type=_cli.non_negative_int, default=None,
+                   help="side of a random square zeroed per image during training; 0 is off "
+                        "(default: the recipe's, 0)")
     p.add_argument("--ensemble", type=_cli.positive_int, default=1,
                    help="train K models from K seeds at once (vmap); reports mean +- std")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
@@ -96,8 +115,10 @@ def build_parser():
     p.add_argument("--transfer-size", type=_cli.positive_int, default=128,
                    help="lite0_transfer: side the 32x32 images are upsampled to (224 is the "
                         "ImageNet size; 128 costs a third of it)")
-    p.add_argument("--transfer-epochs", type=_cli.positive_int, default=30,
-                   help="lite0_transfer: epochs of the Dense head on the cached features")
+    p.add_argument("--transfer-epochs", type=_cli.positive_int, default=None,
+                   help="lite0_transfer: epochs of the Dense head on the cached features, "
+                        f"overriding --epochs for this row (default: --epochs, else "
+                        f"{TRANSFER_EPOCHS})")
     p.add_argument("--transfer-lr", type=_cli.positive_float, default=1e-3,
                    help="lite0_transfer: peak AdamW learning rate of the head")
     p.add_argument("--eval-batch-size", type=_cli.positive_int, default=500,
@@ -110,8 +131,7 @@ def build_parser():
                    help="start from scratch even when a checkpoint exists in --workdir")
     p.add_argument("--no-figures", dest="figures", action="store_false",
                    help="skip writing figures")
-    p.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress bars (for logs)")
+    _cli.add_progress(p)
     return p
 
 
@@ -127,18 +147,20 @@ def recipe_for(model_name: str, args) -> dict:
 
 
 def load_data(args):
-    """(train, eval) ArrayDatasets, or exit with the loader's message when data is missing."""
-    from jaxcnn.data import DataNotFoundError, load_tfds
+    """(train, eval) ArrayDatasets; raises the loader's ``DataNotFoundError`` when the data is
+    missing (one ``error:`` line on the command line)."""
+    from jaxcnn.data import load_tfds
 
-    try:
-        train = load_tfds("cifar10", args.train_split, data_dir=args.data_dir,
-                          progress=args.progress)
-        evaluation = load_tfds("cifar10", args.eval_split, data_dir=args.data_dir,
-                               progress=args.progress)
-    except DataNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    train = load_tfds("cifar10", args.train_split, data_dir=args.data_dir,
+                      progress=args.progress)
+    evaluation = load_tfds("cifar10", args.eval_split, data_dir=args.data_dir,
+                           progress=args.progress)
     return train, evaluation
+
+
+def transfer_epochs(args) -> int:
+    """Epochs of lite0_transfer's head: --transfer-epochs, else --epochs, else 30."""
+    return args.transfer_epochs or args.epochs or TRANSFER_EPOCHS
 
 
 def train_one(name, recipe, train, evaluation, args):
@@ -183,7 +205,8 @@ def run_transfer(name, train, evaluation, args):
     bundle_dir = args.workdir / name / "bundle"
     if args.eval_only:
         if not bundle_dir.exists():
-            raise SystemExit(f"error: no bundle in {bundle_dir}; train first (drop --eval-only)")
+            raise FileNotFoundError(f"no bundle in {bundle_dir}; train first (drop --eval-only) "
+                                    "or pass the --workdir of an earlier run")
         bundle = export.load(bundle_dir)
         probs = bundle.predict(evaluation.images)
         logits = np.log(np.clip(probs, 1e-12, None))
@@ -201,10 +224,11 @@ def run_transfer(name, train, evaluation, args):
                                        progress=args.progress)
     extract_s = time.perf_counter() - start
     print(f"{name}: features {f_train.shape} + {f_eval.shape} in {extract_s:.0f} s")
+    epochs = transfer_epochs(args)
     start = time.perf_counter()
     head, history = transfer.train_head(
         f_train, train.labels, train.num_classes, val=(f_eval, evaluation.labels),
-        epochs=args.transfer_epochs, batch_size=args.batch_size, lr=args.transfer_lr,
+        epochs=epochs, batch_size=args.batch_size, lr=args.transfer_lr,
         seed=args.seed,
         progress=args.progress)
     head_s = time.perf_counter() - start
@@ -215,14 +239,14 @@ def run_transfer(name, train, evaluation, args):
         "eval_split": args.eval_split,
         "params": models.count_params(variables_k["params"]),
         "trainable_params": int(head["kernel"].size + head["bias"].size),
-        "epochs": args.transfer_epochs,
+        "epochs": epochs,
         "train_seconds": extract_s + head_s,
         "feature_seconds": extract_s,
         "head_seconds": head_s,
         "images_per_s": (len(train) + len(evaluation)) / extract_s,
         "input_size": args.transfer_size,
         "recipe": dict(backbone=backbone, frozen=True, head="Dense", optimizer="adamw",
-                       lr=args.transfer_lr, epochs=args.transfer_epochs,
+                       lr=args.transfer_lr, epochs=epochs,
                        batch_size=args.batch_size),
     }
     export.save(bundle_dir, model_name=backbone, model_options={}, variables=variables_k,
@@ -352,14 +376,17 @@ def main(argv=None) -> dict:
     from jaxcnn import export, models
     from jaxcnn.train import checkpoint, maybe_initialize_distributed
 
-    unknown = [n for n in names if n not in models.available() and n not in TRANSFER_MODELS]
-    if unknown:
-        raise SystemExit(f"error: unknown model(s) {unknown}; available: "
-                         f"{models.available() + sorted(TRANSFER_MODELS)}")
+    unknown = [n for n in names if n not in accepted_models()]
+    if unknown or not names:
+        raise ValueError(f"--models: unknown model(s) {unknown or [args.models]}; available: "
+                         f"{', '.join(accepted_models())}")
+    _cli.warn_split_overlap(args.train_split, args.eval_split, _cli.CIFAR10_SPLIT_SIZES)
     maybe_initialize_distributed()
     train, evaluation = load_data(args)
     print(f"train: {args.train_split} {len(train):,} images; eval: {args.eval_split} "
           f"{len(evaluation):,} images")
+    if not args.eval_only:
+        _cli.check_batch_size(args.batch_size, len(train))
     outcomes, results = {}, {}
     for name in names:
         if name in TRANSFER_MODELS:
@@ -374,8 +401,9 @@ def main(argv=None) -> dict:
 
             restored = checkpoint.restore(args.workdir / name, which="latest")
             if restored is None:
-                raise SystemExit(f"error: no checkpoint in {args.workdir / name}; train first "
-                                 "(drop --eval-only) or pass the --workdir of an earlier run")
+                raise FileNotFoundError(f"no checkpoint in {args.workdir / name}; train first "
+                                        "(drop --eval-only) or pass the --workdir of an earlier "
+                                        "run")
             state, meta = restored
             model = models.create(name, num_classes=train.num_classes)
             preprocess = Preprocess(mean=CIFAR10_MEAN, std=CIFAR10_STD)
@@ -423,10 +451,11 @@ def main(argv=None) -> dict:
     print(format_table(results, names))
     print(f"\nresults: {args.workdir / 'results.json'}")
     if args.figures:
-        write_figures(args.visuals_dir, train, evaluation, outcomes, args)
-        print(f"figures: {args.visuals_dir}/")
+        figures = _cli.figures_dir(args)
+        write_figures(figures, train, evaluation, outcomes, args)
+        print(f"figures: {figures}/")
     return results
 
 
 if __name__ == "__main__":
-    main()
+    _cli.run(main)

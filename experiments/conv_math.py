@@ -1,8 +1,10 @@
 """Lesson 1: the arithmetic of a convolutional layer, on a real photo.
 
-    python -m experiments.conv_math [--visuals-dir visuals/conv_math] [--dpi 150]
+    python -m experiments.conv_math [--workdir runs/conv_math] [--dpi 150]
+    python -m experiments.conv_math --visuals-dir visuals/conv_math   # the README's figures
 
-Seven short sections, each printing a small table and writing one figure:
+Seven short sections, each printing a small table and writing one figure (to
+``<workdir>/figures/``; ``--visuals-dir`` elsewhere):
 
 1. pixels and channels   a photo is an (H, W, 3) uint8 array; a batch is (N, H, W, C)
 2. classic filters       Sobel, Prewitt, Laplacian, blur, sharpen, ... slid over the photo
@@ -19,11 +21,11 @@ so the lesson runs offline. All maths goes through ``jaxcnn.ops``; the figure fu
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from experiments import _cli
 from experiments._cli import add_common, make_parser, positive_int
 
 FIGURES = (
@@ -352,7 +354,7 @@ def build_parser():
         "Pixels, channels, filters, stride, padding, pooling, receptive field and parameter "
         "counts on a real photo (matplotlib's sample image); prints tables and writes figures.",
     )
-    add_common(parser, "conv_math", workdir=False, seed=False)
+    add_common(parser, "conv_math", seed=False)
     parser.add_argument("--dpi", type=positive_int, default=150,
                         help="resolution of the saved PNG figures (dots per inch)")
     parser.add_argument("--quiet", action="store_true", help="print nothing; only write figures")
@@ -361,9 +363,9 @@ def build_parser():
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    run(args.visuals_dir, dpi=args.dpi, verbose=not args.quiet)
+    run(_cli.figures_dir(args), dpi=args.dpi, verbose=not args.quiet)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _cli.run(main)

@@ -8,7 +8,8 @@ Steps:
 
 1. Scan ``PATH`` (``PATH/<class>/*`` or ``PATH/train/<class>`` + ``PATH/val/<class>``): class
    counts, imbalance ratio, skipped corrupt / non-image files (listed with the reason).
-2. Read every image as RGB at ``--input-size`` (grayscale and RGBA converted); hold out a
+2. Read every image as RGB at ``--input-size`` (grayscale and RGBA converted); an image that
+   fails to decode (truncated JPEGs included) is named with the reason and left out. Hold out a
    stratified ``--val-fraction`` unless ``val/`` exists.
 3. Balanced class weights ``n / (k * count)`` enter the loss when the imbalance ratio exceeds
    ``--weight-threshold`` (or always / never with ``--class-weights on|off``).
@@ -19,12 +20,14 @@ Steps:
    cached; ``--no-cache-activations`` runs the whole network every step instead) so each step
    costs only the trainable top part.
 5. Export to ``<workdir>/bundle/`` (``python -m jaxcnn.predict`` reads it), metrics in
-   ``<workdir>/results.json``, a figure of held-out predictions in ``visuals/custom/``.
+   ``<workdir>/results.json``, a figure of held-out predictions in ``<workdir>/figures/``
+   (``--visuals-dir visuals/custom`` rewrites the README's committed one instead).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -38,33 +41,32 @@ def build_parser():
     _cli.add_common(p, "custom", data_dir=False)
     p.add_argument("--data-dir", type=str, required=True,
                    help="image folder: PATH/<class>/<images> or PATH/train|val/<class>/<images>")
-    p.add_argument("--val-fraction", type=float, default=0.15,
+    p.add_argument("--val-fraction", type=_cli.unit_interval, default=0.15,
                    help="stratified held-out fraction (ignored when PATH/val exists)")
     p.add_argument("--input-size", type=_cli.positive_int, default=224,
                    help="side the images are resized to (224 = the network's ImageNet size)")
     p.add_argument("--class-weights", choices=("auto", "on", "off"), default="auto",
                    help="balanced class weights in the loss; auto: on when the imbalance ratio "
                         "exceeds --weight-threshold")
-    p.add_argument("--weight-threshold", type=float, default=1.5,
+    p.add_argument("--weight-threshold", type=_cli.positive_float, default=1.5,
                    help="imbalance ratio (largest / smallest class) above which auto weights")
     p.add_argument("--head-epochs", type=_cli.positive_int, default=60,
                    help="phase 1: epochs of the head on cached features")
     p.add_argument("--head-lr", type=_cli.positive_float, default=1e-3,
                    help="phase 1: AdamW learning rate")
-    p.add_argument("--fine-tune-epochs", type=int, default=3,
+    p.add_argument("--fine-tune-epochs", type=_cli.non_negative_int, default=3,
                    help="phase 2: epochs of fine-tuning (0 skips phase 2)")
-    p.add_argument("--trainable-blocks", type=int, default=2,
+    p.add_argument("--trainable-blocks", type=_cli.positive_int, default=2,
                    help="phase 2: modules below the head that are unfrozen")
     p.add_argument("--fine-tune-lr", type=_cli.positive_float, default=1e-4,
                    help="phase 2: peak AdamW learning rate")
     p.add_argument("--batch-size", type=_cli.positive_int, default=32,
-                   help="phase 2 batch size")
+                   help="phase 2 batch size, capped at the number of training images")
     p.add_argument("--no-cache-activations", dest="cache_activations", action="store_false",
                    help="phase 2: run the whole network every step instead of caching the "
                         "frozen modules' output once (in <workdir>/cache/) and training the top "
                         "part on it (slower; see jaxcnn.transfer.fine_tune)")
-    p.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress bars")
+    _cli.add_progress(p)
     return p
 
 
@@ -76,17 +78,19 @@ def main(argv=None) -> dict:
     from jaxcnn.data.image_folder import class_weights
     from jaxcnn.predict import predictions_figure
 
-    try:
-        scan = scan_image_folder(args.data_dir)
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
+    scan = scan_image_folder(args.data_dir)
     print(scan.report())
     size = (args.input_size, args.input_size)
+    before = len(scan.skipped)
     data = load_image_folder(args.data_dir, image_size=size, scan=scan, progress=args.progress)
+    failed = scan.report_skipped(before, what="image(s) that failed to decode")
+    if failed:
+        print(f"warning: {failed}", file=sys.stderr)
     if isinstance(data, tuple):
         train, val = data
         if len(val) == 0:
-            raise SystemExit(f"error: {scan.root}/val holds no images")
+            raise ValueError(f"{scan.root}/val holds no readable images; add some, or move "
+                             "them into the class folders to hold out --val-fraction")
     else:
         val_idx, train_idx = split_indices(data, args.val_fraction, args.seed)
         train, val = data.take(train_idx), data.take(val_idx)
@@ -95,9 +99,9 @@ def main(argv=None) -> dict:
     ratio = float(train.class_counts().max() / max(train.class_counts().min(), 1))
     use_w = args.class_weights == "on" or (args.class_weights == "auto"
                                             and ratio > args.weight_threshold)
+    shown = ", ".join(f"{n} {w:.3f}" for n, w in zip(names, weights, strict=True))
     print(f"train {len(train)}, held-out {len(val)}; imbalance {ratio:.2f}; class weights "
-          f"{dict(zip(names, np.round(weights, 3).tolist(), strict=True))} "
-          f"({'used' if use_w else 'not used'})")
+          f"{shown} ({'used' if use_w else 'not used'})")
     cw = weights if use_w else None
 
     model, variables = pretrained.load("efficientnet_lite0")
@@ -131,7 +135,7 @@ def main(argv=None) -> dict:
               f"{row['phase2_val_accuracy']:.2%}")
     row.update(val_accuracy=float((logits.argmax(-1) == val.labels).mean()),
                n_train=len(train), n_val=len(val), imbalance_ratio=ratio,
-               class_weights=weights.tolist() if use_w else None,
+               class_weights=[round(float(w), 4) for w in weights] if use_w else None,
                skipped=[f"{p}: {r}" for p, r in scan.skipped],
                seconds=time.perf_counter() - t0)
     bundle = export.save(args.workdir / "bundle", model_name="efficientnet_lite0",
@@ -149,7 +153,7 @@ def main(argv=None) -> dict:
         order = np.argsort(-probs[i])[:k]
         results.append((Path(f"held-out #{i} (true: {names[val.labels[i]]})"), val.images[i],
                         [(names[j], float(probs[i, j])) for j in order]))
-    fig = predictions_figure(results, args.visuals_dir / "predictions.png",
+    fig = predictions_figure(results, _cli.figures_dir(args) / "predictions.png",
                              title="Held-out predictions")
     print(f"bundle: {bundle}\nresults: {args.workdir / 'results.json'}\nfigure: {fig}\n"
           f"classify new images: python -m jaxcnn.predict {bundle} IMAGE...")
@@ -157,4 +161,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    _cli.run(main)

@@ -16,10 +16,12 @@ Modes:
 
 The data is an image folder (``--data-dir``: ``PATH/<class>/*.jpg``) or, without it, TFDS
 ``tf_flowers`` (needs the prepared dataset or a network). A stratified ``--val-fraction`` of
-the images is held out (``--seed``) and never trained on; accuracies are on it. Each mode
+the images is held out (``--seed``) and never trained on; accuracies are on it. An image that
+fails to decode (truncated JPEGs included) is named with the reason and left out. Each mode
 writes a bundle to ``<workdir>/<mode>/bundle/`` (transfer bundles are an ``efficientnet_lite0``
 with ``num_classes=5``: they predict from uint8 images of any size), a row of
-``<workdir>/results.json``; figures go to ``visuals/flowers/``.
+``<workdir>/results.json``; figures go to ``<workdir>/figures/`` (``--visuals-dir
+visuals/flowers`` rewrites the README's committed ones instead).
 
 Measured here (2-core CPU, niced beside other jobs; ``../shared/data/flowers``: 3,660 photos,
 549 held out, seed 0)::
@@ -56,10 +58,13 @@ MODES = ("scratch", "feature_extraction", "fine_tuning")
 
 def build_parser():
     p = _cli.make_parser("flowers", __doc__.split("\n")[0])
-    _cli.add_common(p, "flowers", data_dir=True)
+    _cli.add_common(p, "flowers", data_dir=True,
+                    data_dir_help="image folder PATH/<class>/*.jpg (or PATH/train|val/<class>) "
+                                  "(default: TFDS tf_flowers from $TFDS_DATA_DIR, else "
+                                  "~/tensorflow_datasets)")
     p.add_argument("--modes", default=",".join(MODES),
                    help=f"comma-separated subset of {', '.join(MODES)}")
-    p.add_argument("--val-fraction", type=float, default=0.15,
+    p.add_argument("--val-fraction", type=_cli.unit_interval, default=0.15,
                    help="stratified fraction of the images held out for evaluation")
     p.add_argument("--image-size", type=_cli.positive_int, default=128,
                    help="side the photos are resized to when read (the staged ones are 128)")
@@ -70,7 +75,7 @@ def build_parser():
                    help="epochs of the Dense head on cached features (phase 1)")
     p.add_argument("--head-lr", type=_cli.positive_float, default=1e-3,
                    help="AdamW learning rate of the head")
-    p.add_argument("--trainable-blocks", type=int, default=3,
+    p.add_argument("--trainable-blocks", type=_cli.positive_int, default=3,
                    help="fine_tuning: modules below the head that are unfrozen (head_conv and "
                         "the last MBConv blocks)")
     p.add_argument("--fine-tune-epochs", type=_cli.positive_int, default=5,
@@ -85,7 +90,8 @@ def build_parser():
                         "frozen modules' output once (in <workdir>/cache/) and training the top "
                         "part on it; slower, but the only way to add image augmentation "
                         "beyond flips")
-    p.add_argument("--scratch-model", default="cnn3", help="registry model for scratch")
+    p.add_argument("--scratch-model", default="cnn3",
+                   help="scratch: model from jaxcnn.models.available()")
     p.add_argument("--scratch-size", type=_cli.positive_int, default=96,
                    help="scratch: image side the model trains at")
     p.add_argument("--scratch-epochs", type=_cli.positive_int, default=40,
@@ -94,8 +100,7 @@ def build_parser():
                    help="batch size of scratch training and fine-tuning")
     p.add_argument("--no-figures", dest="figures", action="store_false",
                    help="skip writing figures")
-    p.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress bars (for logs)")
+    _cli.add_progress(p)
     return p
 
 
@@ -103,7 +108,6 @@ def load_data(args):
     """The whole dataset (ArrayDataset, uint8 at --image-size)."""
     from jaxcnn.data import (
         ArrayDataset,
-        DataNotFoundError,
         load_image_folder,
         load_tfds,
         resize_images,
@@ -114,19 +118,24 @@ def load_data(args):
     if args.data_dir is not None:
         scan = scan_image_folder(args.data_dir, verify=False)
         print(scan.report())
+        before = len(scan.skipped)
         data = load_image_folder(args.data_dir, image_size=size, scan=scan,
                                  progress=args.progress)
+        failed = scan.report_skipped(before, what="image(s) that failed to decode")
+        if failed:
+            print(f"warning: {failed}", file=sys.stderr)
         if isinstance(data, tuple):  # train/ + val/ layout: pool them, then split ourselves
             data = ArrayDataset(np.concatenate([d.images for d in data]),
                                 np.concatenate([d.labels for d in data]), data[0].class_names)
         return data
     try:
         ds = load_tfds("tf_flowers", "train", progress=args.progress)
-    except (DataNotFoundError, Exception) as err:  # noqa: BLE001 - any TFDS failure
-        print(f"error: TFDS tf_flowers is not available ({err}).\nPass an image folder "
-              "instead: --data-dir PATH with PATH/<class>/*.jpg (here: "
-              "--data-dir ../shared/data/flowers)", file=sys.stderr)
-        raise SystemExit(2) from None
+    except Exception as err:  # noqa: BLE001 - any TFDS failure
+        reason = " ".join(str(err).split())
+        raise FileNotFoundError(
+            f"TFDS tf_flowers is not available ({reason}); pass an image folder instead: "
+            "--data-dir PATH with PATH/<class>/*.jpg (here: --data-dir ../shared/data/flowers)"
+        ) from None
     return ArrayDataset(resize_images(list(ds.images), size), ds.labels, ds.class_names)
 
 
@@ -300,16 +309,23 @@ def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
-    if bad:
-        raise SystemExit(f"error: unknown mode(s) {bad}; choose from {MODES}")
-    if not 0 < args.val_fraction < 1:
-        raise SystemExit(f"error: --val-fraction must be in (0, 1), got {args.val_fraction}")
+    if bad or not modes:
+        raise ValueError(f"--modes: unknown mode(s) {bad or [args.modes]}; choose from "
+                         f"{', '.join(MODES)}")
+    if "scratch" in modes:
+        from jaxcnn import models
+
+        if args.scratch_model not in models.available():
+            raise ValueError(f"--scratch-model: unknown model {args.scratch_model!r}; "
+                             f"available: {', '.join(models.available())}")
     from experiments.cifar10 import update_results
 
     ds = load_data(args)
     val_idx, train_idx = split_indices(ds, args.val_fraction, args.seed)
     print(f"{len(ds)} images, {ds.num_classes} classes {ds.class_names}; train {len(train_idx)}, "
           f"held-out {len(val_idx)} (stratified, seed {args.seed})")
+    if "scratch" in modes or "fine_tuning" in modes:
+        _cli.check_batch_size(args.batch_size, len(train_idx))
     outcomes: dict = {}
     if "scratch" in modes:
         run_scratch(ds, val_idx, train_idx, args, outcomes)
@@ -325,10 +341,11 @@ def main(argv=None) -> dict:
     print(format_table([o["row"] for o in outcomes.values()]))
     print(f"\nresults: {args.workdir / 'results.json'}")
     if args.figures and outcomes:
-        write_figures(args.visuals_dir, ds, val_idx, outcomes)
-        print(f"figures: {args.visuals_dir}/")
+        figures = _cli.figures_dir(args)
+        write_figures(figures, ds, val_idx, outcomes)
+        print(f"figures: {figures}/")
     return results
 
 
 if __name__ == "__main__":
-    main()
+    _cli.run(main)

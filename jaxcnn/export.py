@@ -419,13 +419,14 @@ def load(path, *, batch_size: int = _DEFAULT_BATCH_SIZE) -> Bundle:
 
 
 def load_image(path) -> np.ndarray:
-    """Read an image file as uint8 ``(H, W, C)`` (C = 1, 3 or 4 as stored; palettes -> RGB(A))."""
-    from PIL import Image
+    """Read an image file as uint8 ``(H, W, C)`` (C = 1, 3 or 4 as stored; palettes -> RGB(A)).
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file {path} not found")
-    with Image.open(path) as img:
+    Every pixel is decoded: a file PIL cannot identify or decode, a truncated JPEG included,
+    raises ``ValueError`` naming the file; a missing one ``FileNotFoundError``.
+    """
+    from jaxcnn.data.image_folder import decode_image
+
+    with decode_image(path) as img:
         if img.mode not in ("L", "RGB", "RGBA"):
             img = img.convert("RGBA" if "A" in img.getbands() or img.mode == "P" else "RGB")
         arr = np.asarray(img)

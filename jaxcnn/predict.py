@@ -5,6 +5,11 @@
 
 Prints, for each image, the ``--top-k`` classes with their probabilities; ``--figure`` also
 writes a figure with each image next to bars of its top-k confidences.
+
+An image that is missing or cannot be decoded (not an image, corrupt, or truncated: every pixel
+is decoded) is named on stderr as ``skipped PATH: reason`` and the others are classified.
+Exit status: 0 when at least one image was classified (even if some were skipped), 2 when
+none could be read or the bundle cannot be loaded, or on a bad flag.
 """
 
 from __future__ import annotations
@@ -16,13 +21,34 @@ from pathlib import Path
 __all__ = ["main", "predict_files", "predictions_figure"]
 
 
-def predict_files(bundle, paths, k: int = 3):
-    """``[(path, image_uint8, [(class, prob), ...]), ...]`` for image files, best class first."""
+def predict_files(bundle, paths, k: int = 3, *, skipped: list | None = None):
+    """``[(path, image_uint8, [(class, prob), ...]), ...]`` for image files, best class first.
+
+    Args:
+      bundle: a :class:`jaxcnn.export.Bundle`.
+      paths: image files.
+      k: classes per image.
+      skipped: None: a file that is missing or cannot be decoded raises (FileNotFoundError /
+        ValueError naming it). A list: such files are appended to it as ``(path, reason)``
+        and left out of the result.
+    """
     from jaxcnn.export import load_image
 
-    images = [load_image(p) for p in paths]
-    tops = bundle.top_k(images, k=k)
-    return [(Path(p), img, top) for p, img, top in zip(paths, images, tops, strict=True)]
+    read = []
+    for p in paths:
+        try:
+            read.append((Path(p), load_image(p)))
+        except (FileNotFoundError, ValueError) as err:
+            if skipped is None:
+                raise
+            reason = str(err)
+            for prefix in (f"{p}: ", f"image file {p} "):
+                reason = reason.removeprefix(prefix)
+            skipped.append((Path(p), reason))
+    if not read:
+        return []
+    tops = bundle.top_k([img for _, img in read], k=k)
+    return [(p, img, top) for (p, img), top in zip(read, tops, strict=True)]
 
 
 def predictions_figure(results, path, title: str = "Predictions") -> Path:
@@ -57,17 +83,35 @@ def predictions_figure(results, path, title: str = "Predictions") -> Path:
     return path
 
 
+def _top_k(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage block
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="jaxcnn-predict",
-        description="Top-k classes of image files, from a bundle written by jaxcnn.export.save.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Top-k classes of image files, from a bundle written by jaxcnn.export.save. "
+        "Unreadable images are named on stderr and skipped; the exit status is 0 when at least "
+        "one image was classified, 2 when none could be.",
     )
     p.add_argument("bundle", type=Path, help="bundle directory (holding bundle.json)")
     p.add_argument("images", type=Path, nargs="+", help="image files (jpg, png, ...)")
-    p.add_argument("--top-k", type=int, default=3, help="classes shown per image")
+    p.add_argument("--top-k", type=_top_k, default=3,
+                   help="classes shown per image, at most the bundle's classes (default: 3)")
     p.add_argument("--figure", type=Path, default=None,
-                   help="also write a PNG of the images with confidence bars to this path")
+                   help="also write a PNG of the images with confidence bars to this path "
+                        "(default: no figure)")
     return p
 
 
@@ -75,20 +119,19 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from jaxcnn import export
 
-    missing = [str(p) for p in args.images if not p.is_file()]
-    if missing:
-        print(f"error: image file(s) not found: {', '.join(missing)}", file=sys.stderr)
-        return 2
     try:
         bundle = export.load(args.bundle)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    k = min(max(args.top_k, 1), bundle.num_classes)
-    try:
-        results = predict_files(bundle, args.images, k)
-    except (OSError, ValueError) as err:  # unreadable / not an image
-        print(f"error: cannot read an image: {err}", file=sys.stderr)
+    k = min(args.top_k, bundle.num_classes)
+    skipped: list = []
+    results = predict_files(bundle, args.images, k, skipped=skipped)
+    for p, reason in skipped:
+        print(f"skipped {p}: {reason}", file=sys.stderr)
+    if not results:
+        print(f"error: cannot read any of the {len(args.images)} image(s); nothing to classify",
+              file=sys.stderr)
         return 2
     width = max(len(c) for c in bundle.class_names)
     for p, _, top in results:
@@ -99,6 +142,9 @@ def main(argv=None) -> int:
         predictions_figure(results, args.figure,
                            title=f"{bundle.model_name}: top-{k} predictions")
         print(f"figure: {args.figure}")
+    if skipped:
+        print(f"warning: {len(skipped)} of {len(args.images)} image(s) could not be read and "
+              "were skipped (named above)", file=sys.stderr)
     return 0
 
 

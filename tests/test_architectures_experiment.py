@@ -156,7 +156,7 @@ def test_timeline_marks_paper_figures():
 
 
 def test_unknown_model_is_rejected():
-    with pytest.raises(SystemExit, match="unknown model"):
+    with pytest.raises(ValueError, match="unknown model"):
         exp.main(["--models", "lenet6", "--lesson", "figures"])
 
 
@@ -207,4 +207,4 @@ def test_main_tiny_compare_run_on_real_data(tmp_path, cifar10_data_dir):
     assert row["train_images"] == 256 and row["epochs"] == 1
     saved = json.loads((tmp_path / "runs" / "results.json").read_text())
     assert saved["lenet5"]["params"] == 62_006
-    assert _is_png(tmp_path / "vis" / "training_curves.png")
+    assert _is_png(tmp_path / "vis" / "compare_training_curves.png")

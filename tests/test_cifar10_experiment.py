@@ -66,5 +66,35 @@ def test_main_trains_exports_and_reevaluates(tmp_path, fake_data, capsys):
 
 
 def test_unknown_model_is_a_clear_error(fake_data):
-    with pytest.raises(SystemExit, match="unknown model.*lite0_transfer"):
+    with pytest.raises(ValueError, match="unknown model.*lite0_transfer"):
         cifar10.main(["--models", "resnet9000", "--no-progress"])
+
+
+def test_models_help_lists_every_accepted_name():
+    from jaxcnn import models
+
+    text = " ".join(cifar10.build_parser().format_help().split())
+    for name in [*models.available(), "lite0_transfer"]:
+        assert name in text, name
+
+
+def test_epochs_reaches_the_transfer_head():
+    parse = cifar10.build_parser().parse_args
+    assert cifar10.transfer_epochs(parse([])) == cifar10.TRANSFER_EPOCHS
+    assert cifar10.transfer_epochs(parse(["--epochs", "3"])) == 3
+    assert cifar10.transfer_epochs(parse(["--epochs", "3", "--transfer-epochs", "5"])) == 5
+
+
+def test_batch_larger_than_the_training_set_is_one_line(fake_data, tmp_path, capsys):
+    from experiments import _cli
+
+    argv = ["--models", "mlp", "--batch-size", "100000", "--workdir", str(tmp_path)]
+    with pytest.raises(ValueError, match=r"--batch-size 100000 is larger than the training set "
+                                         r"\(256 images\)"):
+        cifar10.main(argv)
+    with pytest.raises(SystemExit) as exit_info:
+        _cli.run(cifar10.main, argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --batch-size 100000") and err.count("\n") == 1
+    assert "Traceback" not in err

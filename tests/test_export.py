@@ -186,6 +186,26 @@ def test_dtype_option_and_bad_images(tmp_path):
         bundle.top_k(img, k=4)
 
 
+def test_load_image_decodes_every_pixel(tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # as some libraries set it
+    full = tmp_path / "full.jpg"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (30, 20, 3), dtype=np.uint8)
+                    ).save(full)
+    assert export.load_image(full).shape == (30, 20, 3)
+    half = tmp_path / "half.jpg"
+    half.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"half\.jpg.*truncated"):
+        export.load_image(half)
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(ValueError, match="notes.png"):
+        export.load_image(text)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        export.load_image(tmp_path / "nothing.png")
+
+
 def test_cnn3_bundle(tmp_path):
     """The real cnn3 survives the round trip (params and batch_stats)."""
     model = models.create("cnn3", num_classes=3)

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from jaxcnn.data import load_image_folder, scan_image_folder
-from jaxcnn.data.image_folder import class_weights
+from jaxcnn.data.image_folder import class_weights, decode_image, read_image_rgb
 
 
 def _png(path, array, mode=None):
@@ -131,3 +131,49 @@ def test_class_weights_balanced():
 def test_real_flowers_scan(flowers_dir):
     scan = scan_image_folder(flowers_dir, verify=False)
     assert scan.num_classes == 5 and int(scan.counts().sum()) >= 3000
+
+
+def _truncated_jpeg(path, rng):
+    """A real JPEG cut to half its bytes (an interrupted copy or download)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    full = path.with_name("full_" + path.name)
+    Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(full, quality=90)
+    data = full.read_bytes()
+    full.unlink()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.mark.parametrize("pil_allows_truncated", [False, True])
+def test_truncated_jpeg_is_an_error_even_when_pil_allows_it(tmp_path, monkeypatch,
+                                                            pil_allows_truncated):
+    from PIL import ImageFile
+
+    # Another library may have set PIL's global switch; truncation must still be an error.
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", pil_allows_truncated)
+    bad = _truncated_jpeg(tmp_path / "half.jpg", np.random.default_rng(7))
+    with pytest.raises(ValueError, match=r"half\.jpg.*truncated"):
+        read_image_rgb(bad)
+    with pytest.raises(ValueError, match="truncated"):
+        decode_image(bad)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is pil_allows_truncated  # switch restored
+    with pytest.raises(FileNotFoundError, match="not found"):
+        decode_image(tmp_path / "missing.jpg")
+
+
+def test_truncated_jpeg_in_a_folder_is_skipped_and_named(tmp_path):
+    rng = np.random.default_rng(8)
+    for cls in ("a", "b"):
+        for i in range(2):
+            _png(tmp_path / cls / f"{i}.png", rng.integers(0, 256, (6, 6, 3), dtype=np.uint8))
+    bad = _truncated_jpeg(tmp_path / "b" / "half.jpg", rng)
+    scan = scan_image_folder(tmp_path)  # header checks only: the truncation is found on decode
+    assert int(scan.counts().sum()) == 5
+    before = len(scan.skipped)
+    ds = load_image_folder(tmp_path, image_size=6, scan=scan, progress=False)
+    assert len(ds) == 4
+    assert [p for p, _ in scan.skipped[before:]] == [bad]
+    report = scan.report_skipped(before, what="image(s) that failed to decode")
+    assert report.startswith("skipped 1 image(s) that failed to decode:")
+    assert str(bad) in report and "truncated" in report
+    assert scan.report_skipped(len(scan.skipped)) == ""

@@ -57,11 +57,48 @@ def test_cli_errors(tiny_bundle, images, tmp_path, capsys):
     assert predict.main([str(tmp_path / "no_bundle"), str(images[0])]) == 2
     assert "no model bundle" in capsys.readouterr().err
     assert predict.main([str(tiny_bundle), str(tmp_path / "missing.jpg")]) == 2
-    assert "not found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "missing.jpg: not found" in err and "cannot read any" in err
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
     assert predict.main([str(tiny_bundle), str(bad)]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_unreadable_images_are_named_and_skipped(tiny_bundle, images, tmp_path, capsys):
+    truncated = tmp_path / "half.jpg"
+    full = tmp_path / "full.jpg"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+                    ).save(full)
+    truncated.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    missing = tmp_path / "missing.png"
+    argv = [str(tiny_bundle), str(images[0]), str(truncated), str(missing), str(images[1])]
+    assert predict.main(argv) == 0
+    captured = capsys.readouterr()
+    assert "a.png" in captured.out and "b.png" in captured.out
+    assert "half.jpg" not in captured.out
+    assert f"skipped {truncated}:" in captured.err and "truncated" in captured.err
+    assert f"skipped {missing}: not found" in captured.err
+    assert "2 of 4 image(s) could not be read" in captured.err
+    # The library call raises unless asked to collect the skipped files.
+    bundle = export.load(tiny_bundle)
+    with pytest.raises(ValueError, match="truncated"):
+        predict.predict_files(bundle, [images[0], truncated])
+    skipped = []
+    res = predict.predict_files(bundle, [truncated, images[0]], skipped=skipped)
+    assert [p.name for p, _, _ in res] == ["a.png"] and [p for p, _ in skipped] == [truncated]
+
+
+def test_bad_top_k_is_one_argparse_error(tiny_bundle, images, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main([str(tiny_bundle), str(images[0]), "--top-k", "0"])
+    assert exit_info.value.code == 2
+    assert "--top-k: expected an integer >= 1" in capsys.readouterr().err
+
+
+def test_help_shows_no_empty_defaults():
+    text = predict.build_parser().format_help()
+    assert "(default: None)" not in text and "(default: 3)" in text
 
 
 def test_console_script_points_at_main():

@@ -137,3 +137,25 @@ def test_results_table(tmp_path):
     _check_png(vr.results_table_figure(rows, tmp_path / "table.png"))
     with pytest.raises(ValueError, match="non-empty list"):
         vr.results_table_figure([], tmp_path / "x.png")
+
+
+@pytest.mark.parametrize(("normalize", "label"), [(True, "fraction of the true class"),
+                                                  (False, "images")])
+def test_confusion_matrix_colour_bar_is_labelled(tmp_path, data, monkeypatch, normalize, label):
+    from jaxcnn.evaluate import confusion_matrix
+    from jaxcnn.viz import style
+
+    _, labels, probs = data
+    figures = []
+
+    def keep(fig, path, **kw):
+        figures.append(fig)
+        return style.save_figure(fig, path, **kw)
+
+    monkeypatch.setattr(vr, "save_figure", keep)
+    cm = confusion_matrix(probs, labels, K)
+    _check_png(vr.confusion_matrix_plot(cm, NAMES, tmp_path / "cm.png", normalize=normalize))
+    (fig,) = figures
+    bar_axes = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bar_axes) == 1
+    assert bar_axes[0].get_ylabel() == label

@@ -21,12 +21,17 @@ Class names are the folder names, sorted, so label ``i`` is the ``i``-th name al
 Files are read with PIL: grayscale, palette, CMYK and RGBA images are converted to RGB (alpha is
 dropped, not composited), and every image is resized (bilinear, antialiased; the aspect ratio is
 not kept) to ``image_size``. Files that are not images (by extension) and files PIL cannot
-decode are skipped and listed with the reason; hidden files (``.DS_Store``) are ignored.
+decode are skipped and listed with the reason; hidden files (``.DS_Store``) are ignored. Every
+image is decoded in full, and a truncated file (a JPEG cut short by an interrupted copy or
+download) is an error, skipped like any corrupt file, even when PIL's global
+``ImageFile.LOAD_TRUNCATED_IMAGES`` is set (it would fill the missing part with grey).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +44,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "FolderScan",
     "class_weights",
+    "decode_image",
     "load_image_folder",
     "scan_image_folder",
 ]
@@ -108,11 +114,21 @@ class FolderScan:
             f"{self.class_names[int(c.argmin())]} {int(c.min())})"
         )
         if self.skipped:
-            lines.append(f"skipped {len(self.skipped)} file(s):")
-            for path, reason in self.skipped[:20]:
-                lines.append(f"  {path}: {reason}")
-            if len(self.skipped) > 20:
-                lines.append(f"  ... and {len(self.skipped) - 20} more")
+            lines.append(self.report_skipped())
+        return "\n".join(lines)
+
+    def report_skipped(self, start: int = 0, limit: int = 20, what: str = "file(s)") -> str:
+        """The skipped files from index ``start`` on, one ``path: reason`` line each (at most
+        ``limit``), under ``skipped N <what>:``; ``""`` when there are none. With ``start``
+        = ``len(scan.skipped)`` taken before :func:`load_image_folder`, it reports the files
+        that failed to decode."""
+        items = self.skipped[start:]
+        if not items:
+            return ""
+        lines = [f"skipped {len(items)} {what}:"]
+        lines += [f"  {path}: {reason}" for path, reason in items[:limit]]
+        if len(items) > limit:
+            lines.append(f"  ... and {len(items) - limit} more")
         return "\n".join(lines)
 
 
@@ -130,7 +146,9 @@ def _check_image(path: Path) -> str | None:
     except UnidentifiedImageError:
         return "corrupt or unreadable image (PIL cannot identify it)"
     except Exception as err:  # noqa: BLE001 - PIL raises many kinds on broken files
-        return f"corrupt image ({type(err).__name__}: {err})"
+        what = ("truncated or corrupt image, the data ends early" if "truncated" in
+                str(err).lower() else "corrupt image")
+        return f"{what} ({type(err).__name__}: {err})"
     return None
 
 
@@ -222,12 +240,55 @@ def scan_image_folder(path: str | os.PathLike, *, verify: bool = True) -> Folder
     return FolderScan(root, layout, class_names, files, skipped)
 
 
-def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
-    """One image file as uint8 RGB ``(H, W, 3)`` (grayscale repeated, alpha dropped)."""
-    from PIL import Image
+_STRICT_LOCK = threading.Lock()
 
-    with Image.open(path) as img:
-        img.load()
+
+@contextlib.contextmanager
+def _strict_truncation():
+    """PIL raises on truncated files inside this block, whatever the global setting."""
+    from PIL import ImageFile
+
+    with _STRICT_LOCK:
+        saved = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        try:
+            yield
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
+def decode_image(path: str | os.PathLike):
+    """Open an image file and decode all of its pixels: a loaded ``PIL.Image`` (file closed).
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist.
+      ValueError: PIL cannot identify the file, or decoding fails, truncated files included
+        (PIL's ``ImageFile.LOAD_TRUNCATED_IMAGES`` is ignored); the message names the file.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file {path} not found")
+    try:
+        with _strict_truncation(), Image.open(path) as img:
+            img.load()
+            return img.copy()
+    except UnidentifiedImageError:
+        raise ValueError(f"{path}: not an image PIL can identify (corrupt, or not an image "
+                         "format)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:  # PIL's decode failures
+        what = ("truncated or corrupt image, the data ends early" if "truncated" in
+                str(err).lower() else "cannot decode the image")
+        raise ValueError(f"{path}: {what} ({type(err).__name__}: {err})") from None
+
+
+def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
+    """One image file as uint8 RGB ``(H, W, 3)`` (grayscale repeated, alpha dropped).
+
+    Raises FileNotFoundError / ValueError as :func:`decode_image` (truncated files included).
+    """
+    with decode_image(path) as img:
         if img.mode == "RGBA" or img.mode == "LA" or img.mode == "P":
             img = img.convert("RGBA").convert("RGB")  # alpha dropped, not composited
         elif img.mode != "RGB":
@@ -250,8 +311,10 @@ def _read_split(
     for i, (f, c) in enumerate(items):
         try:
             img = read_image_rgb(f)
-        except Exception as err:  # noqa: BLE001 - any decode failure skips the file
-            skipped.append((f, f"corrupt image ({type(err).__name__}: {err})"))
+        except ValueError as err:
+            skipped.append((f, str(err).removeprefix(f"{f}: ")))
+        except Exception as err:  # noqa: BLE001 - any other failure also skips the file
+            skipped.append((f, f"cannot read the image ({type(err).__name__}: {err})"))
         else:
             images[i] = resize_images([img], image_size)[0]
             labels[i] = c

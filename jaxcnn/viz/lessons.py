@@ -43,7 +43,7 @@ def image_channels(image: np.ndarray, title: str = "An image is three stacked gr
                                       ("Blue", "Blues_r")]):
         im = axes[c + 1].imshow(image[..., c], cmap=cmap, vmin=0, vmax=255)
         axes[c + 1].set_title(f"{name} channel [:, :, {c}]")
-        fig.colorbar(im, ax=axes[c + 1], fraction=0.046, pad=0.03)
+        fig.colorbar(im, ax=axes[c + 1], fraction=0.046, pad=0.03).set_label("pixel value")
     for ax in axes:
         hide_ticks(ax)
     fig.suptitle(title)
@@ -186,7 +186,7 @@ def pooling(feature_map: np.ndarray, pooled: Mapping[str, np.ndarray],
         ax.set_title(f"{name} -> {p.shape[0]}x{p.shape[1]}")
     for ax in axes:
         hide_ticks(ax)
-    fig.colorbar(im, ax=list(axes), fraction=0.015, pad=0.01)
+    fig.colorbar(im, ax=list(axes), fraction=0.015, pad=0.01).set_label("activation")
     glob = ";   ".join(f"{k} = {v:.3f}" for k, v in global_values.items())
     fig.text(0.45, 0.02, f"Global pooling (whole map -> one number per channel):   {glob}",
              ha="center", fontsize=11)

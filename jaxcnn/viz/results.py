@@ -310,8 +310,8 @@ def confusion_matrix_plot(
 
     Args:
       cm: ``(K, K)`` counts (``jaxcnn.evaluate.confusion_matrix``).
-      normalize: show each row as fractions of that true class (cells annotated in %);
-        otherwise raw counts.
+      normalize: show each row as fractions of that true class (cells annotated in %; the
+        colour bar labelled "fraction of the true class"); otherwise raw counts ("images").
     """
     cm = np.asarray(cm)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
@@ -328,7 +328,8 @@ def confusion_matrix_plot(
     side = max(4.5, 0.55 * k + 2.0)
     fig, ax = new_figure(size=(side + 1.0, side))
     im = ax.imshow(values, cmap="Blues", vmin=0, vmax=vmax)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+    bar.set_label("fraction of the true class" if normalize else "images")
     if k <= 25:
         for t in range(k):
             for p in range(k):
