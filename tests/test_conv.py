@@ -334,3 +334,77 @@ def test_padding_forms_are_equivalent():
         np.testing.assert_array_equal(ops.conv(x, k, padding=p), base)
         np.testing.assert_allclose(ops.conv_reference(x, k, padding=p), base, atol=1e-5)
     np.testing.assert_array_equal(ops.conv(x, k, padding="valid"), ops.conv(x, k, padding=0))
+
+
+@pytest.mark.parametrize("fn", FNS)
+def test_oihw_kernel_gets_a_transpose_hint(fn):
+    """A PyTorch (out, in, kh, kw) kernel: the hint names the layout and the transpose that
+    fixes it, and the transposed kernel then works."""
+    hint = (
+        r"kernel \({}\) looks like PyTorch's OIHW \(out, in, kh, kw\); jaxcnn expects HWIO: "
+        r"use kernel\.transpose\(2, 3, 1, 0\)"
+    )
+    x = np.zeros((2, 8, 8, 3), np.float32)
+    for k_shape, problem in [
+        ((16, 3, 5, 5), "channel mismatch"),  # in=3 sits where HWIO has in
+        ((16, 3, 3, 3), "larger than the padded input"),  # reads as a 16x3 HWIO window
+    ]:
+        k = np.zeros(k_shape, np.float32)
+        pattern = problem + ".*" + hint.format(", ".join(map(str, k_shape)))
+        with pytest.raises(ValueError, match=pattern):
+            fn(x, k)
+        assert fn(x, k.transpose(2, 3, 1, 0)).shape[-1] == 16
+    with pytest.raises(ValueError, match=r"channel mismatch.*OIHW.*transpose\(2, 3, 1, 0\)"):
+        fn(np.zeros((1, 8, 8, 16)), np.zeros((32, 16, 3, 3)))
+    # grouped: (out, in // groups, kh, kw)
+    with pytest.raises(ValueError, match=r"must divide the output channels.*looks like PyTorch"):
+        fn(np.zeros((1, 8, 8, 4)), np.zeros((8, 2, 3, 3)), groups=2)
+    # 1-D and 3-D kernels get their own names and transposes
+    with pytest.raises(
+        ValueError,
+        match=r"OIW \(out, in, kw\); jaxcnn expects WIO: use "
+        r"kernel\.transpose\(2, 1, 0\)",
+    ):
+        fn(np.zeros((1, 5, 4)), np.zeros((8, 4, 3)))  # in OIW, in sits where WIO has it
+    with pytest.raises(
+        ValueError,
+        match=r"OIDHW \(out, in, kd, kh, kw\); jaxcnn expects DHWIO: "
+        r"use kernel\.transpose\(2, 3, 4, 1, 0\)",
+    ):
+        fn(np.zeros((1, 5, 5, 5, 2)), np.zeros((4, 2, 3, 3, 3)))
+    # both in PyTorch layout: one hint naming both transposes
+    with pytest.raises(
+        ValueError,
+        match=r"x and kernel look like PyTorch's NCHW and OIHW .*"
+        r"x\.transpose\(0, 2, 3, 1\) and kernel\.transpose\(2, 3, 1, 0\)",
+    ):
+        fn(np.zeros((2, 3, 16, 16)), np.zeros((8, 3, 5, 5)))
+
+
+@pytest.mark.parametrize("fn", FNS)
+def test_valid_hwio_kernels_that_look_like_oihw_still_work(fn):
+    """No layout guessing on a valid call: (16, 3, 3, 3) is a 16x3 HWIO window with 3 -> 3
+    channels, (3, 3, 3, 3) is both layouts at once."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, 20, 20, 3)).astype(np.float32)
+    for k_shape in [(16, 3, 3, 3), (3, 3, 3, 3), (3, 3, 3, 16)]:
+        k = rng.normal(size=k_shape).astype(np.float32)
+        y = fn(x, k)
+        assert y.shape == (1, 21 - k_shape[0], 18, k_shape[-1])
+    # a genuine HWIO channel mismatch gets no layout hint, even where the OIHW reading would
+    # fit the channels (3 in) but not the usual square window (4x8)
+    for k_shape in [(3, 3, 5, 8), (3, 3, 4, 8)]:
+        with pytest.raises(ValueError, match="channel mismatch") as err:
+            fn(x, np.zeros(k_shape))
+        assert "PyTorch" not in str(err.value) and "NCHW" not in str(err.value)
+
+
+@pytest.mark.parametrize("fn", FNS)
+def test_unbatched_image_gets_a_batch_axis_hint(fn):
+    with pytest.raises(
+        ValueError,
+        match=r"kernel must have rank 3 .*x looks like one "
+        r"\(H, W, C\) image without the batch axis: use x\[None\]",
+    ):
+        fn(np.zeros((8, 8, 3)), np.zeros((3, 3, 3, 4)))
+    assert fn(np.zeros((8, 8, 3))[None], np.zeros((3, 3, 3, 4))).shape == (1, 6, 6, 4)

@@ -159,3 +159,36 @@ def test_pool_validation_errors(fn, x, args, match):
 def test_global_pool_validation(fn):
     with pytest.raises(ValueError, match=r"x must have shape \(N, \*spatial, C\)"):
         fn(np.zeros((3, 5)))
+
+
+@pytest.mark.parametrize("fn", list(POOLS.values()))
+def test_rank3_image_is_not_pooled_in_1d_by_accident(fn):
+    """An (H, W, C) image passed without its batch axis: an int window is refused (it would
+    pool along W only, the rows taken for a batch), a 2-D window gets the x[None] hint."""
+    image = np.arange(4 * 6 * 3, dtype=np.float32).reshape(4, 6, 3)
+    with pytest.raises(
+        ValueError,
+        match=r"x of shape \(4, 6, 3\) with the int window 2 is ambiguous: a batch of 4 1-D "
+        r"signals \(N, L, C\), or one \(H, W, C\) image without its batch axis\? Pool the "
+        r"signals with window=\(2,\), or the image with x\[None\]",
+    ):
+        fn(image, 2)
+    with pytest.raises(
+        ValueError,
+        match=r"window \(2, 2\) has 2 entries but x of shape \(4, 6, 3\) has one spatial axis "
+        r"\(N, L, C\); x looks like one \(H, W, C\) image without the batch axis: use x\[None\]",
+    ):
+        fn(image, (2, 2), None, "SAME")
+    with pytest.raises(ValueError, match="is ambiguous"):  # also under jit, before XLA
+        jax.jit(lambda x: fn(x, 2))(jnp.asarray(image))
+    # both explicit forms work and mean different things
+    as_image = fn(image[None], 2)[0]
+    assert as_image.shape == (2, 3, 3)
+    kind = next(k for k, f in POOLS.items() if f is fn)
+    np.testing.assert_allclose(as_image, pool_nd(image[None], kind, 2, None, "VALID")[0])
+    as_signals = fn(image, (2,))
+    assert as_signals.shape == (4, 3, 3)
+    np.testing.assert_allclose(as_signals, pool_nd(image, kind, (2,), None, "VALID"))
+    # stride as an int with a 1-tuple window is fine; a single 1-D signal may use an int window
+    assert fn(image, (2,), 1).shape == (4, 5, 3)
+    assert fn(image[:1], 2).shape == (1, 3, 3)

@@ -147,8 +147,9 @@ def resolve_padding(padding, spatial, window, stride, dilation):
     return padding
 
 
-def check_window_fits(spatial, window, dilation, pads, what: str, arg: str) -> None:
-    """The (dilated) window must fit inside the padded input on every axis."""
+def check_window_fits(spatial, window, dilation, pads, what: str, arg: str, hint: str = "") -> None:
+    """The (dilated) window must fit inside the padded input on every axis; ``hint`` is
+    appended to the error."""
     for i, (n, k, d, (lo, hi)) in enumerate(zip(spatial, window, dilation, pads, strict=True)):
         extent = d * (k - 1) + 1
         if extent > n + lo + hi:
@@ -156,7 +157,7 @@ def check_window_fits(spatial, window, dilation, pads, what: str, arg: str) -> N
             raise ValueError(
                 f"{arg}: {what} size {k}{dil} on spatial axis {i} is larger than the padded input "
                 f"({n} + {lo} + {hi} = {n + lo + hi}); use a smaller {what}, more padding or "
-                f"'SAME' padding"
+                f"'SAME' padding{hint}"
             )
 
 
@@ -171,6 +172,49 @@ def _nhwc_hint(x_shape, expected_c: int) -> str:
             f"x.transpose({perm})"
         )
     return ""
+
+
+_SPATIAL = {1: ("W",), 2: ("H", "W"), 3: ("D", "H", "W")}
+
+
+def _oihw_hint(x_shape, k_shape, groups: int) -> str:
+    """A hint when the kernel looks like PyTorch's (out, in, *window) layout: read that way its
+    in-channels fit x, its out-channels the groups and its window is square (as nearly all
+    PyTorch kernels are). The caller asks only after the HWIO reading failed."""
+    r = len(k_shape)
+    if r not in (3, 4, 5) or k_shape[0] % groups or len(set(k_shape[2:])) != 1:
+        return ""
+    nd = r - 2
+    torch, ours = "OI" + "".join(_SPATIAL[nd]), "".join(_SPATIAL[nd]) + "IO"
+    order = ", ".join(("out", "in", *(f"k{a.lower()}" for a in _SPATIAL[nd])))
+    perm = ", ".join(str(i) for i in (*range(2, r), 1, 0))
+    if k_shape[1] * groups == x_shape[-1]:
+        return (
+            f"; kernel {k_shape} looks like PyTorch's {torch} ({order}); jaxcnn expects "
+            f"{ours}: use kernel.transpose({perm})"
+        )
+    if len(x_shape) == r and x_shape[1] == k_shape[1] * groups:
+        xperm = ", ".join(str(i) for i in (0, *range(2, r), 1))
+        x_torch, x_ours = "NC" + "".join(_SPATIAL[nd]), "N" + "".join(_SPATIAL[nd]) + "C"
+        return (
+            f"; x and kernel look like PyTorch's {x_torch} and {torch} ({order}); jaxcnn "
+            f"expects {x_ours} and {ours}: use x.transpose({xperm}) and "
+            f"kernel.transpose({perm})"
+        )
+    return ""
+
+
+def _layout_hint(x_shape, k_shape, groups: int) -> str:
+    """The NCHW-input hint, else the OIHW-kernel hint, else nothing."""
+    return _nhwc_hint(x_shape, k_shape[-2] * groups) or _oihw_hint(x_shape, k_shape, groups)
+
+
+def _unbatched_hint(x_shape, rank: int) -> str:
+    """A hint when x has one axis fewer than the ``rank`` expected: an unbatched input."""
+    if len(x_shape) + 1 != rank:
+        return ""
+    names = {4: "(H, W, C) image", 3: "(L, C) signal", 5: "(D, H, W, C) volume"}.get(rank)
+    return f"; x looks like one {names or 'example'} without the batch axis: use x[None]"
 
 
 def check_input_rank(x_shape, name: str = "x") -> int:
@@ -196,7 +240,7 @@ def check_conv_args(x, kernel, stride, padding, dilation, groups):
         raise ValueError(
             f"kernel must have rank {len(x_shape)} to match x of shape {x_shape}: shape "
             f"(*window, C_in // groups, C_out) with {nd} window axes (HWIO-style); got kernel "
-            f"shape {k_shape} (rank {len(k_shape)})"
+            f"shape {k_shape} (rank {len(k_shape)}){_unbatched_hint(x_shape, len(k_shape))}"
         )
     groups = positive_int(groups, "groups")
     stride = int_tuple(stride, nd, "stride")
@@ -211,20 +255,28 @@ def check_conv_args(x, kernel, stride, padding, dilation, groups):
     if c_out % groups:
         raise ValueError(
             f"groups={groups} must divide the output channels C_out={c_out} (kernel.shape[-1] of "
-            f"kernel with shape {k_shape})"
+            f"kernel with shape {k_shape}){_oihw_hint(x_shape, k_shape, groups)}"
         )
     if c_in != k_in * groups:
         raise ValueError(
             f"channel mismatch: x has C_in={c_in} channels (last axis of shape {x_shape}) but "
             f"kernel expects kernel.shape[-2] * groups = {k_in} * {groups} = {k_in * groups} "
-            f"(kernel shape {k_shape}){_nhwc_hint(x_shape, k_in * groups)}"
+            f"(kernel shape {k_shape}){_layout_hint(x_shape, k_shape, groups)}"
         )
     for i, k in enumerate(k_shape[:-2]):
         if k < 1:
             raise ValueError(f"kernel window sizes must be >= 1; got {k} on axis {i} ({k_shape})")
     spatial, window = x_shape[1:-1], k_shape[:-2]
     pads = resolve_padding(padding, spatial, window, stride, dilation)
-    check_window_fits(spatial, window, dilation, pads, "kernel window", "kernel")
+    check_window_fits(
+        spatial,
+        window,
+        dilation,
+        pads,
+        "kernel window",
+        "kernel",
+        _oihw_hint(x_shape, k_shape, groups),
+    )
     return stride, pads, dilation, groups
 
 
@@ -233,9 +285,27 @@ def check_pool_args(x, window, stride, padding):
 
     x: (N, *spatial, C). Returns (window, stride, pads) with explicit (lo, hi) pairs;
     ``stride=None`` means stride = window.
+
+    A rank-3 x is a batch of 1-D signals (N, L, C), but one (H, W, C) image has the same rank
+    and would silently be pooled along W only, its rows taken for the batch. So with a rank-3
+    x the window must be a 1-tuple ``(k,)``: a plain int is refused unless N == 1 (a one-row
+    image cannot be what is meant), and a 2-tuple gets the hint to add the batch axis.
     """
     x_shape = shape_of(x, "x")
     nd = check_input_rank(x_shape, "x")
+    if nd == 1:
+        if isinstance(window, Sequence) and not isinstance(window, str):
+            if len(window) == 2:
+                raise ValueError(
+                    f"window {window!r} has 2 entries but x of shape {x_shape} has one spatial "
+                    f"axis (N, L, C){_unbatched_hint(x_shape, 4)}"
+                )
+        elif x_shape[0] > 1:
+            raise ValueError(
+                f"x of shape {x_shape} with the int window {window!r} is ambiguous: a batch of "
+                f"{x_shape[0]} 1-D signals (N, L, C), or one (H, W, C) image without its batch "
+                f"axis? Pool the signals with window=({window!r},), or the image with x[None]"
+            )
     window = int_tuple(window, nd, "window")
     stride = window if stride is None else int_tuple(stride, nd, "stride")
     padding = normalize_padding(padding, nd, "padding")

@@ -54,9 +54,13 @@ def conv(x, kernel, stride=1, padding="VALID", dilation=1, groups=1):
       (N, *out_spatial, C_out).
 
     Raises:
-      ValueError: before tracing, for bad ranks, channel mismatch (with a hint for NCHW input),
-        groups not dividing the channels, non-positive stride/dilation, bad padding, or a window
-        larger than the padded input.
+      ValueError: before tracing, for bad ranks, channel mismatch, groups not dividing the
+        channels, non-positive stride/dilation, bad padding, or a window larger than the padded
+        input. When the shapes fit PyTorch's layouts instead, the message says so and gives the
+        fix: NCHW input (``x.transpose(0, 2, 3, 1)``), an OIHW kernel (out, in, kh, kw) with a
+        square window (``kernel.transpose(2, 3, 1, 0)``), or an (H, W, C) image without its
+        batch axis (``x[None]``). A kernel that is valid as HWIO is taken as HWIO, whatever it
+        looks like: (16, 3, 3, 3) is a 16x3 window from 3 to 3 channels.
     """
     stride, pads, dilation, groups = check_conv_args(x, kernel, stride, padding, dilation, groups)
     x, kernel = _as_arrays(x, kernel)

@@ -2,6 +2,11 @@
 
 x: (N, *spatial, C) with 1, 2 or 3 spatial axes, e.g. (N, H, W, C); pooling acts on each
 channel separately and has no parameters. Windows are swept with ``lax.reduce_window``.
+
+The rank of x fixes the spatial axes, so one (H, W, C) image needs its batch axis:
+``max_pool(image[None], 2)[0]``. Without it the image would read as a batch of H 1-D signals
+(N, L, C) and be pooled along W only; to rule that out, 1-D pooling of a rank-3 x takes the
+window as a 1-tuple, ``max_pool(signals, (2,))`` (an int is accepted only when N == 1).
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ def _reduce(x, init, op, window, stride, pads):
 _ARGS = """
     Args:
       x: (N, *spatial, C) with 1, 2 or 3 spatial axes, e.g. (N, H, W, C).
-      window: int or one int per spatial axis.
+      window: int or one int per spatial axis. For a rank-3 x (N, L, C) a 1-tuple ``(k,)``
+        (an int is refused when N > 1: x might be one (H, W, C) image, see the module doc).
       stride: int or one int per spatial axis; None (default) means stride = window
         (non-overlapping windows).
       padding: "SAME" | "VALID" | int | sequence of ints | sequence of (lo, hi) pairs, as in
@@ -48,8 +54,9 @@ _ARGS = """
       ("SAME": ceil(n / stride)).
 
     Raises:
-      ValueError: before tracing, for a bad rank, non-positive window/stride, bad padding, or a
-        window larger than the padded input.
+      ValueError: before tracing, for a bad rank, non-positive window/stride, bad padding, a
+        window larger than the padded input, or a rank-3 x that may be an unbatched image
+        (with the ``x[None]`` hint).
 """
 
 

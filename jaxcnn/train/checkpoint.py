@@ -1,16 +1,35 @@
 """Orbax checkpoints: ``<workdir>/checkpoints/latest/<epoch>`` and ``.../best/<epoch>``.
 
 Each checkpoint holds the train state's arrays (step, params, batch_stats, opt_state, the PRNG
-key as raw key data) and a JSON ``meta`` item (epoch, best metric, history, config). Orbax
-writes each checkpoint into a temporary directory and renames it when complete, so a run killed
-mid-save leaves the previous checkpoint intact (an unfinished one is ignored and cleaned up).
-``latest`` keeps the newest ``keep`` checkpoints, ``best`` only the best one. Ensemble states
-(leading model axis) are saved the same way.
+key as raw key data) and a JSON ``meta`` item (epoch, best metric, history, config). ``latest``
+keeps the newest ``keep`` checkpoints, ``best`` only the best one. Ensemble states (leading
+model axis) are saved the same way.
+
+Damage. Orbax writes each checkpoint into a temporary directory (``<epoch>.orbax-checkpoint-tmp*``)
+and renames it when complete, so a run killed mid-save leaves the previous checkpoints intact;
+the unfinished directory is ignored and removed by the next :func:`save`. Files can still be
+damaged afterwards (a full disk, a copy cut short, bit rot), and the array data of a checkpoint
+carries no checksum of its own: random bytes in a chunk can decode to wrong numbers without
+any error. So :func:`save` stores a SHA-256 digest of the arrays and of the meta in the meta,
+and :func:`restore` reads every array in full and checks both digests. A checkpoint that fails
+(a read error, a missing or truncated file, garbage JSON, a digest mismatch) gets one
+:class:`CheckpointWarning` line naming its path and the error, and the next older one is tried:
+``latest`` and ``best`` both count (the same epoch in either directory holds the same state).
+When checkpoints exist but none is readable, :func:`restore` raises
+:class:`CheckpointUnreadable` rather than letting a run start over silently (or over a
+checkpoint that a newer orbax could still read): move the ``checkpoints`` directory away, or
+train with ``resume=False``, to start from scratch. Checkpoints written before the digests
+existed are read in full but not verified.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
+import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +42,17 @@ from jaxcnn.train.state import TrainState
 
 WHICH = ("latest", "best")
 
+# Key of the digests inside the saved meta (removed from the meta that restore returns).
+_DIGESTS = "_sha256"
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint could not be read; an older one is used instead."""
+
+
+class CheckpointUnreadable(ValueError):
+    """Checkpoints exist but none of them can be read."""
+
 
 def checkpoint_dir(workdir: str | os.PathLike, which: str = "latest") -> Path:
     """``<workdir>/checkpoints/<which>``."""
@@ -31,11 +61,17 @@ def checkpoint_dir(workdir: str | os.PathLike, which: str = "latest") -> Path:
     return Path(workdir).absolute() / "checkpoints" / which
 
 
-def _manager(directory: Path, keep: int) -> ocp.CheckpointManager:
+def _manager(directory: Path, keep: int | None) -> ocp.CheckpointManager:
+    """A synchronous manager; ``keep=None`` only reads (creates and removes nothing)."""
+    writing = keep is not None
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=False
+        max_to_keep=keep,
+        create=writing,
+        cleanup_tmp_directories=writing,
+        enable_async_checkpointing=False,
     )
-    return ocp.CheckpointManager(directory, options=options)
+    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
 def state_to_tree(state: TrainState) -> dict[str, Any]:
@@ -68,6 +104,60 @@ def tree_to_state(template: TrainState, tree: dict[str, Any]) -> TrainState:
     return state.replace(rng=rng)
 
 
+# ---------------------------------------------------------------------------------------------
+# Digests
+# ---------------------------------------------------------------------------------------------
+
+
+def _leaf_name(path) -> str:
+    """``params/fc/kernel``: the same name for a tuple index and orbax's string key."""
+    parts = []
+    for k in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
+def tree_digest(tree) -> str:
+    """SHA-256 over every array of ``tree`` (name, dtype, shape and bytes), in name order."""
+    h = hashlib.sha256()
+    leaves = sorted(
+        ((_leaf_name(p), np.asarray(a)) for p, a in jax.tree.leaves_with_path(tree)),
+        key=lambda item: item[0],
+    )
+    for name, a in leaves:
+        h.update(f"{name}|{a.dtype.name}|{a.shape}|".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _json_default(o):
+    if isinstance(o, np.ndarray | np.generic):
+        return o.tolist()
+    raise TypeError(f"checkpoint meta must be JSON-serialisable; got {type(o).__name__} {o!r}")
+
+
+def _meta_digest(meta: dict[str, Any]) -> str:
+    text = json.dumps(meta, sort_keys=True, default=_json_default)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Save
+# ---------------------------------------------------------------------------------------------
+
+
+def _step_dirs(directory: Path) -> dict[int, Path]:
+    """Step directories by epoch (names that are plain integers)."""
+    if not directory.is_dir():
+        return {}
+    return {int(p.name): p for p in directory.iterdir() if p.name.isdigit() and p.is_dir()}
+
+
 def save(
     workdir: str | os.PathLike,
     state: TrainState,
@@ -79,23 +169,46 @@ def save(
 ) -> None:
     """Save ``state`` after ``epoch`` (1-based count of finished epochs) as latest, and as best.
 
+    Checkpoints of this or later epochs already in the directories are replaced: they belong to
+    an abandoned continuation (a damaged checkpoint the run fell back from, or an earlier run
+    in the same workdir restarted with ``resume=False``). Unfinished directories of a killed
+    save are removed.
+
     Args:
       workdir: run directory; checkpoints go to ``<workdir>/checkpoints``.
       state: a TrainState (single model or ensemble); fetched to host, so sharded states work.
       epoch: finished epochs, the checkpoint's step number.
       meta: JSON-serialisable dict (the fit loop stores epoch, best metric, history, config).
       best: also write it to ``best`` (only the newest best is kept).
-      keep: how many ``latest`` checkpoints to keep.
+      keep: how many ``latest`` checkpoints to keep (2, the default, leaves an older one to
+        fall back to when the newest is damaged).
     """
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
+    epoch = int(epoch)
     tree = jax.device_get(state_to_tree(state))
-    meta = {**meta, "epoch": int(epoch)}
-    targets = [("latest", keep)] + ([("best", 1)] if best else [])
-    for which, n in targets:
-        with _manager(checkpoint_dir(workdir, which), n) as mgr:
+    # The JSON round trip makes the saved meta, and so its digest, exactly what restore reads.
+    meta = json.loads(json.dumps({**meta, "epoch": epoch}, default=_json_default))
+    meta.pop(_DIGESTS, None)
+    meta[_DIGESTS] = {"state": tree_digest(tree), "meta": _meta_digest(meta)}
+    for which in WHICH:
+        directory = checkpoint_dir(workdir, which)
+        steps = _step_dirs(directory)
+        writing = which == "latest" or best
+        stale = sorted(s for s in steps if s > epoch or (writing and s == epoch))
+        if not writing and not stale:
+            continue
+        with _manager(directory, keep if which == "latest" else 1) as mgr:
+            known = set(mgr.all_steps())
+            for s in stale:
+                if s in known:
+                    mgr.delete(s)
+                elif jax.process_index() == 0:
+                    shutil.rmtree(steps[s], ignore_errors=True)
+            if not writing:
+                continue
             mgr.save(
-                int(epoch),
+                epoch,
                 args=ocp.args.Composite(
                     state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)
                 ),
@@ -104,19 +217,126 @@ def save(
             mgr.wait_until_finished()
 
 
+# ---------------------------------------------------------------------------------------------
+# Restore
+# ---------------------------------------------------------------------------------------------
+
+
 def latest_epoch(workdir: str | os.PathLike, which: str = "latest") -> int | None:
-    """The epoch of the newest complete checkpoint, or None."""
-    directory = checkpoint_dir(workdir, which)
-    if not directory.exists():
-        return None
-    with _manager(directory, 1000) as mgr:
-        return mgr.latest_step()
+    """The epoch of the newest complete checkpoint (not checked for damage), or None."""
+    steps = _step_dirs(checkpoint_dir(workdir, which))
+    return max(steps) if steps else None
+
+
+def _short_error(err: BaseException, where: Path) -> str:
+    """An exception in a few words: its first line without paths and tensorstore's details."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    text = text.replace(f"{where}{os.sep}", "").replace(str(where), "the checkpoint")
+    text = re.sub(r"\s+in OCDBT database at .*$", "", text)
+    text = text.replace('Error opening "zarr" driver: ', "")
+    text = re.sub(r"Byte range \[\d+, \d+\) of ", "", text)
+    if isinstance(err, json.JSONDecodeError | UnicodeDecodeError):
+        text = f"garbled JSON: {text}"
+    elif isinstance(err, FileNotFoundError):
+        text = f"missing file: {text}"
+    elif not isinstance(err, ValueError) or not text:
+        text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+class _Damaged(ValueError):
+    pass
+
+
+def _check_files(step_dir: Path) -> None:
+    """Read every stored value of the state's OCDBT database with synchronous tensorstore
+    calls, and parse the JSON ones (the arrays' zarr metadata).
+
+    Orbax notices a missing, truncated or garbled data file too, but it opens and reads all
+    arrays concurrently and, on the first error, leaves the others to finish after its event
+    loop has closed: each then prints an "Event loop is closed" traceback. Found here first,
+    the damage costs one warning line. (Garbage inside an array's compressed bytes is left to
+    orbax and the digest.) A state without OCDBT files (another layout) is left to orbax.
+    """
+    state = step_dir / "state"
+    if not (state / "manifest.ocdbt").is_file():
+        if (state / "d").is_dir() or any(state.glob("ocdbt.process_*")):
+            raise _Damaged("missing file state/manifest.ocdbt")
+        return
+    import tensorstore as ts
+
+    kv = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{state}/"}).result()
+    keys = kv.list().result()
+    if not keys:
+        raise _Damaged("the state's database lists no arrays")
+    reads = [(key, kv.read(key)) for key in keys]
+    for key, read in reads:
+        value = read.result().value
+        if key.endswith((b".zarray", b".zattrs", b"zarr.json")):
+            json.loads(value)
+
+
+def _read(directory: Path, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read one checkpoint completely (every array into host memory) and check its digests."""
+    step_dir = directory / str(step)
+    for rel in ("state/_METADATA", "meta/metadata"):
+        if not (step_dir / rel).is_file():
+            raise _Damaged(f"missing file {rel}")
+    _check_files(step_dir)
+    with _manager(directory, None) as mgr:
+        info = mgr.item_metadata(step)["state"]
+        if info is None:
+            raise _Damaged("no state metadata")
+        # numpy templates: every array is read into host memory now (nothing lazy).
+        template = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), info)
+        out = mgr.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()
+            ),
+        )
+    tree = jax.tree.map(np.asarray, dict(out["state"]))
+    meta = out["meta"]
+    if not isinstance(meta, dict):
+        raise _Damaged(f"meta is a {type(meta).__name__}, not a JSON object")
+    meta = dict(meta)
+    digests = meta.pop(_DIGESTS, None)
+    if digests is not None:
+        if not isinstance(digests, dict) or digests.get("meta") != _meta_digest(meta):
+            raise _Damaged("meta does not match its SHA-256 digest")
+        if digests.get("state") != tree_digest(tree):
+            raise _Damaged("array data does not match its SHA-256 digest")
+    if int(meta.get("epoch", step)) != step:
+        raise _Damaged(f"meta says epoch {meta.get('epoch')!r}, the directory {step}")
+    return tree, meta
+
+
+def _candidates(workdir, which: str) -> list[Path]:
+    """Checkpoint directories to try, newest first. ``latest``: the steps of both directories
+    (at the same epoch ``latest`` first); ``best``: each best step, then the same epoch in
+    ``latest`` (the same state)."""
+    latest = _step_dirs(checkpoint_dir(workdir, "latest"))
+    best = _step_dirs(checkpoint_dir(workdir, "best"))
+    order = []
+    if which == "latest":
+        for step in sorted(set(latest) | set(best), reverse=True):
+            order += [d[step] for d in (latest, best) if step in d]
+    else:
+        for step in sorted(best, reverse=True):
+            order += [d[step] for d in (best, latest) if step in d]
+    return order
 
 
 def restore(
     workdir: str | os.PathLike, which: str = "latest", *, target: TrainState | None = None
 ) -> tuple[Any, dict[str, Any]] | None:
-    """Load the newest ``latest`` (or ``best``) checkpoint.
+    """Load the newest readable ``latest`` (or ``best``) checkpoint.
+
+    Each candidate is read in full and checked against the digests stored by :func:`save`;
+    an unreadable one gets a :class:`CheckpointWarning` (its path and the error) and the next
+    older one is tried. ``latest`` falls back through the epochs of both ``latest`` and
+    ``best``; ``best`` through the best epoch in ``best`` and, when still kept, the same epoch
+    in ``latest``.
 
     Args:
       workdir: run directory given to :func:`save`.
@@ -127,32 +347,36 @@ def restore(
 
     Returns:
       ``(state, meta)``, or None when there is no checkpoint.
+
+    Raises:
+      CheckpointUnreadable: checkpoints exist but none can be read (each one's error is named).
+      ValueError: the checkpoint does not match ``target`` (another model or optimizer).
     """
-    directory = checkpoint_dir(workdir, which)
-    if not directory.exists():
+    checkpoint_dir(workdir, which)  # checks ``which``
+    candidates = _candidates(workdir, which)
+    if not candidates:
         return None
-    with _manager(directory, 1000) as mgr:
-        step = mgr.latest_step()
-        if step is None:
-            return None
-        item = ocp.args.StandardRestore()
-        if target is not None:
-            item = ocp.args.StandardRestore(
-                jax.tree.map(lambda a: np.zeros(np.shape(a), a.dtype), state_to_tree(target))
-            )
+    failures = []
+    for path in candidates:
         try:
-            out = mgr.restore(
-                step, args=ocp.args.Composite(state=item, meta=ocp.args.JsonRestore())
+            tree, meta = _read(path.parent, int(path.name))
+        except Exception as err:  # any read error means: this checkpoint is damaged
+            failures.append((path, _short_error(err, path)))
+            continue
+        for bad, why in failures:
+            warnings.warn(
+                f"checkpoint {bad} is unreadable ({why}); using {path} (epoch {meta['epoch']})",
+                CheckpointWarning,
+                stacklevel=2,
             )
-        except (ValueError, KeyError, TypeError) as e:
-            if target is None:
-                raise
-            raise ValueError(
-                f"checkpoint {directory / str(step)} does not match this model/optimizer ({e}); "
-                "use a new workdir (or resume=False) for a different configuration"
-            ) from None
-    tree = jax.device_get(out["state"])
-    meta = dict(out["meta"])
-    if target is None:
-        return tree, meta
-    return tree_to_state(target, tree), meta
+        if target is None:
+            return tree, meta
+        try:
+            return tree_to_state(target, tree), meta
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+    listing = "; ".join(f"{bad} ({why})" for bad, why in failures)
+    raise CheckpointUnreadable(
+        f"no readable checkpoint in {checkpoint_dir(workdir, which).parent}: {listing}. "
+        "Move that directory away (or train with resume=False) to start from scratch."
+    )
