@@ -3,7 +3,9 @@
 Everything here is a pure function on arrays. Metrics take host arrays (numpy or jax) and return
 numpy values; the only device work is ``predict_logits``, which normalises uint8 images on the
 device and runs the model with one fixed batch shape (the last batch is padded), so the forward
-pass is compiled once.
+pass is compiled once. It runs on JAX's default device whatever the number of devices (no mesh,
+so any batch size works on 1, 2, 4 or 8 devices); data-parallel evaluation over every device is
+``jaxcnn.train.evaluate_dataset``.
 
 Conventions:
   * ``labels``: int ``(N,)`` true class indices in ``[0, K)``.

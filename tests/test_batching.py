@@ -16,6 +16,7 @@ from jaxcnn.data import (
     prefetch,
     resize_images,
 )
+from jaxcnn.data.batching import epoch_indices
 
 
 def make_dataset(n=103, num_classes=4, h=4, w=4):
@@ -177,3 +178,18 @@ def test_pipeline_benchmark_runs():
     ds = make_dataset(64, h=8, w=8)
     rate = pipeline_images_per_s(ds, batch_size=16, n_batches=3, warmup=1)
     assert rate > 0
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_epoch_indices_are_the_host_batches(shuffle):
+    """The device path's row indices name exactly the host path's batches, in order."""
+    ds = make_dataset()
+    idx = epoch_indices(len(ds), 10, seed=3, epoch=2, shuffle=shuffle)
+    assert idx.shape == (10, 10) and idx.dtype == np.int32
+    host = list(epoch_batches(ds, 10, seed=3, epoch=2, shuffle=shuffle,
+                              process_index=0, process_count=1))
+    assert len(host) == len(idx)
+    for rows, (images, labels) in zip(idx, host, strict=True):
+        np.testing.assert_array_equal(ds.images[rows], images)
+        np.testing.assert_array_equal(ds.labels[rows], labels)
+    assert epoch_indices(5, 10).shape == (0, 10)

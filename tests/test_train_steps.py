@@ -11,12 +11,14 @@ import pytest
 from jaxcnn import models
 from jaxcnn.train import (
     Preprocess,
+    batch_sharding,
     create_train_state,
     cross_entropy,
     jit_eval_step,
     jit_train_step,
     learning_rate_at,
     make_eval_step,
+    make_indexed_train_step,
     make_mesh,
     make_optimizer,
     make_schedule,
@@ -24,7 +26,7 @@ from jaxcnn.train import (
     replicate,
     shard_batch,
 )
-from jaxcnn.train.mesh import check_batch_size
+from jaxcnn.train.mesh import check_batch_size, jit_indexed_train_step, padded_batch_size
 
 PP = Preprocess(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
@@ -135,3 +137,40 @@ def test_bad_inputs_raise_value_errors():
         make_train_step(PP, label_smoothing=1.5)
     with pytest.raises(ValueError, match="not divisible by the 2 devices"):
         check_batch_size(3, SimpleNamespace(size=2))  # only .size of the mesh is used
+
+
+def test_indexed_step_equals_host_batches():
+    """K steps gathered on the device in one scanned call == K calls on host batches."""
+    mesh = make_mesh()
+    tx = make_optimizer("sgd", 0.05, schedule="constant", total_steps=10)
+    pp = Preprocess(mean=(0.5,) * 3, std=(0.25,) * 3, augment=True)
+    images, labels = batch(40, seed=1)
+    idx = np.random.RandomState(2).permutation(40)[:36].reshape(3, 12).astype(np.int32)
+
+    def fresh():
+        return replicate(create_train_state(tiny(), tx, jax.random.key(0), (1, 8, 8, 3)), mesh)
+
+    host_step = jit_train_step(make_train_step(pp), mesh)
+    state, host_losses = fresh(), []
+    for rows in idx:
+        state, m = host_step(state, *shard_batch(mesh, images[rows], labels[rows]))
+        host_losses.append(float(m["loss"]))
+    indexed = jit_indexed_train_step(
+        make_indexed_train_step(make_train_step(pp), batch_sharding=batch_sharding(mesh)), mesh
+    )
+    data = replicate((images, labels), mesh)
+    dev, m = indexed(fresh(), *data, idx)  # 3 steps in one call (lax.scan)
+    assert int(dev.step) == 3 and m["loss"].shape == (3,)
+    np.testing.assert_allclose(m["loss"], host_losses, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(dev.params), jax.tree.leaves(state.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_padded_batch_size_rounds_up_to_the_devices():
+    eight = SimpleNamespace(size=8)  # only .size of the mesh is used
+    assert padded_batch_size(500, eight) == 504
+    assert padded_batch_size(512, eight) == 512
+    assert padded_batch_size(500, eight, num_examples=100) == 104  # capped at the set's size
+    assert padded_batch_size(3, SimpleNamespace(size=1)) == 3
+    with pytest.raises(ValueError, match="positive int"):
+        padded_batch_size(0, eight)

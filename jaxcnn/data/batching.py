@@ -1,7 +1,9 @@
 """Host-side batching: deterministic epoch shuffles, multi-process slices, padding, prefetch.
 
 Batches are numpy arrays in host memory (uint8 images, int32 labels); the train step moves them
-to the devices and augments them there (:mod:`jaxcnn.data.augment`).
+to the devices and augments them there (:mod:`jaxcnn.data.augment`). When the whole dataset is
+kept on the device instead (``FitConfig.data_on_device``), :func:`epoch_indices` gives the same
+batches as row indices, taken from the same permutation.
 
 Multi-host: every process computes the same global permutation (it depends only on
 ``(seed, epoch)``) and takes its own contiguous slice of each global batch, so the slices of all
@@ -34,6 +36,27 @@ def num_batches(n: int, batch_size: int, drop_remainder: bool = True) -> int:
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     return n // batch_size if drop_remainder else -(-n // batch_size)
+
+
+def epoch_indices(
+    n: int, batch_size: int, *, seed: int = 0, epoch: int = 0, shuffle: bool = True
+) -> np.ndarray:
+    """The full global batches of one epoch as dataset row indices (the last partial batch is
+    dropped, as :func:`epoch_batches` does when training).
+
+    Row ``b`` holds the indices of global batch ``b`` of ``epoch_batches(dataset, batch_size,
+    seed=seed, epoch=epoch, shuffle=shuffle)`` in the same order (on one process, the rows of
+    ``images[idx[b]]`` are exactly that batch), so a loop that gathers batches on the device
+    from these indices sees the same data in the same order as the host path.
+
+    Returns:
+      ``(num_batches(n, batch_size), batch_size)`` int32.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    order = epoch_permutation(n, seed, epoch) if shuffle else np.arange(n)
+    steps = num_batches(n, batch_size, drop_remainder=True)
+    return order[: steps * batch_size].reshape(steps, batch_size).astype(np.int32)
 
 
 def _process_info(process_index: int | None, process_count: int | None) -> tuple[int, int]:

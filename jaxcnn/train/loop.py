@@ -5,6 +5,19 @@
 epoch=epoch)``) depend only on the seed, and the checkpoint stores the full state, so a run
 stopped after epoch k and resumed ends with the same params as an uninterrupted run (bitwise
 on CPU).
+
+Where the batches come from (``FitConfig.data_on_device``): on the *host path* each step's batch
+is gathered in numpy (:func:`~jaxcnn.data.epoch_batches`) and copied to the devices
+(:func:`~jaxcnn.train.mesh.shard_batch`); on the *device path* the uint8 training set is put on
+every device once and each step gathers its batch there from row indices
+(:func:`~jaxcnn.data.batching.epoch_indices`: the same seeded permutation, hence the same
+batches in the same order and the same numbers), optionally ``steps_per_dispatch`` steps per
+call with ``lax.scan``. The device path is single-process: with several processes ``fit`` uses
+the host path, whose per-process slices are the multi-host contract.
+
+Any device count: the train batch must split evenly over the devices (a clear ValueError naming
+valid sizes, before any compilation); evaluation batches adapt (rounded up to a multiple of the
+device count, padded and masked).
 """
 
 from __future__ import annotations
@@ -13,6 +26,7 @@ import dataclasses
 import functools
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +44,15 @@ from jaxcnn.train.ensemble import (
     make_ensemble_train_step,
 )
 from jaxcnn.train.mesh import (
+    batch_sharding,
     check_batch_size,
     jit_eval_step,
+    jit_indexed_train_step,
     jit_train_step,
     make_mesh,
+    padded_batch_size,
     replicate,
+    replicated,
     shard_batch,
 )
 from jaxcnn.train.optim import (
@@ -45,7 +63,18 @@ from jaxcnn.train.optim import (
     make_schedule,
 )
 from jaxcnn.train.state import TrainState, create_train_state
-from jaxcnn.train.steps import Preprocess, make_eval_step, make_train_step
+from jaxcnn.train.steps import (
+    Preprocess,
+    make_eval_step,
+    make_indexed_train_step,
+    make_train_step,
+)
+
+# data_on_device="auto" on an accelerator keeps the training set on the devices when one copy
+# (every device holds a full copy) takes at most this share of a device's memory...
+DEVICE_DATA_FRACTION = 0.25
+# ... or, when the device does not report its memory, at most this many bytes.
+DEVICE_DATA_FALLBACK_BYTES = 1 << 30
 
 
 class TrainingDiverged(RuntimeError):
@@ -58,7 +87,9 @@ class FitConfig:
 
     Attributes:
       epochs: number of epochs.
-      batch_size: GLOBAL train batch size (divisible by the number of devices).
+      batch_size: GLOBAL train batch size. It must be divisible by the number of devices: fit
+        raises a ValueError naming valid sizes before compiling anything (128 suits 1, 2, 4
+        and 8 devices).
       optimizer: ``"sgd"`` (Nesterov, decoupled decay) or ``"adamw"``.
       lr: peak learning rate. schedule: ``"onecycle"``, ``"cosine"`` or ``"constant"``.
       warmup_epochs: warm-up length in epochs (None: the schedule's default).
@@ -70,10 +101,24 @@ class FitConfig:
       ensemble: K > 1 trains K members in one vmapped step.
       augment, crop_pad, flip, cutout_size: on-device augmentation (used when fit builds the
         Preprocess itself).
-      eval_batch_size: eval batch (padded; divisible by the device count). Not checked on resume.
+      eval_batch_size: evaluation batch, any positive int: it is capped at the eval set's size
+        and rounded up to a multiple of the device count (500 runs as 504 on 8 devices); the
+        last batch is padded and the padding masked, so no example is dropped or counted twice.
+        Not checked on resume.
       log_every: steps between progress-bar updates (the only device syncs in an epoch). Not
         checked on resume.
       keep_checkpoints: how many ``latest`` checkpoints to keep. Not checked on resume.
+      data_on_device: where the training batches are assembled. ``True``: the uint8 training
+        set is put on every device once and each step gathers its batch there (no per-step
+        host gather or host-to-device copy); ``False``: host batches copied every step;
+        ``"auto"`` (default): on for GPU/TPU when one copy of the training set takes at most
+        ``DEVICE_DATA_FRACTION`` (1/4) of a device's memory, off on CPU (there it measured no
+        faster, see ``python -m experiments.bench_host``). The same batches in the same order,
+        hence the same numbers, either way. Single-process only: with
+        ``jax.process_count() > 1`` fit uses the host path. Not checked on resume.
+      steps_per_dispatch: device path only: train steps per call (``lax.scan``; unrolled on
+        CPU, where XLA runs a rolled loop of the step slower), to cut Python dispatch where it
+        shows (fast accelerators, small models). Not checked on resume.
     """
 
     epochs: int = 30
@@ -97,9 +142,17 @@ class FitConfig:
     eval_batch_size: int = 500
     log_every: int = 20
     keep_checkpoints: int = 2
+    data_on_device: bool | str = "auto"
+    steps_per_dispatch: int = 1
 
-    # Fields that may change between a run and its resumption.
-    RESUMABLE_CHANGES = ("eval_batch_size", "log_every", "keep_checkpoints")
+    # Fields that may change between a run and its resumption (they do not change the numbers).
+    RESUMABLE_CHANGES = (
+        "eval_batch_size",
+        "log_every",
+        "keep_checkpoints",
+        "data_on_device",
+        "steps_per_dispatch",
+    )
 
     def __post_init__(self):
         def positive_int(name):
@@ -107,7 +160,14 @@ class FitConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"FitConfig.{name} must be a positive int, got {v!r}")
 
-        for name in ("epochs", "batch_size", "ensemble", "eval_batch_size", "log_every"):
+        for name in (
+            "epochs",
+            "batch_size",
+            "ensemble",
+            "eval_batch_size",
+            "log_every",
+            "steps_per_dispatch",
+        ):
             positive_int(name)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"FitConfig.optimizer {self.optimizer!r} not in {OPTIMIZERS}")
@@ -121,6 +181,11 @@ class FitConfig:
             raise ValueError(
                 f"FitConfig.dtype must be float32, bfloat16 or float16: {self.dtype!r}"
             )
+        if not (isinstance(self.data_on_device, bool) or self.data_on_device == "auto"):
+            raise ValueError(
+                "FitConfig.data_on_device must be True, False or 'auto', got "
+                f"{self.data_on_device!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -129,11 +194,13 @@ class FitConfig:
 @dataclass
 class FitResult:
     """``state``: the final TrainState (ensemble: leading model axis); ``history``: one record
-    per epoch (see :func:`fit`); ``best_eval_accuracy`` over the epochs."""
+    per epoch (see :func:`fit`); ``best_eval_accuracy`` over the epochs; ``data_on_device``:
+    whether this call gathered its batches on the device (``FitConfig.data_on_device``)."""
 
     state: TrainState
     history: list[dict[str, Any]] = field(default_factory=list)
     best_eval_accuracy: float | None = None
+    data_on_device: bool = False
 
 
 def model_signature(model: nn.Module) -> str:
@@ -190,8 +257,9 @@ def _check_resume_config(saved: dict, current: dict, workdir) -> None:
 
 @functools.lru_cache(maxsize=16)
 def _compiled_steps(preprocess, label_smoothing, num_classes, mesh, ensemble: bool):
-    """Jitted steps, memoised on their static configuration so that repeated ``fit`` calls in
-    one process (resume, several models with the same settings) reuse the compiled programs."""
+    """Jitted ``(train, eval, indexed_train)`` steps, memoised on their static configuration so
+    that repeated ``fit`` calls in one process (resume, several models with the same settings)
+    reuse the compiled programs."""
     if ensemble:
         train = make_ensemble_train_step(
             preprocess, label_smoothing=label_smoothing, num_classes=num_classes
@@ -202,12 +270,164 @@ def _compiled_steps(preprocess, label_smoothing, num_classes, mesh, ensemble: bo
             preprocess, label_smoothing=label_smoothing, num_classes=num_classes
         )
         evals = make_eval_step(preprocess, num_classes=num_classes)
-    return jit_train_step(train, mesh), jit_eval_step(evals, mesh)
+    # XLA:CPU runs a rolled scan of the step much slower than separate calls: unroll it there.
+    cpu = any(d.platform == "cpu" for d in mesh.devices.flat)
+    indexed = make_indexed_train_step(train, batch_sharding=batch_sharding(mesh), unroll=cpu)
+    return (
+        jit_train_step(train, mesh),
+        jit_eval_step(evals, mesh),
+        jit_indexed_train_step(indexed, mesh),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Where the training batches come from
+# --------------------------------------------------------------------------------------------
+
+
+def dataset_nbytes(dataset) -> int:
+    """Bytes of a dataset's uint8 images plus its int32 labels (one copy)."""
+    return int(np.asarray(dataset.images).nbytes + 4 * len(dataset.labels))
+
+
+def resolve_data_on_device(setting, dataset, mesh=None) -> bool:
+    """Whether ``fit`` keeps ``dataset`` on the devices, for a ``FitConfig.data_on_device``
+    setting (``True``, ``False`` or ``"auto"``; see :class:`FitConfig`).
+
+    Always False with several processes (the device path is single-process). ``"auto"``: False
+    on CPU; on an accelerator True when one copy of the dataset is at most
+    ``DEVICE_DATA_FRACTION`` of the smallest device memory of the mesh (or
+    ``DEVICE_DATA_FALLBACK_BYTES`` when the device does not report it).
+    """
+    if not (isinstance(setting, bool) or setting == "auto"):
+        raise ValueError(f"data_on_device must be True, False or 'auto', got {setting!r}")
+    if setting is False or jax.process_count() > 1:
+        return False
+    if setting is True:
+        return True
+    devices = list(mesh.devices.flat) if mesh is not None else jax.local_devices()
+    if any(d.platform == "cpu" for d in devices):
+        return False
+    limits = []
+    for d in devices:
+        try:
+            stats = d.memory_stats() or {}
+        except Exception:  # noqa: BLE001 - a backend without memory stats
+            stats = {}
+        if stats.get("bytes_limit"):
+            limits.append(int(stats["bytes_limit"]))
+    budget = DEVICE_DATA_FRACTION * min(limits) if limits else DEVICE_DATA_FALLBACK_BYTES
+    return dataset_nbytes(dataset) <= budget
+
+
+class HostFeed:
+    """Host path: each step's batch gathered in numpy (``epoch_batches``, this process's slice)
+    and copied to the devices (``shard_batch``), one jitted step per batch."""
+
+    on_device = False
+
+    def __init__(self, train_step, dataset, batch_size: int, mesh, seed: int):
+        self.step, self.dataset, self.batch_size = train_step, dataset, batch_size
+        self.mesh, self.seed = mesh, seed
+
+    def epoch(self, state, epoch: int):
+        """Yield ``(state, metrics, steps)`` per dispatch; metrics are per-step scalars."""
+        from jaxcnn.data import epoch_batches
+
+        batches = epoch_batches(self.dataset, self.batch_size, seed=self.seed, epoch=epoch)
+        for images, labels in batches:
+            state, metrics = self.step(state, *shard_batch(self.mesh, images, labels))
+            yield state, metrics, 1
+
+
+class DeviceFeed:
+    """Device path: the uint8 dataset replicated on every device once; each call sends only
+    ``(K, B)`` int32 row indices (:func:`~jaxcnn.data.batching.epoch_indices`) and runs K steps
+    that gather their batches on the device. Single-process."""
+
+    on_device = True
+
+    def __init__(
+        self, indexed_step, dataset, batch_size: int, mesh, seed: int, steps_per_dispatch: int = 1
+    ):
+        if jax.process_count() > 1:
+            raise ValueError(
+                "the device data path is single-process; with several processes use the host "
+                "path (data_on_device=False)"
+            )
+        if isinstance(steps_per_dispatch, bool) or not isinstance(steps_per_dispatch, int) or (
+            steps_per_dispatch < 1
+        ):
+            raise ValueError(
+                f"steps_per_dispatch must be a positive int, got {steps_per_dispatch!r}"
+            )
+        self.step, self.batch_size, self.seed = indexed_step, batch_size, seed
+        self.steps_per_dispatch = steps_per_dispatch
+        self.size = len(dataset)
+        rep = replicated(mesh)
+        self.images = jax.device_put(np.asarray(dataset.images), rep)
+        self.labels = jax.device_put(np.asarray(dataset.labels, np.int32), rep)
+
+    def epoch(self, state, epoch: int):
+        """Yield ``(state, metrics, steps)`` per dispatch; metrics have a leading steps axis."""
+        from jaxcnn.data.batching import epoch_indices
+
+        idx = epoch_indices(self.size, self.batch_size, seed=self.seed, epoch=epoch)
+        k = self.steps_per_dispatch
+        for start in range(0, len(idx), k):
+            block = idx[start : start + k]
+            state, metrics = self.step(state, self.images, self.labels, block)
+            yield state, metrics, len(block)
+
+
+def make_feed(
+    preprocess: Preprocess,
+    dataset,
+    mesh,
+    *,
+    batch_size: int,
+    seed: int = 0,
+    label_smoothing: float = 0.0,
+    ensemble: bool = False,
+    on_device: bool = False,
+    steps_per_dispatch: int = 1,
+) -> HostFeed | DeviceFeed:
+    """The training-batch source ``fit`` uses (also for benchmarks): ``feed.epoch(state, e)``
+    yields ``(state, metrics, steps)`` for every dispatch of epoch ``e``, with the jitted (and
+    memoised) steps of :func:`fit`. ``on_device`` picks :class:`DeviceFeed` over
+    :class:`HostFeed`; both give the same batches in the same order."""
+    num_classes = int(dataset.num_classes) if hasattr(dataset, "num_classes") else None
+    train, _, indexed = _compiled_steps(preprocess, label_smoothing, num_classes, mesh, ensemble)
+    if on_device:
+        return DeviceFeed(indexed, dataset, batch_size, mesh, seed, steps_per_dispatch)
+    return HostFeed(train, dataset, batch_size, mesh, seed)
+
+
+def _stack_metrics(entries, stacked: bool) -> dict[str, np.ndarray]:
+    """Fetch a list of per-dispatch metric dicts to host arrays with a leading steps axis."""
+    got = jax.device_get(entries)
+    join = np.concatenate if stacked else np.stack
+    return {k: join([np.asarray(g[k]) for g in got]) for k in got[0]}
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+
+
+def _to_host(x) -> np.ndarray:
+    """A (possibly multi-process sharded) global array as one host numpy array."""
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(jax.device_get(x))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def _evaluate(eval_step, state, dataset, batch_size, mesh, *, keep_logits, progress=False):
     from jaxcnn.data import epoch_batches, num_batches, pad_batch
 
+    batch_size = padded_batch_size(batch_size, mesh, len(dataset))
     local = batch_size // jax.process_count()
     sums: dict[str, Any] = {}
     logits = []
@@ -216,14 +436,15 @@ def _evaluate(eval_step, state, dataset, batch_size, mesh, *, keep_logits, progr
     bar = _tqdm(total=total, desc="eval", leave=False, disable=not progress)
     for images, labels in batches:
         images, labels, mask = pad_batch(images, labels, local)
-        out = eval_step(state, *shard_batch(mesh, images, labels, mask))
+        x, y, m = shard_batch(mesh, images, labels, mask)
+        out = eval_step(state, x, y, m)
         for k, v in out.items():
             if k != "logits":
                 sums[k] = v if k not in sums else sums[k] + v
         if keep_logits:
-            lg = np.asarray(jax.device_get(out["logits"]))
-            real = int(mask.sum())
-            logits.append(lg[..., :real, :])
+            lg = _to_host(out["logits"])
+            real = _to_host(m) > 0  # every process's padding sits after its own rows
+            logits.append(lg[..., real, :])
         bar.update(1)
     bar.close()
     sums = {k: np.asarray(jax.device_get(v), np.float64) for k, v in sums.items()}
@@ -255,13 +476,16 @@ def evaluate_dataset(
     mesh=None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate a (single-model or ensemble) state on a whole dataset.
+    """Evaluate a (single-model or ensemble) state on a whole dataset, data parallel.
 
     Args:
       state: a TrainState; an ensemble state (``state.step.ndim == 1``) is evaluated per member.
       dataset: an ``ArrayDataset`` (uint8 images (N, H, W, C), int labels (N,)).
       preprocess: its normalisation is applied (no augmentation).
-      batch_size: eval batch; the last batch is padded and masked (one compiled shape).
+      batch_size: eval batch, any positive int; capped at N and rounded up to a multiple of the
+        device count; the last batch is padded and masked (one compiled shape, no example
+        dropped).
+      mesh: default :func:`make_mesh` (every device).
 
     Returns:
       ``{"loss", "accuracy", "logits"}``: mean cross-entropy and accuracy (floats, or (K,)
@@ -269,7 +493,7 @@ def evaluate_dataset(
       averaged probabilities), and float32 logits (N, C) (ensemble: (K, N, C)).
     """
     mesh = make_mesh() if mesh is None else mesh
-    check_batch_size(batch_size, mesh, what="eval batch_size")
+    padded_batch_size(batch_size, mesh)  # a bad value is a ValueError here, before any jit
     ensemble = np.ndim(state.step) == 1
     num_classes = getattr(dataset, "num_classes", None)
     eval_step = _compiled_steps(preprocess, 0.0, num_classes, mesh, ensemble)[1]
@@ -296,6 +520,13 @@ def _mean(x) -> float:
     return float(np.mean(np.asarray(x, np.float64)))
 
 
+def _stderr_is_terminal() -> bool:
+    try:
+        return bool(sys.stderr.isatty())
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
+
+
 def fit(
     model: nn.Module,
     train_ds,
@@ -305,10 +536,15 @@ def fit(
     workdir: str | os.PathLike,
     preprocess: Preprocess | None = None,
     resume: bool = True,
-    progress: bool = True,
+    progress: bool | None = None,
+    verbose: bool = True,
     stop_after_epoch: int | None = None,
 ) -> FitResult:
     """Train ``model`` on ``train_ds``, evaluating on ``eval_ds`` after every epoch.
+
+    Works unchanged on any number of devices (data parallel over :func:`make_mesh`): the train
+    batch must split evenly over them (checked first, with valid sizes in the message); the
+    eval batch adapts (see ``FitConfig.eval_batch_size``).
 
     Args:
       model: a ``jaxcnn.models`` module (its ``num_classes`` must match the data).
@@ -319,9 +555,13 @@ def fit(
       preprocess: on-device preprocessing; default: per-channel mean/std of ``train_ds`` and the
         augmentation flags of ``config``.
       resume: continue from ``checkpoints/latest`` when it exists (the saved configuration must
-        match, except eval_batch_size, log_every and keep_checkpoints).
-      progress: show tqdm bars (loss, accuracy, images/s; refreshed every ``log_every`` steps,
-        the only points where the loop waits for the device).
+        match, except the fields in ``FitConfig.RESUMABLE_CHANGES``).
+      progress: tqdm bars (loss, accuracy, images/s; refreshed every ``log_every`` steps, the
+        only points where the loop waits for the device). Default (None): on when stderr is a
+        terminal, off when it goes to a file or pipe, so logs get no carriage-return spam.
+      verbose: print one line when resuming (``resumed from epoch N (<workdir>)``) and one line
+        per epoch (train loss/acc, eval loss/acc, img/s), with or without bars; False prints
+        nothing. Only process 0 prints.
       stop_after_epoch: end this call after that many finished epochs (e.g. to split a long run
         into time slices); the next call with ``resume=True`` continues.
 
@@ -333,9 +573,10 @@ def fit(
 
     Raises:
       TrainingDiverged: the loss became NaN/inf; the checkpoint of the last good epoch is kept.
-      ValueError: bad configuration or a checkpoint from a different configuration.
+      ValueError: bad configuration (e.g. a batch size the devices cannot split) or a
+        checkpoint from a different configuration.
     """
-    from jaxcnn.data import epoch_batches, num_batches
+    from jaxcnn.data import num_batches
 
     if not isinstance(config, FitConfig):
         raise ValueError(f"config must be a FitConfig, got {type(config).__name__}")
@@ -356,11 +597,20 @@ def fit(
         )
     mesh = make_mesh()
     check_batch_size(config.batch_size, mesh)
-    check_batch_size(config.eval_batch_size, mesh, what="eval_batch_size")
     if preprocess is None:
         preprocess = _default_preprocess(config, train_ds)
     elif not isinstance(preprocess, Preprocess):
         raise ValueError(f"preprocess must be a Preprocess, got {type(preprocess).__name__}")
+    progress = _stderr_is_terminal() if progress is None else bool(progress)
+    say = bool(verbose) and jax.process_index() == 0
+
+    def log(msg: str) -> None:
+        if not say:
+            return
+        if progress:
+            _tqdm_write(msg)  # keeps an open bar intact
+        else:
+            print(msg, flush=True)
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -406,6 +656,7 @@ def fit(
         start_epoch = int(meta["epoch"])
         history = list(meta.get("history", []))
         best = meta.get("best_metric")
+        log(f"resumed from epoch {start_epoch} ({workdir})")
     # metrics.jsonl mirrors the checkpointed history (drops records of unsaved epochs).
     metrics_path = workdir / "metrics.jsonl"
     with open(metrics_path, "w") as f:
@@ -413,11 +664,23 @@ def fit(
             f.write(json.dumps(rec) + "\n")
 
     state = replicate(state, mesh)
-    train_step, eval_step = _compiled_steps(
-        preprocess, config.label_smoothing, num_classes, mesh, ensemble
-    )
+    eval_step = _compiled_steps(preprocess, config.label_smoothing, num_classes, mesh, ensemble)[1]
     last_epoch = config.epochs if stop_after_epoch is None else min(config.epochs, stop_after_epoch)
+    on_device = resolve_data_on_device(config.data_on_device, train_ds, mesh)
+    feed = None
     for epoch in range(start_epoch, last_epoch):
+        if feed is None:  # only when there is an epoch to run (the device copy costs memory)
+            feed = make_feed(
+                preprocess,
+                train_ds,
+                mesh,
+                batch_size=config.batch_size,
+                seed=config.seed,
+                label_smoothing=config.label_smoothing,
+                ensemble=ensemble,
+                on_device=on_device,
+                steps_per_dispatch=config.steps_per_dispatch,
+            )
         t0 = time.perf_counter()
         bar = _tqdm(
             total=steps_per_epoch,
@@ -426,33 +689,32 @@ def fit(
             unit="step",
         )
         metrics_dev = []
-        window_start, seen, t_window = 0, 0, t0
-        batches = epoch_batches(train_ds, config.batch_size, seed=config.seed, epoch=epoch)
-        for i, (images, labels) in enumerate(batches):
-            state, m = train_step(state, *shard_batch(mesh, images, labels))
+        window_start, done, seen, t_window = 0, 0, 0, t0
+        for new_state, m, k in feed.epoch(state, epoch):
+            state = new_state  # the old state's buffers were donated to the step
             metrics_dev.append(m)
-            if (i + 1) % config.log_every == 0 or i + 1 == steps_per_epoch:
+            done += k
+            if done // config.log_every > (done - k) // config.log_every or done == steps_per_epoch:
                 # The only sync point: fetch the window's metrics (small scalars).
-                window = jax.device_get(metrics_dev[window_start:])
-                losses = np.array([w["loss"] for w in window], np.float64)
+                window = _stack_metrics(metrics_dev[window_start:], feed.on_device)
+                losses = np.asarray(window["loss"], np.float64)
                 if not np.all(np.isfinite(losses)):
                     bar.close()
-                    _diverged(workdir, epoch, int(i), losses)
+                    _diverged(workdir, epoch, done - 1, losses)
                 now = time.perf_counter()
-                done = i + 1 - seen
-                rate = done * config.batch_size / max(now - t_window, 1e-9)
+                rate = (done - seen) * config.batch_size / max(now - t_window, 1e-9)
                 bar.set_postfix(
                     loss=f"{losses.mean():.4f}",
-                    acc=f"{np.mean([w['accuracy'] for w in window]):.4f}",
+                    acc=f"{np.mean(window['accuracy']):.4f}",
                     img_s=f"{rate:.0f}",
                 )
-                bar.update(done)
-                window_start, seen, t_window = len(metrics_dev), i + 1, now
+                bar.update(done - seen)
+                window_start, seen, t_window = len(metrics_dev), done, now
         bar.close()
         train_seconds = time.perf_counter() - t0
-        all_m = jax.device_get(metrics_dev)
-        train_loss = np.mean([m["loss"] for m in all_m], axis=0)
-        train_acc = np.mean([m["accuracy"] for m in all_m], axis=0)
+        all_m = _stack_metrics(metrics_dev, feed.on_device)
+        train_loss = np.mean(all_m["loss"], axis=0)
+        train_acc = np.mean(all_m["accuracy"], axis=0)
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "train_loss": _mean(train_loss),
@@ -490,15 +752,20 @@ def fit(
         )
         with open(metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        if progress:
-            msg = (
-                f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} acc "
-                f"{record['train_accuracy']:.4f}"
-            )
-            if eval_ds is not None:
-                msg += f", eval loss {record['eval_loss']:.4f} acc {record['eval_accuracy']:.4f}"
-            _tqdm_write(msg + f", {record['images_per_s']:.0f} img/s")
-    return FitResult(state=state, history=history, best_eval_accuracy=best)
+        log(_epoch_line(record, config.epochs, eval_ds is not None))
+    return FitResult(
+        state=state, history=history, best_eval_accuracy=best, data_on_device=on_device
+    )
+
+
+def _epoch_line(record: dict, epochs: int, has_eval: bool) -> str:
+    msg = (
+        f"epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.4f} acc "
+        f"{record['train_accuracy']:.4f}"
+    )
+    if has_eval:
+        msg += f", eval loss {record['eval_loss']:.4f} acc {record['eval_accuracy']:.4f}"
+    return msg + f", {record['images_per_s']:.0f} img/s, {record['epoch_seconds']:.1f} s"
 
 
 def _tqdm_write(msg: str) -> None:
@@ -522,10 +789,16 @@ def _diverged(workdir, epoch, step_in_epoch, losses):
 
 
 __all__ = [
+    "DEVICE_DATA_FRACTION",
+    "DeviceFeed",
     "FitConfig",
     "FitResult",
+    "HostFeed",
     "TrainingDiverged",
+    "dataset_nbytes",
     "evaluate_dataset",
     "fit",
+    "make_feed",
     "model_signature",
+    "resolve_data_on_device",
 ]

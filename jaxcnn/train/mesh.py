@@ -12,6 +12,12 @@ the state is replicated (``P()``). GSPMD then inserts the collectives:
 
 Hence N devices give the same numbers as 1 device up to float summation order.
 
+Any device count: a train batch must split evenly (:func:`check_batch_size` says so, naming
+valid sizes, before anything compiles); an evaluation batch is rounded up to a multiple of the
+device count instead (:func:`padded_batch_size`; the padding is masked). When the training set
+stays on the devices (``FitConfig.data_on_device``), it is replicated and each step gathers its
+batch from row indices sharded like a batch (:func:`jit_indexed_train_step`).
+
 Multi-host: every process builds the same mesh over ``jax.devices()`` (all hosts), loads only
 its slice of each global batch (``epoch_batches`` slices by ``jax.process_index()``), and
 :func:`shard_batch` assembles the global array with ``jax.make_array_from_process_local_data``.
@@ -73,6 +79,23 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> N
         )
 
 
+def padded_batch_size(batch_size: int, mesh: Mesh, num_examples: int | None = None) -> int:
+    """The evaluation batch actually used on ``mesh``: ``batch_size`` (capped at
+    ``num_examples`` when given, so a small set is not padded to a large batch) rounded UP to a
+    multiple of the device count.
+
+    Evaluation pads the last batch and masks the padding (``pad_batch``), so rounding up drops
+    no example and changes no result; it only lets any eval batch run on any number of devices
+    (e.g. 500 on 8 devices -> 504).
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if num_examples is not None:
+        batch_size = max(1, min(batch_size, int(num_examples)))
+    n = mesh.size
+    return -(-batch_size // n) * n
+
+
 def replicate(tree, mesh: Mesh):
     """Place a pytree (e.g. a TrainState) on every device of the mesh."""
     return jax.device_put(tree, replicated(mesh))
@@ -108,6 +131,25 @@ def jit_train_step(step: Callable, mesh: Mesh, *, donate: bool = True) -> Callab
     return jax.jit(
         step,
         in_shardings=(rep, batch, batch),
+        out_shardings=(rep, rep),
+        donate_argnums=(0,) if donate else (),
+    )
+
+
+def jit_indexed_train_step(step: Callable, mesh: Mesh, *, donate: bool = True) -> Callable:
+    """``jax.jit`` an indexed step from :func:`jaxcnn.train.steps.make_indexed_train_step`.
+
+    The returned ``(state, images_all, labels_all, idx) -> (state, metrics)`` takes the whole
+    dataset replicated on every device (put it there once with :func:`replicate`) and
+    ``idx: (K, B)`` int32 row indices sharded over the batch axis (``P(None, "data")``), so
+    each device gathers only its own rows of every batch, from its own copy, with no
+    communication (build the step with ``batch_sharding=batch_sharding(mesh)`` to pin each
+    gathered batch to the usual batch sharding). The state is donated, as in :func:`jit_train_step`.
+    """
+    rep = replicated(mesh)
+    return jax.jit(
+        step,
+        in_shardings=(rep, rep, rep, NamedSharding(mesh, P(None, DATA_AXIS))),
         out_shardings=(rep, rep),
         donate_argnums=(0,) if donate else (),
     )

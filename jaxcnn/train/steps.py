@@ -6,6 +6,8 @@ mesh) or ``jax.jit``. Everything that changes the compiled program is static and
 the step is made: the :class:`Preprocess` config, ``label_smoothing`` and ``num_classes``, plus
 the state's ``apply_fn`` and ``tx`` (static pytree fields). The batch shape is the only other
 compile key, so training (``drop_remainder``) and evaluation (``pad_batch``) each compile once.
+:func:`make_indexed_train_step` wraps a train step to gather its batches from a dataset that
+already lives on the device (K steps per call with ``lax.scan``).
 """
 
 from __future__ import annotations
@@ -167,6 +169,50 @@ def make_train_step(
         return state, {"loss": loss, "accuracy": accuracy}
 
     return train_step
+
+
+def make_indexed_train_step(train_step, *, batch_sharding=None, unroll: bool | int = 1):
+    """Wrap a train step so that it reads its batches from a dataset held on the device.
+
+    Args:
+      train_step: ``(state, images, labels) -> (state, metrics)``, e.g. from
+        :func:`make_train_step` or :func:`~jaxcnn.train.ensemble.make_ensemble_train_step`.
+      batch_sharding: optional sharding each gathered batch is constrained to (the mesh's
+        batch sharding; None leaves it to the compiler).
+      unroll: ``lax.scan``'s ``unroll``. XLA's CPU backend runs a rolled loop of this step about
+        2.6x slower per step than separate calls (cnn3, batch 128, measured), so pass True on
+        CPU (compile time then grows with K); accelerators keep the loop rolled (1).
+
+    Returns:
+      ``(state, images_all, labels_all, idx) -> (state, metrics)`` with ``images_all:
+      (N, H, W, C)`` uint8 and ``labels_all: (N,)`` int32 (the whole dataset) and ``idx: (K, B)``
+      int32 row indices: it runs K train steps, step k on the batch ``images_all[idx[k]]``, in
+      one program (``lax.scan`` when K > 1), and returns the final state and the metrics of
+      every step stacked on a leading K axis. Because each step is the unchanged
+      ``train_step`` on the same rows, the results equal K separate calls on host batches
+      ``images[idx[k]]`` (same keys: ``fold_in(rng, state.step)``).
+    """
+
+    def gather(images_all, labels_all, rows):
+        x, y = images_all[rows], labels_all[rows]
+        if batch_sharding is not None:
+            x = jax.lax.with_sharding_constraint(x, batch_sharding)
+            y = jax.lax.with_sharding_constraint(y, batch_sharding)
+        return x, y
+
+    def indexed_step(state, images_all, labels_all, idx):
+        if idx.ndim != 2:
+            raise ValueError(f"idx must be (K, B) row indices, got shape {idx.shape}")
+        if idx.shape[0] == 1:
+            state, metrics = train_step(state, *gather(images_all, labels_all, idx[0]))
+            return state, jax.tree.map(lambda m: m[None], metrics)
+
+        def body(carry, rows):
+            return train_step(carry, *gather(images_all, labels_all, rows))
+
+        return jax.lax.scan(body, state, idx, unroll=unroll)
+
+    return indexed_step
 
 
 def make_eval_step(preprocess: Preprocess, *, num_classes: int | None = None):
