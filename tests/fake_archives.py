@@ -54,10 +54,19 @@ def cifar10_records(images: np.ndarray, labels: np.ndarray) -> bytes:
     return rows.astype(np.uint8).tobytes()
 
 
+def _learnable(images: np.ndarray, labels: np.ndarray, rng) -> np.ndarray:
+    """Images whose mean colour encodes the label (plus noise), so a model can learn them."""
+    base = (labels[:, None, None, None] * 25).astype(np.float32)
+    return np.clip(base + rng.normal(0, 20, images.shape), 0, 255).astype(np.uint8)
+
+
 def make_cifar10_archive(
-    path: Path, *, per_batch: int = 6, test: int = 8, seed: int = 0
+    path: Path, *, per_batch: int = 6, test: int = 8, seed: int = 0, learnable: bool = False
 ) -> dict:
-    """Write a CIFAR-10-format ``cifar-10-binary.tar.gz`` of random images to ``path``.
+    """Write a CIFAR-10-format ``cifar-10-binary.tar.gz`` to ``path``.
+
+    The images are uniform noise, or with ``learnable=True`` noise around a colour that encodes
+    the label (so that a model trained on them does better than chance).
 
     Returns ``{"sha256", "train_images" (5*per_batch, 32, 32, 3) uint8, "train_labels",
     "test_images", "test_labels"}`` in the official file order (batches 1..5, then test).
@@ -69,6 +78,9 @@ def make_cifar10_archive(
     rng.shuffle(train_labels)
     test_images = rng.integers(0, 256, (test, 32, 32, 3), dtype=np.uint8)
     test_labels = rng.integers(0, 10, test).astype(np.int32)
+    if learnable:
+        train_images = _learnable(train_images, train_labels, rng)
+        test_images = _learnable(test_images, test_labels, rng)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(path, "w:gz") as tar:

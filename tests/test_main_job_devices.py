@@ -1,11 +1,11 @@
 """The main job end to end on 8 fake CPU devices and on 1: same results, no traceback.
 
 ``python -m experiments.cifar10 --models mlp,cnn3 --epochs 1 --batch-size 64`` runs in a
-subprocess per device count (the count is fixed when JAX starts), both at once, on tiny
-generated data: a small driver replaces ``experiments.cifar10.load_data`` (as
-tests/test_cifar10_experiment.py does) and calls ``main`` with the real argv. The eval set has
-100 images and the eval batch stays at its default 500, neither divisible by 8, so the padded
-evaluation is exercised.
+subprocess per device count (the count is fixed when JAX starts), both at once, exactly as a
+user types it: with an empty ``--data-dir`` and no TensorFlow, so each run downloads a small
+synthetic ``cifar-10-binary.tar.gz`` (served on 127.0.0.1 through ``JAXCNN_CIFAR10_URL`` /
+``_SHA256``). The eval split has 100 images and the eval batch stays at its default 500, neither
+divisible by 8, so the padded evaluation is exercised.
 
 Tolerance for 8 vs 1 device: the trained params differ only by float32 summation order
 (tests/test_multidevice.py: rtol 1e-4), so a prediction can flip only when its two top logits
@@ -16,36 +16,16 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from fake_archives import make_cifar10_archive, serve_directory
 
 REPO = Path(__file__).resolve().parents[1]
 N_EVAL = 100
 
-DRIVER = textwrap.dedent(
-    """
-    import sys
-    import numpy as np
-    from experiments import cifar10
-    from jaxcnn.data import ArrayDataset
 
-    def tiny(n, seed):  # the mean colour encodes the label, so the models learn something
-        rng = np.random.default_rng(seed)
-        labels = rng.integers(0, 10, n).astype(np.int32)
-        base = (labels[:, None, None, None] * 25).astype(np.float32)
-        images = np.clip(base + rng.normal(0, 20, (n, 32, 32, 3)), 0, 255).astype(np.uint8)
-        return ArrayDataset(images, labels, tuple(f"class{i}" for i in range(10)))
-
-    data = (tiny(128, 0), tiny(N_EVAL, 1))
-    cifar10.load_data = lambda args: data
-    cifar10.main(sys.argv[1:])
-    """
-).replace("N_EVAL", str(N_EVAL))
-
-
-def _start(tmp_path, n):
+def _start(tmp_path, n, url, sha256):
     env = dict(os.environ)
     env.update(
         JAX_PLATFORMS="cpu",
@@ -53,15 +33,18 @@ def _start(tmp_path, n):
         XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
         PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]),
         MPLBACKEND="Agg",
+        JAXCNN_CIFAR10_URL=url,
+        JAXCNN_CIFAR10_SHA256=sha256,
+        JAXCNN_CACHE_DIR=str(tmp_path / f"cache{n}"),
     )
-    driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER)
     workdir = tmp_path / f"run{n}"
     argv = ["--models", "mlp,cnn3", "--epochs", "1", "--batch-size", "64",
-            "--workdir", str(workdir), "--visuals-dir", str(tmp_path / f"vis{n}"),
-            "--no-figures", "--no-progress", "--eval-split", "fake"]
-    proc = subprocess.Popen([sys.executable, str(driver), *argv], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            "--train-split", "train[:128]", "--eval-split", "test",
+            "--data-dir", str(tmp_path / f"data{n}"),
+            "--workdir", str(workdir), "--no-figures", "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.cifar10", *argv], env=env,
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     return proc, workdir
 
 
@@ -79,9 +62,14 @@ def _finish(proc, workdir):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("main_job")
-    p8 = _start(tmp, 8)  # both at once
-    p1 = _start(tmp, 1)
-    return _finish(*p8), _finish(*p1)
+    served = tmp / "served"
+    archive = make_cifar10_archive(served / "cifar-10-binary.tar.gz", per_batch=40, test=N_EVAL,
+                                   learnable=True)
+    with serve_directory(served) as url:
+        url = f"{url}/cifar-10-binary.tar.gz"
+        p8 = _start(tmp, 8, url, archive["sha256"])  # both at once
+        p1 = _start(tmp, 1, url, archive["sha256"])
+        return _finish(*p8), _finish(*p1)
 
 
 def test_main_job_on_eight_devices_matches_one(runs):
