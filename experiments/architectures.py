@@ -21,64 +21,22 @@ and 6) and records the gradient norm of every conv kernel, in depth order, on on
 first epoch. The paper's result to look for: plain56 trains worse than plain20 (higher training
 error, not overfitting), resnet56 trains better than resnet20.
 
-Measured, compare (quiet 2-core CPU, same short budget as below; not the default 6 epochs)::
-
-    python -m experiments.architectures --data-dir ../shared/data/tfds \
-        --train-split 'train[:8000]' --eval-split 'train[45000:47000]' --epochs 3
-
-    model             params MFLOPs/img  accuracy epochs train min   img/s
-    lenet5            62,006        1.3    41.30%      3       0.2    3104
-    alexnet_mini   2,248,906      160.4    37.30%      3       2.5     178
-    vgg_mini         962,858       87.2    48.75%      3       1.6     281
-    resnet20         269,722       75.8    52.90%      3       2.0     220
-
-Measured (2-core CPU, a short budget: 8,000 training images, 3 epochs, one-cycle SGD)::
-
-    python -m experiments.architectures --lesson vanishing --data-dir ../shared/data/tfds \
-        --train-split 'train[:8000]' --eval-split 'train[45000:47000]' --epochs 3
-
-    plain20   train loss 1.6351  train acc 38.22%  eval acc 41.80%   first-conv grad 2.23
-    resnet20  train loss 1.4090  train acc 48.56%  eval acc 52.15%   first-conv grad 1.64
-    plain56   train loss 2.2871  train acc 11.68%  eval acc 10.75%   first-conv grad 967.9
-    resnet56  train loss 1.6904  train acc 35.66%  eval acc 38.05%   first-conv grad 3.74
-
-(first-conv grad: gradient norm of the first conv kernel at initialisation). plain56 does not
-train at all in this budget while plain20 does; resnet56 trains. At 3 epochs resnet56 is still
-behind resnet20 with the paper's initialisation: its 27 residual branches add up at init.
 ``--zero-init-residual`` starts the last BatchNorm scale of every residual block at 0 (Goyal et
 al. 2017), so each block is the identity at init; the plain nets cannot use it and are
-unchanged. With it, same command plus ``--zero-init-residual --visuals-dir
-visuals/architectures/zero_init`` (same CPU, beside another training run)::
+unchanged.
 
-    plain20   train loss 1.6351  train acc 38.22%  eval acc 41.80%
-    resnet20  train loss 1.6704  train acc 36.42%  eval acc 37.90%
-    plain56   train loss 2.2871  train acc 11.68%  eval acc 10.75%
-    resnet56  train loss 1.6121  train acc 37.98%  eval acc 39.15%
-
-so the deeper residual net trains better than the shallower one in the same 189 steps, and the
-deeper plain net far worse: the paper's figure 1 / 6 pattern. With the paper's init and more
-steps the gap closes: ``--models resnet20,resnet56 --epochs 10`` on the same 8,000 images (630
-steps, quiet CPU: 6.1 and 17.9 min) gives train acc resnet20 69.87%, resnet56 67.50% (eval
-67.75% / 66.30%), 2.4 points apart instead of 12.9. The paper's full schedule (64k steps) was
-not run here (resnet56 costs about 3x resnet20 per image: 73 vs 168 img/s).
-
-Budget (defaults ``--epochs 6`` for compare, 4 for vanishing), from smoke runs (1,024 images,
-3 epochs, batch 128, median epoch) on the 2-core CPU while a long training run held both cores
-(so these are lower bounds): training images/s lenet5 1,083, alexnet_mini 55, vgg_mini 97,
-resnet20 71 (median epoch; 117 in its last), all with the fast conv gradients (alexnet_mini and
-vgg_mini gave 27 and 53 with XLA's). Under that load one epoch of the four models on 50,000
-images takes about 35 minutes; on a quiet machine we expect about 3x the throughput, so the 6
-epochs take about an hour (an estimate, not measured: ``--epochs`` scales it). plain56 and
-resnet56 cost about 3x resnet20 per image. Results go to ``<workdir>/results.json`` (one entry
-per model; ``<workdir>/vanishing/results.json`` for the lesson), checkpoints to
+Defaults: ``--epochs 6`` for compare, 4 for vanishing. Results go to ``<workdir>/results.json``
+(one entry per model; ``<workdir>/vanishing/results.json`` for the lesson), checkpoints to
 ``<workdir>/<model>/`` (resumed when present), figures to ``<workdir>/figures/``
 (``--visuals-dir visuals/architectures`` rewrites the README's committed ones instead).
+
+Measured tables, gradient norms and training speeds, each with its command and machine, are in
+``visuals/architectures/README.md``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -248,57 +206,27 @@ def flops_per_image(model, variables, image_shape) -> float:
     return forward_flops(model, variables, (1, *image_shape))
 
 
-def update_results(path: Path, name: str, row: dict) -> dict:
-    """Merge ``row`` under ``name`` into the JSON file ``path`` (written atomically)."""
-    results = json.loads(path.read_text()) if path.exists() else {}
-    results[name] = row
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-    return results
-
-
 def format_table(results: dict, names) -> str:
-    head = (f"{'model':<13} {'params':>10} {'MFLOPs/img':>10} {'accuracy':>9} {'epochs':>6} "
-            f"{'train min':>9} {'img/s':>7}")
-    lines = [head, "-" * len(head)]
+    """The printed summary: one line per model of ``names`` that has a row in ``results``."""
+    columns = [("model", 13), ("params", 10), ("MFLOPs/img", 10), ("accuracy", 9),
+               ("epochs", 6), ("train min", 9), ("img/s", 7)]
+    rows = []
     for name in names:
         r = results.get(name)
         if r is None:
             continue
         acc = r.get("test_accuracy")
-        acc = f"{100 * acc:.2f}%" if acc is not None else "-"
-        lines.append(
-            f"{name:<13} {r['params']:>10,} {r['flops_per_image'] / 1e6:>10.1f} {acc:>9} "
-            f"{r.get('epochs', 0):>6} {r.get('train_seconds', float('nan')) / 60:>9.1f} "
-            f"{r.get('images_per_s', float('nan')):>7.0f}"
-        )
-    return "\n".join(lines)
+        rows.append([
+            name, f"{r['params']:,}", f"{r['flops_per_image'] / 1e6:.1f}",
+            f"{100 * acc:.2f}%" if acc is not None else "-", f"{r.get('epochs', 0)}",
+            f"{r.get('train_seconds', float('nan')) / 60:.1f}",
+            f"{r.get('images_per_s', float('nan')):.0f}",
+        ])
+    return _cli.format_table(columns, rows)
 
 
 # --------------------------------------------------------------------------------------------
 # Data and training
-
-
-def load_data(args, need_eval: bool = True):
-    """(train, eval) ArrayDatasets cut to --limit-train/--limit-eval; the loader's
-    ``DataNotFoundError`` when the data is missing (one ``error:`` line on the command line)."""
-    from jaxcnn.data import ArrayDataset, load_tfds
-
-    def cut(ds, n):
-        if n is None or n >= len(ds):
-            return ds
-        return ArrayDataset(ds.images[:n], ds.labels[:n], ds.class_names)
-
-    train = load_tfds("cifar10", args.train_split, data_dir=args.data_dir,
-                      progress=args.progress)
-    evaluation = (load_tfds("cifar10", args.eval_split, data_dir=args.data_dir,
-                            progress=args.progress) if need_eval else None)
-    train = cut(train, args.limit_train)
-    if evaluation is not None:
-        evaluation = cut(evaluation, args.limit_eval)
-    return train, evaluation
 
 
 def normalised(images):
@@ -367,7 +295,7 @@ def run_compare(names, args) -> dict:
     from jaxcnn import models
     from jaxcnn.evaluate import predict_logits
 
-    train, evaluation = load_data(args)
+    train, evaluation = _cli.load_cifar10(args)
     print(f"train: {args.train_split} {len(train):,} images; eval: {args.eval_split} "
           f"{len(evaluation):,} images")
     _cli.check_batch_size(args.batch_size, len(train))
@@ -399,7 +327,7 @@ def run_compare(names, args) -> dict:
             "recipe": recipe,
             "batch_size": args.batch_size,
         }
-        results = update_results(results_path, name, row)
+        results = _cli.update_results(results_path, name, row)
         histories[name] = history
         print(f"{name}: {100 * row['test_accuracy']:.2f}% on {args.eval_split}")
     print()
@@ -473,8 +401,7 @@ def epoch1_grad_norms(name, model, recipe, train, evaluation, args, run_dir, x, 
         return [tuple(pair) for pair in json.loads(path.read_text())]
     first = fit_model(name, model, recipe, train, evaluation, args, run_dir, stop_after_epoch=1)
     norms = conv_grad_norms(model, state_variables(first.state), x, y, seed=args.seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(norms))
+    _cli.write_json(path, norms)
     return norms
 
 
@@ -491,7 +418,7 @@ def summarise_norms(norms: dict) -> dict:
 
 
 def run_gradients(names, args) -> dict:
-    train, _ = load_data(args, need_eval=False)
+    train, _ = _cli.load_cifar10(args, need_eval=False)
     norms = gradient_norms_at_init(names, train, args)
     batch = min(args.grad_batch, len(train))
     for name, layers in norms.items():
@@ -500,9 +427,8 @@ def run_gradients(names, args) -> dict:
               f"last conv {layers[-1][1]:.4g} (first/last "
               f"{'-' if ratio is None else format(ratio, '.3g')})")
     summary = summarise_norms(norms)
-    path = args.workdir / "gradient_norms_init.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"batch": batch, "seed": args.seed, "models": summary}, indent=2))
+    _cli.write_json(args.workdir / "gradient_norms_init.json",
+                    {"batch": batch, "seed": args.seed, "models": summary})
     if args.figures:
         p = write_gradient_figure({f"{n}, at init": v for n, v in norms.items()},
                                   _cli.figures_dir(args) / "gradient_norms_init.png", batch,
@@ -514,7 +440,7 @@ def run_gradients(names, args) -> dict:
 def run_vanishing(names, args) -> dict:
     from jaxcnn import models
 
-    train, evaluation = load_data(args)
+    train, evaluation = _cli.load_cifar10(args)
     _cli.check_batch_size(args.batch_size, len(train))
     batch = min(args.grad_batch, len(train))
     x, y = normalised(train.images[:batch]), train.labels[:batch]
@@ -547,7 +473,7 @@ def run_vanishing(names, args) -> dict:
             "recipe": recipe,
             "model_options": options,
         }
-        results = update_results(workdir / "results.json", name, row)
+        results = _cli.update_results(workdir / "results.json", name, row)
         histories[name] = history
         norm_curves[f"{name}, at init"] = at_init
         norm_curves[f"{name}, after epoch 1"] = after1

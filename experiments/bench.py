@@ -14,26 +14,27 @@ Subcommands (add more with :func:`register`):
 ``train``
     Train and eval images/s of ``mlp`` and ``cnn3`` at batch 128 and 512 on all devices, through
     the project's real training path, built as :func:`jaxcnn.train.fit` builds it:
-    ``create_train_state``, ``make_optimizer`` and ``Preprocess`` with each model's recipe from
-    ``experiments.cifar10`` (cnn3: SGD Nesterov, label smoothing, random crop + flip on device;
-    mlp: AdamW, no augmentation), ``make_train_step``/``make_eval_step`` jitted by
-    ``jit_train_step``/``jit_eval_step`` on a ("data",) mesh, host batches from
-    ``epoch_batches`` through ``shard_batch``. Data: synthetic uint8 32x32x3 images (speed does
-    not depend on pixel values). Protocol: trace+lower+compile each step (``compile_s``; the jit
-    cache then holds it), ``--warmup`` steps, then ``--repeats`` round-robin rounds; each round
-    runs a window of ``--steps`` train steps and one of eval steps for every (model, batch)
-    case, then the input pipeline (:func:`jaxcnn.data.pipeline_images_per_s`: shuffled host
-    batches -> device -> augment + normalise) once per batch size; medians over rounds, device
-    syncs only at window ends. ``pipe/train`` is pipeline images/s over train images/s (bar
-    >= 5x, checked for cnn3). ``--model-option key=value`` (or ``model.key=value``) passes
-    options to ``jaxcnn.models.create``; ``--xla-flags='...'`` re-runs the benchmark in a
-    subprocess with those XLA_FLAGS; ``--dtype bfloat16`` as in ``experiments.cifar10``.
-    ``--json`` prints one object keyed by model: the first of ``--batch-sizes`` under the
-    plain name (``"cnn3"``), the others as ``"cnn3@512"``; each entry has ``batch_size``,
-    ``train_images_per_s``, ``eval_images_per_s``, ``compile_s`` and more.
-    With ``--baselines`` (and ``--baseline-python``, an environment with TensorFlow/Keras and
-    PyTorch, see ``experiments/baselines/README.md``), ``experiments/baselines/keras_cnn3.py``
-    and ``torch_cnn3.py`` then run one at a time (cnn3, batch 128, same protocol) and the table
+    ``create_train_state``, ``make_optimizer`` and ``Preprocess`` with each model's recipe of
+    ``experiments.cifar10`` (from ``experiments._recipes``; cnn3: SGD Nesterov, label smoothing,
+    random crop + flip on device; mlp: AdamW, no augmentation),
+    ``make_train_step``/``make_eval_step`` jitted by ``jit_train_step``/``jit_eval_step`` on a
+    ("data",) mesh, host batches from ``epoch_batches`` through ``shard_batch``. Data: synthetic
+    uint8 32x32x3 images (speed does not depend on pixel values). Protocol: trace+lower+compile
+    each step (``compile_s``; the jit cache then holds it), ``--warmup`` steps, then
+    ``--repeats`` round-robin rounds; each round runs a window of ``--steps`` train steps and
+    one of eval steps for every (model, batch) case, then the input pipeline
+    (:func:`jaxcnn.data.pipeline_images_per_s`: shuffled host batches -> device -> augment +
+    normalise) once per batch size; medians over rounds, device syncs only at window ends.
+    ``pipe/train`` is pipeline images/s over train images/s (bar >= 5x, checked for cnn3).
+    ``--model-option key=value`` (or ``model.key=value``) passes options to
+    ``jaxcnn.models.create``; ``--xla-flags='...'`` re-runs the benchmark in a subprocess with
+    those XLA_FLAGS; ``--dtype bfloat16`` as in ``experiments.cifar10``. ``--json`` prints one
+    object keyed by model: the first of ``--batch-sizes`` under the plain name (``"cnn3"``), the
+    others as ``"cnn3@512"``; each entry has ``batch_size``, ``train_images_per_s``,
+    ``eval_images_per_s``, ``compile_s`` and more. With ``--baselines`` (and
+    ``--baseline-python``, an environment with TensorFlow/Keras and PyTorch, see
+    ``experiments/baselines/README.md``), ``experiments/baselines/keras_cnn3.py`` and
+    ``torch_cnn3.py`` then run one at a time (cnn3, batch 128, same protocol) and the table
     gains their rows and the ratio jaxcnn cnn3 / baseline (JSON: ``"baseline:keras-tf"``,
     ``"baseline:torch"``).
 
@@ -41,53 +42,8 @@ Bars (from DESIGN.md): conv_reference within 3x of lax conv; >= 1000x faster per
 element than the numpy loops. cnn3 train images/s >= Keras (TF) and PyTorch on the same
 machine; input pipeline >= 5x the train step.
 
-Measured with ``python -m experiments.bench ops`` on the 2-core development CPU, shared with
-other jobs (load average about 4 during the run, so absolute times move by 2x between runs;
-the round-robin timing keeps the ratios steadier). XLA's CPU convolution backward is slow,
-which is why conv_reference's hand-written fwd+bwd beats it here:
-
-    layer: batch 128, 32x32x32 -> 32, 3x3 SAME, float32
-    backend cpu (cpu); median of 5 interleaved runs after warm-up
-
-    what                                ms    x lax
-    -----------------------------------------------
-    lax conv forward                 53.81     1.00
-    conv_reference forward           93.28     1.73
-    lax conv fwd+bwd                755.53     1.00
-    conv_reference fwd+bwd          359.62     0.48
-
-    numpy four loops (batch 2, 16x16x8 -> 8): 153.9 ms = 37,562 ns per output element
-    conv_reference forward: 22.24 ns per output element -> 1,689x faster
-
-    bars:
-      [PASS] conv_reference within 3x of lax (forward)
-      [PASS] conv_reference within 3x of lax (fwd+bwd)
-      [PASS] >= 1000x faster per output element than numpy loops
-
-What was tried to speed up the cnn3 train step on the 2-core CPU (AMD EPYC, AVX2, no AVX-512,
-so XLA:CPU uses its own convolution kernels, not oneDNN). Paired ratios of cnn3 train images/s
-at batch 128 against plain Flax (``nn.Conv`` + ``nn.max_pool``) measured in one process each;
-absolute figures are from a loaded machine and only the ratios carry over:
-
-    variant                                           train img/s   x plain
-    ---------------------------------------------------------------------
-    plain Flax (nn.Conv, nn.max_pool)                          64      1.00
-    layers.Conv: kernel gradient as per-row GEMMs             109      1.60
-    + layers.max_pool_2x2 (reshape-max backward)              144      2.16  <- kept
-    + rbg / unsafe_rbg PRNG for dropout                         -      2.11 / 2.12
-    + bf16 compute                                              -      1.77
-    + XLA fast-math, malloc tuning, greedy fusion               -      0.97 - 1.0
-    + ynn eltwise/reduce, individual-dot flags                  -      0.87 - 0.99
-    batch 256 / batch 512 (per image)                           -      0.84 / 0.76
-
-    kernel gradient over cnn3's 6 convs (fwd+bwd, ms): lax 697-1120, per-tap GEMMs ~345,
-    im2col 371-402, per-row GEMMs 277-298 (kept, ``jaxcnn.ops.fast_conv``)
-
-XLA:CPU's convolution backward with respect to the kernel is the bottleneck of the plain step;
-computing it as a few large matrix products over image rows (``jaxcnn.ops.fast_conv``) and
-replacing ``nn.max_pool``'s select-and-scatter backward with a reshape-max are what pay. The
-forward pass and the input gradient stay on XLA's convolution. The numerics match lax (tested
-in ``tests/test_fast_conv.py``, ``tests/test_layers.py``).
+Measured results, each with its command and machine (and what was tried to speed up the cnn3
+train step on the CPU), are in ``visuals/bench/README.md``.
 """
 
 from __future__ import annotations
@@ -105,6 +61,7 @@ import numpy as np
 
 from experiments import _cli
 from experiments._cli import positive_int
+from experiments._recipes import cifar10_recipe
 
 # --------------------------------------------------------------------------------------------
 # The course-style baseline: four Python loops
@@ -423,19 +380,12 @@ def synthetic_cifar(n: int, seed: int = 0):
     return ArrayDataset(images, labels, tuple(f"class{i}" for i in range(10)))
 
 
-def model_recipe(name: str) -> dict:
-    """The training recipe of ``experiments.cifar10`` for ``name`` (cnn3's for other models)."""
-    from experiments.cifar10 import GENERIC_RECIPE, RECIPES
-
-    return RECIPES.get(name, GENERIC_RECIPE)
-
-
 def recipe_optimizer(name: str, steps_per_epoch: int = 50_000 // 128):
     """The optax optimizer of the model's recipe (``make_optimizer`` as ``fit`` calls it); the
     schedule length only changes learning-rate values, not the work of a step."""
     from jaxcnn.train import make_optimizer
 
-    recipe = model_recipe(name)
+    recipe = cifar10_recipe(name)
     return make_optimizer(recipe["optimizer"], recipe["lr"], schedule=recipe["schedule"],
                           total_steps=recipe["epochs"] * steps_per_epoch,
                           weight_decay=recipe["weight_decay"])
@@ -462,7 +412,7 @@ class _TrainCase:
 
         self.name, self.batch_size, self.dataset, self.mesh = name, batch_size, dataset, mesh
         self.seed, self.model = seed, model
-        self.recipe = recipe = model_recipe(name)
+        self.recipe = recipe = cifar10_recipe(name)
         self.preprocess = Preprocess(mean=CIFAR10_MEAN, std=CIFAR10_STD,
                                      augment=recipe["augment"], cutout_size=recipe["cutout"],
                                      dtype=dtype)

@@ -12,16 +12,15 @@ exported as a bundle to ``<workdir>/<model>/bundle/``, and reported in
 ``--visuals-dir visuals/cifar10`` rewrites the README's committed ones instead. The train and
 eval splits are checked for overlap (a warning: accuracy on training images means little).
 
-Per-model defaults (overridden by the flags) are the documented recipe: cnn3 trains with SGD
-(Nesterov momentum 0.9, decoupled weight decay 5e-4), a one-cycle learning rate peaking at 0.1,
-label smoothing 0.1, random crop (4-pixel reflect padding) and horizontal flips for 30 epochs;
-the MLP trains with AdamW and a cosine schedule, without augmentation (it cannot use it: an MLP
-has no translation invariance, so shifted images only make its task harder).
+Per-model defaults (overridden by the flags) are the recipes of
+:data:`experiments._recipes.CIFAR10_RECIPES`: cnn3 trains with SGD (Nesterov momentum 0.9,
+decoupled weight decay 5e-4), a one-cycle learning rate peaking at 0.1, label smoothing 0.1,
+random crop (4-pixel reflect padding) and horizontal flips for 30 epochs; the MLP trains with
+AdamW and a cosine schedule, without augmentation (it cannot use it: an MLP has no translation
+invariance, so shifted images only make its task harder).
 
-Measured on the 2-core CPU with ``--data-dir ../shared/data/tfds --train-split 'train[:45000]'
---eval-split 'train[45000:]' --models cnn3`` (5,000 held-out images; one standard error is about
-0.46 points near 88%): the recipe above 87.52% (93.5 min); with ``--label-smoothing 0
---weight-decay 2e-4`` 87.32% (82.6 min). Less regularisation did not help, so the defaults stay.
+Measured accuracies and times, each with its command and machine, are in
+``visuals/cifar10/README.md`` and the README's results table.
 
 ``lite0_transfer`` is the transfer-learning row: EfficientNet-Lite0 with its ImageNet weights
 (``jaxcnn.pretrained``), frozen and in inference mode, sees every image upsampled to
@@ -35,31 +34,18 @@ this row alone; its learning rate is ``--transfer-lr``, not ``--lr``). Its bundl
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
 from experiments import _cli
+from experiments._recipes import cifar10_recipe
 
 DEFAULT_MODELS = ("mlp", "cnn3", "lite0_transfer")
 # Rows that are not trained from scratch: name -> pretrained backbone.
 TRANSFER_MODELS = {"lite0_transfer": "efficientnet_lite0"}
 
-# The recipe per model; every key can be overridden from the command line.
-RECIPES: dict[str, dict] = {
-    "mlp": dict(
-        epochs=20, lr=1e-3, optimizer="adamw", schedule="cosine", weight_decay=1e-4,
-        label_smoothing=0.0, augment=False, cutout=0,
-    ),
-    "cnn3": dict(
-        epochs=30, lr=0.1, optimizer="sgd", schedule="onecycle", weight_decay=5e-4,
-        label_smoothing=0.1, augment=True, cutout=0,
-    ),
-}
-GENERIC_RECIPE = RECIPES["cnn3"]
 TRANSFER_EPOCHS = 30  # lite0_transfer's head, when neither --epochs nor --transfer-epochs is given
 
 
@@ -137,7 +123,7 @@ def build_parser():
 
 def recipe_for(model_name: str, args) -> dict:
     """The model's recipe with every flag the user gave applied on top."""
-    recipe = dict(RECIPES.get(model_name, GENERIC_RECIPE))
+    recipe = cifar10_recipe(model_name)
     for key in ("epochs", "lr", "optimizer", "schedule", "weight_decay", "label_smoothing",
                 "augment", "cutout"):
         value = getattr(args, key)
@@ -146,16 +132,9 @@ def recipe_for(model_name: str, args) -> dict:
     return recipe
 
 
-def load_data(args):
-    """(train, eval) ArrayDatasets; raises the loader's ``DataNotFoundError`` when the data is
-    missing (one ``error:`` line on the command line)."""
-    from jaxcnn.data import load_tfds
-
-    train = load_tfds("cifar10", args.train_split, data_dir=args.data_dir,
-                      progress=args.progress)
-    evaluation = load_tfds("cifar10", args.eval_split, data_dir=args.data_dir,
-                           progress=args.progress)
-    return train, evaluation
+# (train, eval) ArrayDatasets of --train-split / --eval-split; a module attribute, so that tests
+# can hand main() generated data.
+load_data = _cli.load_cifar10
 
 
 def transfer_epochs(args) -> int:
@@ -283,22 +262,11 @@ def evaluate_members(model, state, evaluation, preprocess, args, ensemble: int):
     ]
 
 
-def update_results(workdir: Path, name: str, row: dict) -> dict:
-    """Merge ``row`` under ``name`` into ``<workdir>/results.json`` (written atomically)."""
-    path = workdir / "results.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
-    results[name] = row
-    workdir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-    return results
-
-
 def format_table(results: dict, names) -> str:
-    head = (f"{'model':<15} {'accuracy':>16} {'params':>11} {'epochs':>6} {'train min':>9} "
-            f"{'img/s':>8}")
-    lines = [head, "-" * len(head)]
+    """The printed summary: one line per model of ``names`` that has a row in ``results``."""
+    columns = [("model", 15), ("accuracy", 16), ("params", 11), ("epochs", 6),
+               ("train min", 9), ("img/s", 8)]
+    rows = []
     for name in names:
         r = results.get(name)
         if r is None:
@@ -307,9 +275,9 @@ def format_table(results: dict, names) -> str:
         if "test_accuracy_std" in r:
             acc = f"{100 * r['test_accuracy']:.2f}+-{100 * r['test_accuracy_std']:.2f}%"
         minutes = r.get("train_seconds", float("nan")) / 60
-        lines.append(f"{name:<15} {acc:>16} {r['params']:>11,} {r.get('epochs', 0):>6} "
-                     f"{minutes:>9.1f} {r.get('images_per_s', float('nan')):>8.0f}")
-    return "\n".join(lines)
+        rows.append([name, acc, f"{r['params']:,}", f"{r.get('epochs', 0)}", f"{minutes:.1f}",
+                     f"{r.get('images_per_s', float('nan')):.0f}"])
+    return _cli.format_table(columns, rows)
 
 
 def write_figures(visuals: Path, train, evaluation, outcomes: dict, args) -> None:
@@ -391,7 +359,7 @@ def main(argv=None) -> dict:
     for name in names:
         if name in TRANSFER_MODELS:
             row, outcomes[name] = run_transfer(name, train, evaluation, args)
-            results = update_results(args.workdir, name, row)
+            results = _cli.update_results(args.workdir / "results.json", name, row)
             print(f"{name}: {100 * row['test_accuracy']:.2f}% on {args.eval_split}")
             continue
         recipe = recipe_for(name, args)
@@ -436,7 +404,7 @@ def main(argv=None) -> dict:
                                   np.exp(lg - lg.max(-1, keepdims=True)).sum(-1, keepdims=True)
                                   for lg in member_logits], axis=0)
             row["ensemble_accuracy"] = float((mean_probs.argmax(-1) == evaluation.labels).mean())
-        results = update_results(args.workdir, name, row)
+        results = _cli.update_results(args.workdir / "results.json", name, row)
         export.save(
             args.workdir / name / "bundle", model_name=name, model_options=model_options,
             variables=variables, class_names=train.class_names,

@@ -61,15 +61,13 @@ RF_STACK = (
 def load_photo() -> np.ndarray:
     """Grace Hopper's portrait from matplotlib's sample data: ``(H, W, 3)`` uint8."""
     import matplotlib.cbook as cbook
-    import matplotlib.image as mpimg
+
+    from jaxcnn.data.images import read_image_rgb
 
     path = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
     if not Path(path).exists():  # pragma: no cover - depends on the matplotlib build
         raise FileNotFoundError(f"matplotlib sample image not found at {path}")
-    img = np.asarray(mpimg.imread(path))
-    if img.dtype != np.uint8:  # some readers return floats in [0, 1]
-        img = np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
-    return img[..., :3]
+    return read_image_rgb(path)
 
 
 def to_gray(rgb: np.ndarray) -> np.ndarray:

@@ -10,7 +10,8 @@ Steps:
    counts, imbalance ratio, skipped corrupt / non-image files (listed with the reason).
 2. Read every image as RGB at ``--input-size`` (grayscale and RGBA converted); an image that
    fails to decode (truncated JPEGs included) is named with the reason and left out. Hold out a
-   stratified ``--val-fraction`` unless ``val/`` exists.
+   stratified ``--val-fraction`` unless ``val/`` exists (every class with 2+ images on both
+   sides when the fraction allows; :func:`jaxcnn.data.splits.stratified_split`).
 3. Balanced class weights ``n / (k * count)`` enter the loss when the imbalance ratio exceeds
    ``--weight-threshold`` (or always / never with ``--class-weights on|off``).
 4. Phase 1: EfficientNet-Lite0 (ImageNet) features, computed once and cached in
@@ -26,7 +27,6 @@ Steps:
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -72,10 +72,10 @@ def build_parser():
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    from experiments.flowers import split_indices
     from jaxcnn import export, models, pretrained, transfer
     from jaxcnn.data import load_image_folder, scan_image_folder
     from jaxcnn.data.image_folder import class_weights
+    from jaxcnn.data.splits import stratified_split
     from jaxcnn.predict import predictions_figure
 
     scan = scan_image_folder(args.data_dir)
@@ -92,7 +92,8 @@ def main(argv=None) -> dict:
             raise ValueError(f"{scan.root}/val holds no readable images; add some, or move "
                              "them into the class folders to hold out --val-fraction")
     else:
-        val_idx, train_idx = split_indices(data, args.val_fraction, args.seed)
+        val_idx, train_idx = stratified_split(data.labels, args.val_fraction, seed=args.seed,
+                                              num_classes=data.num_classes)
         train, val = data.take(train_idx), data.take(val_idx)
     names = train.class_names
     weights = class_weights(train.labels, train.num_classes)
@@ -142,8 +143,7 @@ def main(argv=None) -> dict:
                          model_options={}, variables=tuned, class_names=names,
                          preprocessing=dict(input_size=size, mean=prep.mean, std=prep.std),
                          metrics={k: v for k, v in row.items() if k != "skipped"})
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    (args.workdir / "results.json").write_text(json.dumps(row, indent=2))
+    _cli.write_json(args.workdir / "results.json", row)
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
     show = np.random.default_rng(args.seed).permutation(len(val))[:6]

@@ -16,31 +16,15 @@ Modes:
 
 The data is an image folder (``--data-dir``: ``PATH/<class>/*.jpg``) or, without it, TFDS
 ``tf_flowers`` (needs the prepared dataset or a network). A stratified ``--val-fraction`` of
-the images is held out (``--seed``) and never trained on; accuracies are on it. An image that
-fails to decode (truncated JPEGs included) is named with the reason and left out. Each mode
-writes a bundle to ``<workdir>/<mode>/bundle/`` (transfer bundles are an ``efficientnet_lite0``
-with ``num_classes=5``: they predict from uint8 images of any size), a row of
-``<workdir>/results.json``; figures go to ``<workdir>/figures/`` (``--visuals-dir
-visuals/flowers`` rewrites the README's committed ones instead).
+the images is held out (:func:`jaxcnn.data.splits.stratified_split` with ``--seed``) and never
+trained on; accuracies are on it. An image that fails to decode (truncated JPEGs included) is
+named with the reason and left out. Each mode writes a bundle to ``<workdir>/<mode>/bundle/``
+(transfer bundles are an ``efficientnet_lite0`` with ``num_classes=5``: they predict from uint8
+images of any size), a row of ``<workdir>/results.json``; figures go to ``<workdir>/figures/``
+(``--visuals-dir visuals/flowers`` rewrites the README's committed ones instead).
 
-Measured here (2-core CPU, niced beside other jobs; ``../shared/data/flowers``: 3,660 photos,
-549 held out, seed 0)::
-
-    python -m experiments.flowers --data-dir ../shared/data/flowers \
-        --modes scratch,feature_extraction,fine_tuning --scratch-size 48 --scratch-epochs 30
-    scratch              72.50% held-out   cnn3 at 48 px, 878,501 params, 30 epochs, 3,044 s
-    feature_extraction   73.59% held-out   features 44 s once (160 px), head 4 s
-    fine_tuning          74.86% held-out   top 3 modules + head (1,500,165 trainable), 5 epochs
-                                           on cached activations, 387 s
-
-Feature extraction and fine-tuning are far below the 90% / 93% usually quoted for ImageNet
-features on tf_flowers, and the cause is the staged photos, not the pipeline: they are 128x128
-files whose content is upsampled from roughly 32-48 px (re-sampling them through 32 px changes
-them by only 3.7/255 on average, through 48 px by 2.1/255), so ImageNet features see blurred
-blobs, and a CNN from scratch at 48 px loses nothing by the downsizing. A scikit-learn logistic
-regression on the same cached features gives the same 74% (97% on train), an MLP head 68%, and
-224 px input instead of 160 px adds about 2 points (5-fold CV on 500 photos: 71.6% -> 73.8%).
-The zero-shot ImageNet head confirms the features are sane (daisies are mostly "daisy").
+Measured accuracies and times, each with its command and machine, are in
+``visuals/flowers/README.md``.
 """
 
 from __future__ import annotations
@@ -67,7 +51,7 @@ def build_parser():
     p.add_argument("--val-fraction", type=_cli.unit_interval, default=0.15,
                    help="stratified fraction of the images held out for evaluation")
     p.add_argument("--image-size", type=_cli.positive_int, default=128,
-                   help="side the photos are resized to when read (the staged ones are 128)")
+                   help="side the photos are resized to when read")
     p.add_argument("--input-size", type=_cli.positive_int, default=160,
                    help="side the pretrained network sees (224 = its ImageNet size; 160 is "
                         "about half the compute and is the documented CPU run)")
@@ -108,9 +92,9 @@ def load_data(args):
     """The whole dataset (ArrayDataset, uint8 at --image-size)."""
     from jaxcnn.data import (
         ArrayDataset,
+        DataNotFoundError,
         load_image_folder,
         load_tfds,
-        resize_images,
     )
     from jaxcnn.data.image_folder import scan_image_folder
 
@@ -129,24 +113,12 @@ def load_data(args):
                                 np.concatenate([d.labels for d in data]), data[0].class_names)
         return data
     try:
-        ds = load_tfds("tf_flowers", "train", progress=args.progress)
-    except Exception as err:  # noqa: BLE001 - any TFDS failure
-        reason = " ".join(str(err).split())
-        raise FileNotFoundError(
-            f"TFDS tf_flowers is not available ({reason}); pass an image folder instead: "
-            "--data-dir PATH with PATH/<class>/*.jpg (here: --data-dir ../shared/data/flowers)"
+        return load_tfds("tf_flowers", "train", image_size=size, progress=args.progress)
+    except DataNotFoundError as err:
+        raise DataNotFoundError(
+            f"{err}\nOr pass an image folder instead: --data-dir PATH with PATH/<class>/*.jpg "
+            "(here: --data-dir ../shared/data/flowers)"
         ) from None
-    return ArrayDataset(resize_images(list(ds.images), size), ds.labels, ds.class_names)
-
-
-def split_indices(ds, fraction: float, seed: int):
-    """(val_idx, train_idx) of the stratified split ``ds.split(fraction, seed)``."""
-    from jaxcnn.data import ArrayDataset
-
-    codes = np.arange(len(ds), dtype="<u4").view(np.uint8).reshape(len(ds), 1, 1, 4)
-    first, rest = ArrayDataset(codes, ds.labels, ds.class_names).split(fraction, seed=seed)
-    decode = lambda d: d.images.reshape(len(d), 4).copy().view("<u4")[:, 0].astype(np.int64)  # noqa: E731
-    return decode(first), decode(rest)
 
 
 def lite0_features(ds, args):
@@ -259,13 +231,12 @@ def run_scratch(ds, val_idx, train_idx, args, outcomes):
 
 
 def format_table(rows) -> str:
-    head = f"{'mode':<20} {'val acc':>8} {'trainable':>11} {'features s':>10} {'train s':>8}"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(f"{r['mode']:<20} {100 * r['val_accuracy']:>7.2f}% "
-                     f"{r['trainable_params']:>11,} {r['feature_seconds']:>10.0f} "
-                     f"{r['train_seconds']:>8.0f}")
-    return "\n".join(lines)
+    """The printed summary: one line per mode's results row."""
+    columns = [("mode", 20), ("val acc", 8), ("trainable", 11), ("features s", 10),
+               ("train s", 8)]
+    return _cli.format_table(columns, [
+        [r["mode"], f"{100 * r['val_accuracy']:.2f}%", f"{r['trainable_params']:,}",
+         f"{r['feature_seconds']:.0f}", f"{r['train_seconds']:.0f}"] for r in rows])
 
 
 def write_figures(visuals: Path, ds, val_idx, outcomes) -> None:
@@ -318,10 +289,11 @@ def main(argv=None) -> dict:
         if args.scratch_model not in models.available():
             raise ValueError(f"--scratch-model: unknown model {args.scratch_model!r}; "
                              f"available: {', '.join(models.available())}")
-    from experiments.cifar10 import update_results
+    from jaxcnn.data.splits import stratified_split
 
     ds = load_data(args)
-    val_idx, train_idx = split_indices(ds, args.val_fraction, args.seed)
+    val_idx, train_idx = stratified_split(ds.labels, args.val_fraction, seed=args.seed,
+                                          num_classes=ds.num_classes)
     print(f"{len(ds)} images, {ds.num_classes} classes {ds.class_names}; train {len(train_idx)}, "
           f"held-out {len(val_idx)} (stratified, seed {args.seed})")
     if "scratch" in modes or "fine_tuning" in modes:
@@ -335,7 +307,7 @@ def main(argv=None) -> dict:
     for name, o in outcomes.items():
         row = dict(o["row"], command="python -m experiments.flowers " + " ".join(
             sys.argv[1:] if argv is None else argv))
-        results = update_results(args.workdir, name, row)
+        results = _cli.update_results(args.workdir / "results.json", name, row)
         print(f"{name}: {100 * row['val_accuracy']:.2f}% held-out accuracy")
     print()
     print(format_table([o["row"] for o in outcomes.values()]))

@@ -21,7 +21,6 @@ ones instead).
 
 from __future__ import annotations
 
-import json
 import time
 from functools import partial
 from pathlib import Path
@@ -347,9 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         "history": history, "seconds": elapsed, "backend": jax.default_backend(),
         "figures": [str(p) for p in figures],
     }
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    out = args.workdir / "results.json"
-    out.write_text(json.dumps(result, indent=2))
+    out = _cli.write_json(args.workdir / "results.json", result)
     print(f"results: {out}")
     for p in figures:
         print(f"figure:  {p}")

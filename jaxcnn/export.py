@@ -27,10 +27,11 @@ replaced only after the new one is complete.
 
 Images given to ``Bundle.predict`` are uint8 (0-255): a batch ``(N, H, W, C)``, one image
 ``(H, W, C)`` or ``(H, W)``, grayscale batches ``(N, H, W)``, lists of differently sized images,
-or image file paths. They are converted to the model's channels (RGBA drops alpha, gray is
-repeated to RGB, RGB becomes luminance for 1-channel models), resized to the bundle's input size
-when they differ, normalised on device and run through a jitted forward in fixed-size batches
-(the last one padded), so each bundle compiles its forward pass once.
+or image file paths (read by :func:`load_image`). They are converted to the model's channels
+(RGBA drops alpha, gray is repeated to RGB, RGB becomes luminance for 1-channel models),
+resized to the bundle's input size when they differ, normalised on device and run through a
+jitted forward in fixed-size batches (the last one padded), so each bundle compiles its forward
+pass once.
 """
 
 from __future__ import annotations
@@ -419,18 +420,16 @@ def load(path, *, batch_size: int = _DEFAULT_BATCH_SIZE) -> Bundle:
 
 
 def load_image(path) -> np.ndarray:
-    """Read an image file as uint8 ``(H, W, C)`` (C = 1, 3 or 4 as stored; palettes -> RGB(A)).
+    """Read an image file as uint8 RGB ``(H, W, 3)``: :func:`jaxcnn.data.images.read_image_rgb`,
+    the library's one image reader (EXIF orientation applied, grayscale repeated, alpha dropped;
+    ``Bundle.prepare`` turns RGB into luminance for 1-channel models).
 
     Every pixel is decoded: a file PIL cannot identify or decode, a truncated JPEG included,
     raises ``ValueError`` naming the file; a missing one ``FileNotFoundError``.
     """
-    from jaxcnn.data.image_folder import decode_image
+    from jaxcnn.data.images import read_image_rgb
 
-    with decode_image(path) as img:
-        if img.mode not in ("L", "RGB", "RGBA"):
-            img = img.convert("RGBA" if "A" in img.getbands() or img.mode == "P" else "RGB")
-        arr = np.asarray(img)
-    return arr[..., None] if arr.ndim == 2 else arr
+    return read_image_rgb(path)
 
 
 def _resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:

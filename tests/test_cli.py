@@ -1,4 +1,4 @@
-"""experiments/_cli.py: --help defaults, flag value checks, one-line errors, split overlap,
+"""experiments/_cli: --help defaults, flag value checks, one-line errors, split overlap,
 progress defaults, and that a default run writes its figures under --workdir, never into the
 repository's committed visuals/."""
 
@@ -299,3 +299,54 @@ def test_from_scratch_default_writes_figures_under_workdir(tmp_path, visuals_unt
     out = capsys.readouterr().out
     assert "epoch 1/1: loss" in out  # no bar (stderr is not a terminal): one line per epoch
     assert (tmp_path / "results.json").is_file()
+
+
+# ------------------------------------------------------------- lessons do not import each other
+
+
+def test_lessons_import_only_shared_plumbing():
+    """DESIGN.md "One engine": a lesson imports ``experiments._cli`` / ``experiments._recipes``,
+    never another lesson."""
+    import ast
+
+    shared = {"_cli", "_recipes"}
+    lessons = sorted((_cli.REPO_ROOT / "experiments").glob("*.py"))
+    assert len(lessons) >= 7
+    for path in lessons:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                parts = node.module.split(".")
+                if parts[0] != "experiments":
+                    continue
+                names = parts[1:2] or [a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name.split(".")[1] for a in node.names
+                         if a.name.startswith("experiments.")]
+            else:
+                continue
+            assert set(names) <= shared, f"{path.name} imports experiments.{names}"
+
+
+# ------------------------------------------------------------------- results.json and tables
+
+
+def test_update_results_merges_atomically(tmp_path):
+    import json
+
+    path = tmp_path / "run" / "results.json"
+    _cli.update_results(path, "b", {"acc": 0.5})
+    merged = _cli.update_results(path, "a", {"acc": 0.75})
+    assert merged == {"a": {"acc": 0.75}, "b": {"acc": 0.5}}
+    assert json.loads(path.read_text()) == merged
+    assert list(path.read_text().splitlines()[1:3]) == ['  "a": {', '    "acc": 0.75']  # sorted
+    assert sorted(p.name for p in path.parent.iterdir()) == ["results.json"]  # no temp file left
+    with pytest.raises(TypeError):
+        _cli.write_json(path, {"bad": object()})
+    assert json.loads(path.read_text()) == merged  # a failed write leaves the old file whole
+    assert sorted(p.name for p in path.parent.iterdir()) == ["results.json"]
+
+
+def test_format_table_aligns_columns():
+    text = _cli.format_table([("model", 6), ("acc", 7)], [["cnn3", "88.1%"], ["mlp", "54.3%"]])
+    assert text.splitlines() == ["model      acc", "--------------", "cnn3     88.1%",
+                                 "mlp      54.3%"]

@@ -18,20 +18,17 @@ Layouts:
   those of ``train/`` (sorted); a ``val/`` class missing from ``train/`` is an error.
 
 Class names are the folder names, sorted, so label ``i`` is the ``i``-th name alphabetically.
-Files are read with PIL: grayscale, palette, CMYK and RGBA images are converted to RGB (alpha is
-dropped, not composited), and every image is resized (bilinear, antialiased; the aspect ratio is
-not kept) to ``image_size``. Files that are not images (by extension) and files PIL cannot
-decode are skipped and listed with the reason; hidden files (``.DS_Store``) are ignored. Every
-image is decoded in full, and a truncated file (a JPEG cut short by an interrupted copy or
-download) is an error, skipped like any corrupt file, even when PIL's global
-``ImageFile.LOAD_TRUNCATED_IMAGES`` is set (it would fill the missing part with grey).
+Files are read by :func:`jaxcnn.data.images.read_image_rgb`, the library's one image reader
+(EXIF orientation applied; grayscale, 16-bit, palette, CMYK and RGBA images converted to RGB,
+alpha dropped, not composited; every pixel decoded, a truncated file is an error), and every
+image is resized (bilinear, antialiased; the aspect ratio is not kept) to ``image_size``. Files
+that are not images (by extension) and files that fail to decode, truncated ones included, are
+skipped and listed with the reason; hidden files (``.DS_Store``) are ignored.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxcnn.data.dataset import ArrayDataset, resize_images
+from jaxcnn.data.images import decode_image, read_image_rgb
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -46,6 +44,7 @@ __all__ = [
     "class_weights",
     "decode_image",
     "load_image_folder",
+    "read_image_rgb",
     "scan_image_folder",
 ]
 
@@ -240,62 +239,6 @@ def scan_image_folder(path: str | os.PathLike, *, verify: bool = True) -> Folder
     return FolderScan(root, layout, class_names, files, skipped)
 
 
-_STRICT_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _strict_truncation():
-    """PIL raises on truncated files inside this block, whatever the global setting."""
-    from PIL import ImageFile
-
-    with _STRICT_LOCK:
-        saved = ImageFile.LOAD_TRUNCATED_IMAGES
-        ImageFile.LOAD_TRUNCATED_IMAGES = False
-        try:
-            yield
-        finally:
-            ImageFile.LOAD_TRUNCATED_IMAGES = saved
-
-
-def decode_image(path: str | os.PathLike):
-    """Open an image file and decode all of its pixels: a loaded ``PIL.Image`` (file closed).
-
-    Raises:
-      FileNotFoundError: ``path`` does not exist.
-      ValueError: PIL cannot identify the file, or decoding fails, truncated files included
-        (PIL's ``ImageFile.LOAD_TRUNCATED_IMAGES`` is ignored); the message names the file.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file {path} not found")
-    try:
-        with _strict_truncation(), Image.open(path) as img:
-            img.load()
-            return img.copy()
-    except UnidentifiedImageError:
-        raise ValueError(f"{path}: not an image PIL can identify (corrupt, or not an image "
-                         "format)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as err:  # PIL's decode failures
-        what = ("truncated or corrupt image, the data ends early" if "truncated" in
-                str(err).lower() else "cannot decode the image")
-        raise ValueError(f"{path}: {what} ({type(err).__name__}: {err})") from None
-
-
-def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
-    """One image file as uint8 RGB ``(H, W, 3)`` (grayscale repeated, alpha dropped).
-
-    Raises FileNotFoundError / ValueError as :func:`decode_image` (truncated files included).
-    """
-    with decode_image(path) as img:
-        if img.mode == "RGBA" or img.mode == "LA" or img.mode == "P":
-            img = img.convert("RGBA").convert("RGB")  # alpha dropped, not composited
-        elif img.mode != "RGB":
-            img = img.convert("RGB")
-        return np.asarray(img, dtype=np.uint8)
-
-
 def _read_split(
     per_class: list[list[Path]], image_size, skipped, progress: bool, desc: str
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -327,14 +270,16 @@ def _read_split(
 
 
 def _native_size(scan: FolderScan) -> tuple[int, int]:
-    from PIL import Image
+    from PIL import ExifTags, Image
 
     sizes = set()
     for per_class in scan.files.values():
         for files in per_class:
             for f in files:
                 with Image.open(f) as img:
-                    sizes.add((img.height, img.width))
+                    # EXIF orientations 5-8 turn the stored image by 90 degrees when read.
+                    turned = img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+                    sizes.add((img.width, img.height) if turned else (img.height, img.width))
                 if len(sizes) > 1:
                     raise ValueError(
                         f"images in {scan.root} have different sizes (e.g. {sorted(sizes)}); "

@@ -12,9 +12,13 @@ side 256 and centre crop 224:
   BGR and subtract the per-channel ImageNet mean ``(103.939, 116.779, 123.68)`` (B, G, R) from
   the 0..255 pixel values, no scaling.
 
-This module imports only numpy and PIL so that tools running in other environments (the
-PyTorch reference in ``tools/make_efficientnet_golden.py``) can load it by file path and feed
-the reference exactly the same inputs.
+Every image goes through :func:`jaxcnn.data.images.to_rgb_uint8`, the library's one array
+conversion (grayscale repeated, alpha dropped, PIL images of any mode, floats in [0, 1]).
+
+This module imports only numpy and PIL (and ``jaxcnn/data/images.py``, which does the same) so
+that tools running in other environments (the PyTorch reference in
+``tools/make_efficientnet_golden.py``) can load it by file path and feed the reference exactly
+the same inputs.
 """
 
 from __future__ import annotations
@@ -24,6 +28,20 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+
+if __package__:  # imported as jaxcnn.pretrained.preprocess
+    from jaxcnn.data.images import to_rgb_uint8
+else:  # loaded by file path, without the jaxcnn package: load its sibling the same way
+    import importlib.util as _importlib_util
+    import pathlib as _pathlib
+    import sys as _sys
+
+    _spec = _importlib_util.spec_from_file_location(
+        "_jaxcnn_images", _pathlib.Path(__file__).resolve().parents[1] / "data" / "images.py")
+    _images = _importlib_util.module_from_spec(_spec)
+    _sys.modules[_spec.name] = _images
+    _spec.loader.exec_module(_images)
+    to_rgb_uint8 = _images.to_rgb_uint8
 
 __all__ = [
     "EFFICIENTNET_LITE0",
@@ -73,35 +91,6 @@ RESNET50_CAFFE = Preprocessing(
 )
 
 
-def to_rgb_uint8(image) -> np.ndarray:
-    """One image as uint8 RGB (H, W, 3).
-
-    Accepts a PIL image (any mode) or an array (H, W) grayscale, (H, W, 1), (H, W, 3) RGB or
-    (H, W, 4) RGBA (alpha dropped), of dtype uint8.
-    """
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8:
-        raise ValueError(
-            f"images must be uint8 (0..255); got dtype {arr.dtype} "
-            "(convert with np.clip(x, 0, 255).astype(np.uint8) or pass PIL images)"
-        )
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
-        raise ValueError(
-            f"an image must have shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got {arr.shape}"
-        )
-    if arr.shape[-1] == 1:
-        arr = np.repeat(arr, 3, axis=-1)
-    elif arr.shape[-1] == 4:
-        arr = arr[..., :3]
-    if arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ValueError(f"empty image of shape {arr.shape}")
-    return np.ascontiguousarray(arr)
-
-
 def _resize_crop(image: np.ndarray, p: Preprocessing) -> np.ndarray:
     """uint8 (H, W, 3) -> float32 (crop, crop, 3) in 0..255 (PIL rounds and clips to uint8)."""
     h, w = image.shape[:2]
@@ -126,7 +115,8 @@ def resize_shorter_crop_normalize(images, p: Preprocessing = EFFICIENTNET_LITE0)
 
     Args:
       images: uint8 (N, H, W, 3) batch, one uint8 (H, W, 3) image, or a list of images of
-        different sizes (arrays (H, W[, C]) or PIL images; grayscale and RGBA are converted).
+        different sizes (arrays (H, W[, C]) or PIL images; each converted by
+        :func:`to_rgb_uint8`: grayscale repeated, alpha dropped, floats in [0, 1] scaled).
       p: the settings (default: EfficientNet-Lite0's).
 
     Returns:
