@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcnn import transfer
+from jaxcnn import evaluate, transfer
 
 
 class Tiny(nn.Module):
@@ -68,13 +68,13 @@ def test_freezing_really_freezes(tiny, freeze_bn):
     assert trainable == ("block1", "head")
     labels = transfer.freeze_labels(params, trainable)
     tx = transfer.make_freezing_optimizer(optax.adamw(1e-2, weight_decay=0.1), labels)
-    step = transfer.make_fine_tune_step(model, tx, labels, 3, freeze_bn=freeze_bn, dropout=0.2)
-    opt_state = tx.init(params)
-    p, s = params, stats
+    state = transfer.fine_tune_state(model, variables, tx, dropout=0.2)
+    step = jax.jit(transfer.make_fine_tune_step(labels, 3, freeze_bn=freeze_bn))
     x, y = _data()
-    for i in range(4):
-        p, s, opt_state, loss, acc = step(p, s, opt_state, jax.random.key(i), x, y)
-        assert np.isfinite(float(loss))
+    for _ in range(4):
+        state, m = step(state, x, y)
+        assert np.isfinite(float(m["loss"]))
+    p, s = state.params, state.batch_stats
     before, after = _flat(params), _flat(p)
     for k in before:
         frozen = k.split("/")[0] in ("stem", "block0")
@@ -256,23 +256,27 @@ def test_cached_fine_tune_reuses_its_cache_and_falls_back(lite, tmp_path, monkey
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*.npz")}
     assert len(stamps) == 3
     passes = []
-    run = transfer._run_batched
+    run = evaluate.run_batched
 
-    def spy(*args, **kw):
-        passes.append(kw.get("desc"))
-        return run(*args, **kw)
+    def spy(forward, variables, inputs, batch_size):
+        passes.append(inputs.dtype.name)  # uint8: images (a full forward); float32: cached
+        return run(forward, variables, inputs, batch_size)
 
-    monkeypatch.setattr(transfer, "_run_batched", spy)
+    monkeypatch.setattr(evaluate, "run_batched", spy)
     again, _ = _fine_tune(lite, epochs=1, cache_dir=tmp_path)
-    assert passes == [None]  # the epoch's evaluation only: no extraction pass
+    assert passes == ["float32"]  # the epoch's evaluation only: no extraction pass
     assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*.npz")} == stamps
     jax.tree.map(np.testing.assert_array_equal, first, again)
     # batch statistics updated (freeze_bn=False) need the full forward: nothing is cached
     passes.clear()
     _fine_tune(lite, epochs=1, freeze_bn=False, cache_dir=tmp_path / "bn")
-    assert passes == [None] and not (tmp_path / "bn").exists()
-    with pytest.raises(ValueError, match="needs freeze_bn=True"):
-        transfer.make_fine_tune_step(lite[0], optax.sgd(0.1), None, 3, freeze_bn=False, start=4)
+    assert passes == ["uint8"] and not (tmp_path / "bn").exists()
+    model, variables = lite[:2]
+    labels = transfer.freeze_labels(variables["params"], ("head",))
+    state = transfer.fine_tune_state(model, variables, optax.sgd(0.1), start=4)
+    step = transfer.make_fine_tune_step(labels, 3, freeze_bn=False)
+    with pytest.raises(ValueError, match="needs BatchNorm in inference mode"):
+        step(state, jnp.zeros((2, 8, 8, 16)), jnp.zeros(2, jnp.int32))
 
 
 def test_backbone_preprocess_uses_the_pretrained_spec():
@@ -287,3 +291,78 @@ def test_backbone_preprocess_uses_the_pretrained_spec():
         transfer.backbone_preprocess("resnet50", (8, 8))
     with pytest.raises(ValueError, match="unknown pretrained"):
         transfer.backbone_preprocess("nope", (8, 8))
+
+
+# --------------------------------------------------------------------------------------------
+# One engine: fit's history keys, make_optimizer's weight-decay mask, cache invalidation
+# --------------------------------------------------------------------------------------------
+
+FIT_KEYS = {"epoch", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "lr",
+            "images_per_s", "epoch_seconds"}
+
+
+def test_histories_have_fits_keys(lite):
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(40, 6)).astype(np.float32), rng.integers(0, 3, 40)
+    _, hist = transfer.train_head(x, y, 3, val=(x[:8], y[:8]), epochs=3, batch_size=16,
+                                  progress=False)
+    assert [r["epoch"] for r in hist] == [1, 2, 3] and all(set(r) == FIT_KEYS for r in hist)
+    assert all(r["images_per_s"] > 0 and r["epoch_seconds"] > 0 for r in hist)
+    # fit's convention: the learning rate of the epoch's last step (cosine, 6 steps, no warm-up)
+    assert hist[-1]["lr"] == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi * 5 / 6)), rel=1e-5)
+    _, hist = transfer.train_head(x, y, 3, epochs=1, progress=False)  # no val: None
+    assert set(hist[0]) == FIT_KEYS and hist[0]["eval_loss"] is None
+    _, hist = _fine_tune(lite, epochs=1)
+    assert set(hist[0]) == FIT_KEYS and hist[0]["eval_accuracy"] is not None
+
+
+def test_head_bias_gets_no_weight_decay():
+    """With zero features the logits are the bias alone, so the kernel cannot affect the
+    bias's trajectory: with and without weight decay the bias ends bitwise equal (no decay on
+    biases, as in fit), while the kernel (zero gradient) decays only with it."""
+    x = np.zeros((16, 4), np.float32)
+    y = np.random.default_rng(6).integers(0, 3, 16).astype(np.int32)
+    head = {"kernel": np.ones((4, 3), np.float32), "bias": np.array([0.5, -0.2, 0.1], np.float32)}
+    out = {wd: transfer.train_head(x, y, 3, head=head, epochs=3, batch_size=8, lr=0.1,
+                                   weight_decay=wd, progress=False)[0] for wd in (0.0, 0.5)}
+    assert out[0.0]["bias"].tobytes() == out[0.5]["bias"].tobytes()
+    assert not np.array_equal(out[0.0]["bias"], head["bias"])  # the bias did train
+    np.testing.assert_array_equal(out[0.0]["kernel"], head["kernel"])
+    assert np.all(out[0.5]["kernel"] < 1.0)
+
+
+def test_fine_tune_optimizer_decays_trainable_kernels_only(lite):
+    """transfer_optimizer (fine_tune's): with zero gradients, the kernels of the trainable
+    modules decay; their biases and BatchNorm scale/bias and every frozen leaf stay bitwise."""
+    params = lite[1]["params"]
+    labels = transfer.freeze_labels(params, transfer.top_blocks(params, 1))  # head_conv, head
+    tx = transfer.transfer_optimizer(0.1, total_steps=4, weight_decay=0.5, labels=labels)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    new = optax.apply_updates(params, tx.update(zeros, tx.init(params), params)[0])
+    before, after = _flat(params), _flat(new)
+    decayed = set()
+    for k in before:
+        if before[k].tobytes() != after[k].tobytes():
+            decayed.add(k)
+    assert decayed == {k for k in before
+                       if k.split("/")[0] in ("head_conv", "head") and before[k].ndim >= 2}
+    assert any(k.startswith("head_conv/") and k.endswith("scale") for k in before)  # BN there
+    assert {"head/kernel", "head_conv/conv/kernel"} <= decayed
+
+
+def test_feature_cache_is_invalidated_by_model_variables_and_preprocess(tiny, tmp_path):
+    model, variables = tiny
+    images = np.random.default_rng(5).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+    prep = transfer.image_preprocess((8, 8), (0.5,) * 3, (0.5,) * 3)
+
+    def extract(m=model, v=variables, p=prep):
+        transfer.extract_features(m, v, images, p, batch_size=4, cache_dir=tmp_path,
+                                  name="t", progress=False)
+        return len(list(tmp_path.glob("t-*.npz")))
+
+    assert extract() == 1 and extract() == 1  # the same inputs hit the cache
+    v2 = jax.tree.map(lambda a: a, variables)
+    v2["params"]["stem"]["conv"]["kernel"] = v2["params"]["stem"]["conv"]["kernel"] + 1e-3
+    assert extract(v=v2) == 2
+    assert extract(p=transfer.image_preprocess((8, 8), (0.4,) * 3, (0.5,) * 3)) == 3
+    assert extract(m=Tiny(num_classes=4)) == 4

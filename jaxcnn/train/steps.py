@@ -3,11 +3,18 @@
 ``make_train_step`` and ``make_eval_step`` return plain Python functions of arrays. Compile them
 once with :func:`jaxcnn.train.mesh.jit_train_step` / ``jit_eval_step`` (data parallel over a
 mesh) or ``jax.jit``. Everything that changes the compiled program is static and fixed when
-the step is made: the :class:`Preprocess` config, ``label_smoothing`` and ``num_classes``, plus
-the state's ``apply_fn`` and ``tx`` (static pytree fields). The batch shape is the only other
-compile key, so training (``drop_remainder``) and evaluation (``pad_batch``) each compile once.
-:func:`make_indexed_train_step` wraps a train step to gather its batches from a dataset that
-already lives on the device (K steps per call with ``lax.scan``).
+the step is made: the :class:`Preprocess` config, ``label_smoothing``, ``num_classes``,
+``class_weights``, ``train_bn`` and ``frozen``, plus the state's ``apply_fn`` and ``tx`` (static
+pytree fields). The batch shape is the only other compile key, so training (``drop_remainder``)
+and evaluation (``pad_batch``) each compile once. :func:`make_indexed_train_step` wraps a train
+step to gather its batches from a dataset that already lives on the device (K steps per call
+with ``lax.scan``).
+
+The same steps train every model of the library, transfer learning included
+(:mod:`jaxcnn.transfer`): ``preprocess=None`` takes inputs that are already model inputs (cached
+float features or activations), the state's ``apply_fn`` may be any function with
+``model.apply``'s signature (a split model's top part, a head on features), ``train_bn=False``
+keeps BatchNorm in inference mode and ``frozen`` cuts the gradient of frozen leaves.
 """
 
 from __future__ import annotations
@@ -95,21 +102,46 @@ class Preprocess:
         }
 
 
-def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
-    """Per-example softmax cross-entropy in float32.
+REDUCTIONS = ("none", "mean")
+
+
+def cross_entropy(
+    logits,
+    labels,
+    num_classes: int,
+    label_smoothing: float = 0.0,
+    *,
+    class_weights=None,
+    reduction: str = "none",
+):
+    """Softmax cross-entropy in float32, per example or as the batch loss.
 
     Args:
       logits: (N, num_classes) any float dtype (cast to float32).
       labels: (N,) int class indices.
       label_smoothing: mass spread uniformly over all classes (optax.smooth_labels).
+      class_weights: optional (num_classes,) weight of each class: example ``i`` counts
+        ``w[labels[i]]`` times (e.g. balanced weights for imbalanced data).
+      reduction: ``"none"``: the (N,) per-example losses (times ``w[labels]`` when weighted);
+        ``"mean"``: their mean, or with ``class_weights`` the weighted mean
+        ``sum_i w[y_i] ce_i / sum_i w[y_i]`` (the convention of PyTorch's
+        ``CrossEntropyLoss(weight=...)``), a () scalar.
 
     Returns:
-      (N,) float32 losses.
+      (N,) or () float32.
     """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
     if label_smoothing:
         targets = optax.smooth_labels(targets, label_smoothing)
-    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+    losses = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+    if class_weights is None:
+        return losses.mean() if reduction == "mean" else losses
+    w = jnp.asarray(class_weights, jnp.float32)[labels]
+    if reduction == "mean":
+        return jnp.sum(losses * w) / jnp.sum(w)
+    return losses * w
 
 
 def _check_step_config(label_smoothing, num_classes):
@@ -119,48 +151,101 @@ def _check_step_config(label_smoothing, num_classes):
         raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
 
 
+def _check_preprocess(preprocess):
+    if preprocess is not None and not isinstance(preprocess, Preprocess):
+        raise ValueError(
+            f"preprocess must be a Preprocess or None (inputs are model inputs already), got "
+            f"{type(preprocess).__name__}"
+        )
+
+
+def _check_class_weights(class_weights, num_classes: int | None = None) -> np.ndarray | None:
+    """``class_weights`` as a (K,) float32 array of finite non-negative weights, not all zero
+    (K = ``num_classes`` when given); None stays None."""
+    if class_weights is None:
+        return None
+    w = np.asarray(class_weights, np.float32)
+    if (
+        w.ndim != 1
+        or not len(w)
+        or (num_classes is not None and len(w) != num_classes)
+        or not np.all(np.isfinite(w))
+        or w.min() < 0
+        or not w.sum() > 0
+    ):
+        want = "(K,)" if num_classes is None else f"({num_classes},)"
+        raise ValueError(
+            f"class_weights must be {want} finite weights >= 0, not all zero, got "
+            f"{np.asarray(class_weights).tolist()}"
+        )
+    return w
+
+
 def make_train_step(
-    preprocess: Preprocess, *, label_smoothing: float = 0.0, num_classes: int | None = None
+    preprocess: Preprocess | None,
+    *,
+    label_smoothing: float = 0.0,
+    num_classes: int | None = None,
+    class_weights=None,
+    train_bn: bool = True,
+    frozen=None,
 ):
-    """A pure train step ``(state, images, labels) -> (state, metrics)``.
+    """A pure train step ``(state, inputs, labels) -> (state, metrics)``.
 
     Args:
-      preprocess: augmentation + normalisation applied on device with the step's key.
+      preprocess: augmentation + normalisation applied on device with the step's key to uint8
+        images; None: ``inputs`` are model inputs already (e.g. cached float features or
+        activations, :mod:`jaxcnn.transfer`) and enter ``state.apply_fn`` as they are.
       label_smoothing: cross-entropy label smoothing.
       num_classes: width of the one-hot targets; None takes it from the logits.
+      class_weights: optional (num_classes,) per-class loss weights: the loss is the weighted
+        mean ``sum w[y] ce / sum w[y]`` (:func:`cross_entropy`).
+      train_bn: True: BatchNorm uses batch statistics and updates ``batch_stats``
+        (``apply_fn(..., train=True, mutable=["batch_stats"])``). False: the model runs with
+        ``train=False`` (running statistics, returned unchanged) and still gets
+        ``rngs={"dropout": key}``, so a model's own dropout is off but an ``apply_fn`` may
+        apply dropout from that key (:func:`jaxcnn.transfer.classifier_apply` does, before
+        the head).
+      frozen: optional pytree like ``params`` of bools, True for the leaves held fixed: their
+        gradient is cut with ``stop_gradient`` (XLA does not compute it). The optimizer must
+        give them zero updates too (``jaxcnn.transfer.make_freezing_optimizer``).
 
-    The returned step takes ``images: (B, H, W, C) uint8``, ``labels: (B,) int32`` and returns
-    the updated state and ``{"loss", "accuracy"}``: float32 scalars, means over the batch (the
-    loss is the smoothed training loss; accuracy uses argmax of the train-mode logits). The
-    step's key ``fold_in(state.rng, state.step)`` is split into the augmentation key and the
-    dropout key. BatchNorm uses batch statistics and updates ``batch_stats``.
+    The returned step takes ``inputs: (B, ...)`` (``(B, H, W, C) uint8`` with a
+    ``preprocess``), ``labels: (B,) int32`` and returns the updated state and ``{"loss",
+    "accuracy"}``: float32 scalars over the batch (the loss is the smoothed, weighted training
+    loss; accuracy uses argmax of the train-mode logits). The step's key ``fold_in(state.rng,
+    state.step)`` is split into the augmentation key and the dropout key. ``state.apply_fn``
+    is called like ``model.apply`` (any function with that signature serves: a split model's
+    top part, a head on features).
     """
-    if not isinstance(preprocess, Preprocess):
-        raise ValueError(f"preprocess must be a Preprocess, got {type(preprocess).__name__}")
+    _check_preprocess(preprocess)
     _check_step_config(label_smoothing, num_classes)
+    weights = _check_class_weights(class_weights, num_classes)
 
-    def train_step(state: TrainState, images, labels):
+    def train_step(state: TrainState, inputs, labels):
         aug_key, dropout_key = jax.random.split(state.step_rng())
-        x = preprocess.train(aug_key, images)
-        has_bn = bool(state.batch_stats)
+        x = inputs if preprocess is None else preprocess.train(aug_key, inputs)
+        update_bn = train_bn and bool(state.batch_stats)
 
         def loss_fn(params):
-            variables = {"params": params}
-            if has_bn:
-                variables["batch_stats"] = state.batch_stats
-                logits, updates = state.apply_fn(
-                    variables,
-                    x,
-                    train=True,
-                    rngs={"dropout": dropout_key},
-                    mutable=["batch_stats"],
+            if frozen is not None:
+                params = jax.tree.map(
+                    lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen
                 )
+            variables = {"params": params}
+            if state.batch_stats:
+                variables["batch_stats"] = state.batch_stats
+            kw = dict(train=train_bn, rngs={"dropout": dropout_key})
+            if update_bn:
+                logits, updates = state.apply_fn(variables, x, mutable=["batch_stats"], **kw)
                 new_stats = updates["batch_stats"]
             else:
-                logits = state.apply_fn(variables, x, train=True, rngs={"dropout": dropout_key})
+                logits = state.apply_fn(variables, x, **kw)
                 new_stats = state.batch_stats
             n = logits.shape[-1] if num_classes is None else num_classes
-            loss = cross_entropy(logits, labels, n, label_smoothing).mean()
+            loss = cross_entropy(
+                logits, labels, n, label_smoothing, class_weights=weights, reduction="mean"
+            )
             return loss, (logits, new_stats)
 
         (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -215,24 +300,25 @@ def make_indexed_train_step(train_step, *, batch_sharding=None, unroll: bool | i
     return indexed_step
 
 
-def make_eval_step(preprocess: Preprocess, *, num_classes: int | None = None):
-    """A pure eval step ``(state, images, labels, mask) -> metrics``.
+def make_eval_step(preprocess: Preprocess | None, *, num_classes: int | None = None):
+    """A pure eval step ``(state, inputs, labels, mask) -> metrics``.
 
     Args:
-      preprocess: only its normalisation is used (no augmentation, no randomness).
+      preprocess: only its normalisation is used (no augmentation, no randomness); None:
+        ``inputs`` are model inputs already (as in :func:`make_train_step`).
 
-    The step takes ``images: (B, H, W, C) uint8``, ``labels: (B,) int``, ``mask: (B,) float``
-    (1 for real rows, 0 for padding from ``pad_batch``) and returns ``{"loss_sum": (),
-    "correct": (), "count": (), "logits": (B, num_classes)}`` float32: masked sums of the plain
-    (unsmoothed) cross-entropy and of correct predictions, and the number of real rows. The model
-    runs with ``train=False`` (running BatchNorm statistics, no dropout).
+    The step takes ``inputs: (B, ...)`` (``(B, H, W, C) uint8`` with a ``preprocess``),
+    ``labels: (B,) int``, ``mask: (B,) float`` (1 for real rows, 0 for padding from
+    ``pad_batch``) and returns ``{"loss_sum": (), "correct": (), "count": (), "logits": (B,
+    num_classes)}`` float32: masked sums of the plain (unsmoothed, unweighted) cross-entropy and
+    of correct predictions, and the number of real rows. The model runs with ``train=False``
+    (running BatchNorm statistics, no dropout).
     """
-    if not isinstance(preprocess, Preprocess):
-        raise ValueError(f"preprocess must be a Preprocess, got {type(preprocess).__name__}")
+    _check_preprocess(preprocess)
     _check_step_config(0.0, num_classes)
 
-    def eval_step(state: TrainState, images, labels, mask):
-        x = preprocess.eval(images)
+    def eval_step(state: TrainState, inputs, labels, mask):
+        x = inputs if preprocess is None else preprocess.eval(inputs)
         logits = state.apply_fn(state.variables, x, train=False).astype(jnp.float32)
         n = logits.shape[-1] if num_classes is None else num_classes
         mask = mask.astype(jnp.float32)
