@@ -36,6 +36,7 @@ Measured tables, gradient norms and training speeds, each with its command and m
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -43,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments import _cli
+from jaxcnn.train import FitConfig, recipes
 
 DEFAULT_MODELS = ("lenet5", "alexnet_mini", "vgg_mini", "resnet20")
 VANISHING_MODELS = ("plain20", "resnet20", "plain56", "resnet56")
@@ -51,17 +53,17 @@ LESSONS = ("compare", "vanishing", "gradients", "figures")
 # The shared recipe: SGD with Nesterov momentum, one-cycle schedule, crop + flip augmentation.
 # Only the peak learning rate differs: AlexNet-mini has no BatchNorm (and 2M params in dense
 # layers), LeNet-5's tanh saturates at large steps; the BN nets take the usual 0.1 (VGG 0.05).
-COMMON = dict(optimizer="sgd", schedule="onecycle", weight_decay=5e-4, label_smoothing=0.0,
-              augment=True, cutout=0)
-RECIPES: dict[str, dict] = {
-    "lenet5": dict(COMMON, lr=0.05),
-    "alexnet_mini": dict(COMMON, lr=0.02),
-    "vgg_mini": dict(COMMON, lr=0.05),
-    "resnet20": dict(COMMON, lr=0.1),
+COMMON = FitConfig(optimizer="sgd", schedule="onecycle", weight_decay=5e-4, label_smoothing=0.0,
+                   augment=True, cutout_size=0)
+RECIPES: dict[str, FitConfig] = {
+    "lenet5": dataclasses.replace(COMMON, lr=0.05),
+    "alexnet_mini": dataclasses.replace(COMMON, lr=0.02),
+    "vgg_mini": dataclasses.replace(COMMON, lr=0.05),
+    "resnet20": dataclasses.replace(COMMON, lr=0.1),
 }
 # The paper's CIFAR recipe for the plain/residual study (weight decay 1e-4, lr 0.1).
-VANISHING_RECIPE = dict(COMMON, lr=0.1, weight_decay=1e-4)
-GENERIC_RECIPE = dict(COMMON, lr=0.05)
+VANISHING_RECIPE = dataclasses.replace(COMMON, lr=0.1, weight_decay=1e-4)
+GENERIC_RECIPE = dataclasses.replace(COMMON, lr=0.05)
 
 DEFAULT_EPOCHS = {"compare": 6, "vanishing": 4}
 
@@ -97,8 +99,8 @@ def build_parser():
                    help="global batch size, split over all local devices")
     p.add_argument("--lr", type=_cli.positive_float, default=None,
                    help="peak learning rate for every model (default: per model: "
-                        + ", ".join(f"{n} {r['lr']:g}" for n, r in RECIPES.items())
-                        + f", others {GENERIC_RECIPE['lr']:g}; {VANISHING_RECIPE['lr']:g} in "
+                        + ", ".join(f"{n} {r.lr:g}" for n, r in RECIPES.items())
+                        + f", others {GENERIC_RECIPE.lr:g}; {VANISHING_RECIPE.lr:g} in "
                         "the vanishing lesson)")
     p.add_argument("--zero-init-residual", action="store_true",
                    help="start the last BatchNorm scale of every residual block at 0 (Goyal et al. "
@@ -245,21 +247,13 @@ def init_variables(model, image_shape, seed: int):
     return init(jax.random.key(seed), jnp.zeros((1, *image_shape), jnp.float32))
 
 
-def fit_model(name, model, recipe, train, evaluation, args, workdir, stop_after_epoch=None):
+def fit_model(name, model, config, train, evaluation, args, workdir, stop_after_epoch=None):
     from jaxcnn.data import CIFAR10_MEAN, CIFAR10_STD
-    from jaxcnn.train import FitConfig, Preprocess, fit
+    from jaxcnn.train import fit
 
-    preprocess = Preprocess(mean=CIFAR10_MEAN, std=CIFAR10_STD, augment=recipe["augment"],
-                            cutout_size=recipe["cutout"])
-    config = FitConfig(
-        epochs=recipe["epochs"], batch_size=args.batch_size,
-        optimizer=recipe["optimizer"], lr=recipe["lr"], schedule=recipe["schedule"],
-        weight_decay=recipe["weight_decay"], label_smoothing=recipe["label_smoothing"],
-        seed=args.seed, augment=recipe["augment"], cutout_size=recipe["cutout"],
-        eval_batch_size=min(args.eval_batch_size, len(evaluation)),
-    )
-    return fit(model, train, evaluation, config=config, workdir=workdir, preprocess=preprocess,
-               resume=args.resume, progress=args.progress, stop_after_epoch=stop_after_epoch)
+    return fit(model, train, evaluation, config=config, workdir=workdir,
+               normalization=(CIFAR10_MEAN, CIFAR10_STD), resume=args.resume,
+               progress=args.progress, stop_after_epoch=stop_after_epoch)
 
 
 def state_variables(state) -> dict:
@@ -271,13 +265,11 @@ def state_variables(state) -> dict:
     return jax.device_get(variables)
 
 
-def recipe_for(name: str, args, lesson: str) -> dict:
+def recipe_for(name: str, args, lesson: str) -> FitConfig:
+    """The lesson's FitConfig for ``name`` (its budget of epochs), flags applied on top."""
     base = VANISHING_RECIPE if lesson == "vanishing" else RECIPES.get(name, GENERIC_RECIPE)
-    recipe = dict(base)
-    recipe["epochs"] = args.epochs or DEFAULT_EPOCHS[lesson]
-    if args.lr is not None:
-        recipe["lr"] = args.lr
-    return recipe
+    base = dataclasses.replace(base, epochs=DEFAULT_EPOCHS[lesson])
+    return recipes.with_overrides(base, args)
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,11 +312,11 @@ def run_compare(names, args) -> dict:
             "train_images": len(train),
             "params": models.count_params(variables["params"]),
             "flops_per_image": flops_per_image(model, variables, train.image_shape),
-            "epochs": len(history) if history else recipe["epochs"],
+            "epochs": len(history) if history else recipe.epochs,
             "train_seconds": seconds,
             "images_per_s": float(np.median([h["images_per_s"] for h in history]))
             if history else float("nan"),
-            "recipe": recipe,
+            "recipe": recipe.to_dict(),
             "batch_size": args.batch_size,
         }
         results = _cli.update_results(results_path, name, row)
@@ -470,7 +462,7 @@ def run_vanishing(names, args) -> dict:
             "grad_norms_init": summarise_norms({name: at_init})[name],
             "grad_norms_epoch1": summarise_norms({name: after1})[name],
             "grad_batch": batch,
-            "recipe": recipe,
+            "recipe": recipe.to_dict(),
             "model_options": options,
         }
         results = _cli.update_results(workdir / "results.json", name, row)

@@ -13,12 +13,11 @@ Subcommands (add more with :func:`register`):
 
 ``train``
     Train and eval images/s of ``mlp`` and ``cnn3`` at batch 128 and 512 on all devices, through
-    the project's real training path, built as :func:`jaxcnn.train.fit` builds it:
-    ``create_train_state``, ``make_optimizer`` and ``Preprocess`` with each model's recipe of
-    ``experiments.cifar10`` (from ``experiments._recipes``; cnn3: SGD Nesterov, label smoothing,
-    random crop + flip on device; mlp: AdamW, no augmentation),
-    ``make_train_step``/``make_eval_step`` jitted by ``jit_train_step``/``jit_eval_step`` on a
-    ("data",) mesh, host batches from ``epoch_batches`` through ``shard_batch``. Data: synthetic
+    the project's real training path: the state and jitted steps that :func:`jaxcnn.train.fit`
+    trains with, from the same builder (:func:`jaxcnn.train.build`) and each model's recipe of
+    ``experiments.cifar10`` (:mod:`jaxcnn.train.recipes`; cnn3: SGD Nesterov, label smoothing,
+    random crop + flip on device; mlp: AdamW, no augmentation) on a ("data",) mesh, host
+    batches from ``epoch_batches`` through ``shard_batch``. Data: synthetic
     uint8 32x32x3 images (speed does not depend on pixel values). Protocol: trace+lower+compile
     each step (``compile_s``; the jit cache then holds it), ``--warmup`` steps, then
     ``--repeats`` round-robin rounds; each round runs a window of ``--steps`` train steps and
@@ -61,7 +60,6 @@ import numpy as np
 
 from experiments import _cli
 from experiments._cli import positive_int
-from experiments._recipes import cifar10_recipe
 
 # --------------------------------------------------------------------------------------------
 # The course-style baseline: four Python loops
@@ -380,50 +378,27 @@ def synthetic_cifar(n: int, seed: int = 0):
     return ArrayDataset(images, labels, tuple(f"class{i}" for i in range(10)))
 
 
-def recipe_optimizer(name: str, steps_per_epoch: int = 50_000 // 128):
-    """The optax optimizer of the model's recipe (``make_optimizer`` as ``fit`` calls it); the
-    schedule length only changes learning-rate values, not the work of a step."""
-    from jaxcnn.train import make_optimizer
-
-    recipe = cifar10_recipe(name)
-    return make_optimizer(recipe["optimizer"], recipe["lr"], schedule=recipe["schedule"],
-                          total_steps=recipe["epochs"] * steps_per_epoch,
-                          weight_decay=recipe["weight_decay"])
-
-
 class _TrainCase:
-    """One (model, batch size): its state, jitted steps and an endless batch source, built the
-    way ``jaxcnn.train.fit`` builds them (recipe of ``experiments.cifar10``)."""
+    """One (model, batch size): the state and jitted steps that ``jaxcnn.train.fit`` trains
+    with (:func:`jaxcnn.train.build`, the model's recipe of ``experiments.cifar10``), and an
+    endless batch source."""
 
-    def __init__(self, name: str, batch_size: int, dataset, mesh, model, tx, dtype: str,
+    def __init__(self, name: str, batch_size: int, dataset, mesh, model, dtype: str,
                  seed: int):
         import jax
 
         from jaxcnn.data import CIFAR10_MEAN, CIFAR10_STD
-        from jaxcnn.train import (
-            Preprocess,
-            create_train_state,
-            jit_eval_step,
-            jit_train_step,
-            make_eval_step,
-            make_train_step,
-            replicate,
-        )
+        from jaxcnn.train import build, recipes
 
         self.name, self.batch_size, self.dataset, self.mesh = name, batch_size, dataset, mesh
         self.seed, self.model = seed, model
-        self.recipe = recipe = cifar10_recipe(name)
-        self.preprocess = Preprocess(mean=CIFAR10_MEAN, std=CIFAR10_STD,
-                                     augment=recipe["augment"], cutout_size=recipe["cutout"],
-                                     dtype=dtype)
-        state = create_train_state(model, tx, jax.random.key(seed), (1, *dataset.image_shape))
-        self.params = int(sum(np.size(p) for p in jax.tree.leaves(state.params)))
-        self.state = replicate(state, mesh)
-        self.train_step = jit_train_step(
-            make_train_step(self.preprocess, label_smoothing=recipe["label_smoothing"],
-                            num_classes=dataset.num_classes), mesh)
-        self.eval_step = jit_eval_step(
-            make_eval_step(self.preprocess, num_classes=dataset.num_classes), mesh)
+        self.config = recipes.with_overrides(
+            recipes.for_model(name), {"batch_size": batch_size, "dtype": dtype, "seed": seed})
+        engine = build(model, self.config, dataset, normalization=(CIFAR10_MEAN, CIFAR10_STD),
+                       mesh=mesh)
+        self.state, self.train_step, self.eval_step = (engine.state, engine.train_step,
+                                                       engine.eval_step)
+        self.params = int(sum(np.size(p) for p in jax.tree.leaves(engine.state.params)))
         self._batches = self._endless()
         self.ones = np.ones(batch_size // jax.process_count(), np.float32)
 
@@ -509,11 +484,9 @@ def bench_train(models: tuple[str, ...] = TRAIN_MODELS,
         opts = options_for(name, model_options)
         if dtype != "float32":
             opts["dtype"] = jax.numpy.dtype(dtype)
-        # One model and optimizer per name, shared by its batch sizes (init compiles once).
         model = create(name, num_classes=dataset.num_classes, **opts)
-        tx = recipe_optimizer(name)
         for bs in batch_sizes:
-            case = _TrainCase(name, bs, dataset, mesh, model, tx, dtype, seed)
+            case = _TrainCase(name, bs, dataset, mesh, model, dtype, seed)
             case.options = {k: (jax.numpy.dtype(v).name if k.endswith("dtype") else v)
                             for k, v in opts.items()}
             case.compile_s, case.eval_compile_s = case.compile()
@@ -551,7 +524,7 @@ def bench_train(models: tuple[str, ...] = TRAIN_MODELS,
             "pipeline_ratio": pipeline[bs] / train_rate,
             "train_images_per_s_windows": train_ips,
             "params": case.params,
-            "augment": bool(case.recipe["augment"]),
+            "augment": bool(case.config.augment),
             "model_options": case.options,
         }
     return {
@@ -754,11 +727,11 @@ def _add_train(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train/eval images/s of mlp and cnn3, compile time, input pipeline, baselines",
-        description="Time the project's real training path (jaxcnn.train: create_train_state, "
-        "make_optimizer, Preprocess with each model's recipe from experiments.cifar10 -- cnn3 "
-        "with crop+flip augmentation, mlp without -- make_train_step/make_eval_step jitted "
-        "with jit_train_step/jit_eval_step on a mesh of all devices, batches from "
-        "epoch_batches through shard_batch, as fit does) on synthetic uint8 32x32x3 data. "
+        description="Time the project's real training path (the state and jitted steps of "
+        "jaxcnn.train.build, which fit trains with, for each model's recipe from "
+        "jaxcnn.train.recipes -- cnn3 with crop+flip augmentation, mlp without -- on a mesh of "
+        "all devices, batches from epoch_batches through shard_batch, as fit does) on "
+        "synthetic uint8 32x32x3 data. "
         "Protocol: compile, warm up, then the median of --repeats round-robin windows of "
         "--steps steps, waiting for the device only at the window ends. Also the input "
         "pipeline's images/s (jaxcnn.data.pipeline_images_per_s) and its ratio to the train "

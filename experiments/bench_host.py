@@ -1,6 +1,6 @@
 """How much of a train step is host work: ``python -m experiments.bench_host``.
 
-One model (default ``cnn3`` with its CIFAR-10 recipe from ``experiments._recipes``: SGD
+One model (default ``cnn3`` with its CIFAR-10 recipe from :mod:`jaxcnn.train.recipes`: SGD
 Nesterov, label smoothing, random crop + flip on device) at one batch size (default 128) on a
 mesh of every device, on synthetic uint8 32x32x3 data (speed does not depend on pixel values).
 Four ways to run the same jitted train step, timed as windows of ``--steps`` steps that wait
@@ -25,8 +25,9 @@ programs it is the first to use (``resident`` compiles the step that ``host`` th
 (batch gather, host-to-device copy and what of it does not overlap with the device). Below
 the table, the two host pieces are also timed alone (no step running).
 
-The same steps and batch order as :func:`jaxcnn.train.fit` (built by
-:func:`jaxcnn.train.make_feed`). The result is also written to ``<workdir>/bench_host.json``.
+The same state, steps and batch order as :func:`jaxcnn.train.fit` (built by
+:func:`jaxcnn.train.build` and fed by :func:`jaxcnn.train.make_feed`). The result is also
+written to ``<workdir>/bench_host.json``.
 """
 
 from __future__ import annotations
@@ -99,18 +100,9 @@ class _Path:
 def run(args) -> dict:
     import jax
 
-    from experiments._recipes import cifar10_recipe
     from jaxcnn import models
     from jaxcnn.data import CIFAR10_MEAN, CIFAR10_STD, epoch_batches
-    from jaxcnn.train import (
-        Preprocess,
-        create_train_state,
-        make_feed,
-        make_mesh,
-        make_optimizer,
-        replicate,
-        shard_batch,
-    )
+    from jaxcnn.train import build, make_feed, make_mesh, recipes, shard_batch
     from jaxcnn.train.mesh import check_batch_size
 
     if args.model not in models.available():
@@ -127,20 +119,18 @@ def run(args) -> dict:
         raise SystemExit(f"error: --dataset-size {n} holds fewer than one call of {k} steps "
                          f"of batch {bs}")
     data = synthetic(n, args.seed)
-    recipe = cifar10_recipe(args.model)
+    config = recipes.with_overrides(recipes.for_model(args.model),
+                                    {"batch_size": bs, "seed": args.seed})
     model = models.create(args.model, num_classes=10)
-    tx = make_optimizer(recipe["optimizer"], recipe["lr"], schedule=recipe["schedule"],
-                        total_steps=10_000, weight_decay=recipe["weight_decay"])
-    preprocess = Preprocess(mean=CIFAR10_MEAN, std=CIFAR10_STD, augment=recipe["augment"],
-                            cutout_size=recipe["cutout"])
+
+    def engine():  # a fresh starting state each time (the steps are compiled once)
+        return build(model, config, data, normalization=(CIFAR10_MEAN, CIFAR10_STD), mesh=mesh)
 
     def fresh_state():
-        return replicate(create_train_state(model, tx, jax.random.key(args.seed),
-                                            (1, *data.image_shape)), mesh)
+        return engine().state
 
     def feed(on_device, steps_per_dispatch=1):
-        return make_feed(preprocess, data, mesh, batch_size=bs, seed=args.seed,
-                         label_smoothing=recipe["label_smoothing"], on_device=on_device,
+        return make_feed(engine(), data, on_device=on_device,
                          steps_per_dispatch=steps_per_dispatch)
 
     host = feed(False)

@@ -12,8 +12,8 @@ exported as a bundle to ``<workdir>/<model>/bundle/``, and reported in
 ``--visuals-dir visuals/cifar10`` rewrites the README's committed ones instead. The train and
 eval splits are checked for overlap (a warning: accuracy on training images means little).
 
-Per-model defaults (overridden by the flags) are the recipes of
-:data:`experiments._recipes.CIFAR10_RECIPES`: cnn3 trains with SGD (Nesterov momentum 0.9,
+Per-model defaults (overridden by the flags) are the recipes of :mod:`jaxcnn.train.recipes`
+(``recipes.for_model(name)``, FitConfigs): cnn3 trains with SGD (Nesterov momentum 0.9,
 decoupled weight decay 5e-4), a one-cycle learning rate peaking at 0.1, label smoothing 0.1,
 random crop (4-pixel reflect padding) and horizontal flips for 30 epochs; the MLP trains with
 AdamW and a cosine schedule, without augmentation (it cannot use it: an MLP has no translation
@@ -40,7 +40,6 @@ from pathlib import Path
 import numpy as np
 
 from experiments import _cli
-from experiments._recipes import cifar10_recipe
 
 DEFAULT_MODELS = ("mlp", "cnn3", "lite0_transfer")
 # Rows that are not trained from scratch: name -> pretrained backbone.
@@ -91,7 +90,7 @@ def build_parser():
                    help="random crop + horizontal flip on device (default for conv nets)")
     p.add_argument("--no-augment", dest="augment", action="store_false",
                    help="train without augmentation")
-    p.add_argument("--cutout", type=_cli.non_negative_int, default=None,
+    p.add_argument("--cutout", dest="cutout_size", type=_cli.non_negative_int, default=None,
                    help="side of a random square zeroed per image during training; 0 is off "
                         "(default: the recipe's, 0)")
     p.add_argument("--ensemble", type=_cli.positive_int, default=1,
@@ -121,15 +120,11 @@ def build_parser():
     return p
 
 
-def recipe_for(model_name: str, args) -> dict:
-    """The model's recipe with every flag the user gave applied on top."""
-    recipe = cifar10_recipe(model_name)
-    for key in ("epochs", "lr", "optimizer", "schedule", "weight_decay", "label_smoothing",
-                "augment", "cutout"):
-        value = getattr(args, key)
-        if value is not None:
-            recipe[key] = value
-    return recipe
+def recipe_for(model_name: str, args):
+    """The model's recipe (a FitConfig) with every flag the user gave applied on top."""
+    from jaxcnn.train import recipes
+
+    return recipes.with_overrides(recipes.for_model(model_name), args)
 
 
 # (train, eval) ArrayDatasets of --train-split / --eval-split; a module attribute, so that tests
@@ -142,32 +137,23 @@ def transfer_epochs(args) -> int:
     return args.transfer_epochs or args.epochs or TRANSFER_EPOCHS
 
 
-def train_one(name, recipe, train, evaluation, args):
-    """Fit one model (or ensemble); returns (model, state, history, seconds)."""
+def train_one(name, config, train, evaluation, args):
+    """Fit one model (or ensemble) with its FitConfig; returns (model, model options,
+    preprocess, FitResult, seconds)."""
     import jax.numpy as jnp
 
     from jaxcnn import models
     from jaxcnn.data import CIFAR10_MEAN, CIFAR10_STD
-    from jaxcnn.train import FitConfig, Preprocess, fit
+    from jaxcnn.train import fit
 
-    model_options = {"dtype": jnp.bfloat16} if args.dtype == "bfloat16" else {}
+    model_options = {"dtype": jnp.bfloat16} if config.dtype == "bfloat16" else {}
     model = models.create(name, num_classes=train.num_classes, **model_options)
     print(models.summary(model, (1, *train.image_shape)))
-    preprocess = Preprocess(
-        mean=CIFAR10_MEAN, std=CIFAR10_STD, augment=recipe["augment"],
-        cutout_size=recipe["cutout"], dtype=args.dtype,
-    )
-    config = FitConfig(
-        epochs=recipe["epochs"], batch_size=args.batch_size, optimizer=recipe["optimizer"],
-        lr=recipe["lr"], schedule=recipe["schedule"], weight_decay=recipe["weight_decay"],
-        label_smoothing=recipe["label_smoothing"], seed=args.seed, dtype=args.dtype,
-        ensemble=args.ensemble, augment=recipe["augment"], cutout_size=recipe["cutout"],
-        eval_batch_size=args.eval_batch_size,
-    )
     start = time.perf_counter()
     result = fit(model, train, evaluation, config=config, workdir=args.workdir / name,
-                 preprocess=preprocess, resume=args.resume, progress=args.progress)
-    return model, model_options, preprocess, result, time.perf_counter() - start
+                 normalization=(CIFAR10_MEAN, CIFAR10_STD), resume=args.resume,
+                 progress=args.progress)
+    return model, model_options, result.preprocess, result, time.perf_counter() - start
 
 
 def run_transfer(name, train, evaluation, args):
@@ -362,7 +348,7 @@ def main(argv=None) -> dict:
             results = _cli.update_results(args.workdir / "results.json", name, row)
             print(f"{name}: {100 * row['test_accuracy']:.2f}% on {args.eval_split}")
             continue
-        recipe = recipe_for(name, args)
+        config = recipe_for(name, args)
         if args.eval_only:
             from jaxcnn.data import CIFAR10_MEAN, CIFAR10_STD
             from jaxcnn.train import Preprocess
@@ -380,7 +366,7 @@ def main(argv=None) -> dict:
             model_options = {}
         else:
             model, model_options, preprocess, result, seconds = train_one(
-                name, recipe, train, evaluation, args)
+                name, config, train, evaluation, args)
             state, history, ensemble = result.state, result.history, args.ensemble
         member_logits = evaluate_members(model, state, evaluation, preprocess, args, ensemble)
         accs = [float((lg.argmax(-1) == evaluation.labels).mean()) for lg in member_logits]
@@ -389,11 +375,11 @@ def main(argv=None) -> dict:
             "test_accuracy": float(np.mean(accs)),
             "eval_split": args.eval_split,
             "params": models.count_params(variables["params"]),
-            "epochs": len(history) if history else recipe["epochs"],
+            "epochs": len(history) if history else config.epochs,
             "train_seconds": seconds,
             "images_per_s": float(np.median([h["images_per_s"] for h in history]))
             if history else float("nan"),
-            "recipe": recipe,
+            "recipe": config.to_dict(),
             "batch_size": args.batch_size,
         }
         if ensemble > 1:

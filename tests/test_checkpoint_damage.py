@@ -12,6 +12,7 @@ resumes through ``fit`` for the issue's case and the SIGKILLs (about 40 s on 2 b
 ``-m slow`` also resumes through ``fit`` once per damaged file (about 3 minutes).
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -87,7 +88,7 @@ def assert_same_tree(a, b):
 def reference(tmp_path_factory):
     """An uninterrupted run that keeps every epoch's checkpoint, and the trees it saved."""
     workdir = tmp_path_factory.mktemp("reference")
-    cfg = FitConfig(**{**CFG.to_dict(), "keep_checkpoints": EPOCHS})
+    cfg = dataclasses.replace(CFG, keep_checkpoints=EPOCHS)
     result = fit(Tiny(), TRAIN, EVAL, config=cfg, workdir=workdir, progress=False)
     trees = {}
     for step_dir in sorted((workdir / "checkpoints" / "latest").iterdir()):

@@ -1,5 +1,6 @@
 """fit: resume equals an uninterrupted run; NaN stops with a message; config mismatch errors."""
 
+import dataclasses
 import json
 
 import flax.linen as nn
@@ -62,12 +63,12 @@ def test_resume_equals_uninterrupted(full_run, tmp_path):
 def _preprocess_of(meta):
     from jaxcnn.train import Preprocess
 
-    return Preprocess(**meta["config"]["preprocess"])
+    return Preprocess(**meta["config"]["normalization"])
 
 
 def test_resume_with_other_config_is_a_clear_error(full_run):
     workdir, _ = full_run
-    other = FitConfig(**{**CFG.to_dict(), "batch_size": 32})
+    other = dataclasses.replace(CFG, batch_size=32)
     with pytest.raises(ValueError, match=r"cannot resume.*batch_size: saved 16 vs now 32"):
         fit(MODEL, TRAIN, EVAL, config=other, workdir=workdir, progress=False)
     wider = models.create("cnn3", num_classes=3, filters=(8,), dropouts=(0.1,), dense=8)

@@ -305,11 +305,11 @@ def test_from_scratch_default_writes_figures_under_workdir(tmp_path, visuals_unt
 
 
 def test_lessons_import_only_shared_plumbing():
-    """DESIGN.md "One engine": a lesson imports ``experiments._cli`` / ``experiments._recipes``,
-    never another lesson."""
+    """DESIGN.md "One engine": a lesson imports ``experiments._cli`` (shared plumbing), never
+    another lesson; recipes come from the library (``jaxcnn.train.recipes``)."""
     import ast
 
-    shared = {"_cli", "_recipes"}
+    shared = {"_cli"}
     lessons = sorted((_cli.REPO_ROOT / "experiments").glob("*.py"))
     assert len(lessons) >= 7
     for path in lessons:

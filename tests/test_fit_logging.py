@@ -1,6 +1,7 @@
 """fit's output for logs (one line per epoch, a line on resume, no bars off a terminal) and its
 data_on_device option (same numbers as the host path)."""
 
+import dataclasses
 import io
 import sys
 
@@ -59,7 +60,7 @@ def test_data_on_device_gives_the_same_run(tmp_path):
     assert not host.data_on_device
     # Epoch 1 on the device path, 2 steps per call (3 steps: a 2-step and a 1-step call), then
     # resumed on the host path (the data path may change on resume): the same run.
-    cfg = FitConfig(**{**CFG.to_dict(), "data_on_device": True, "steps_per_dispatch": 2})
+    cfg = dataclasses.replace(CFG, data_on_device=True, steps_per_dispatch=2)
     mixed = tmp_path / "mixed"
     dev = fit(MODEL, TRAIN, EVAL, config=cfg, workdir=mixed, stop_after_epoch=1, verbose=False)
     assert dev.data_on_device

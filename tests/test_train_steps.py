@@ -174,3 +174,105 @@ def test_padded_batch_size_rounds_up_to_the_devices():
     assert padded_batch_size(3, SimpleNamespace(size=1)) == 3
     with pytest.raises(ValueError, match="positive int"):
         padded_batch_size(0, eight)
+
+
+def _ce_reference(logits, labels, k, smoothing=0.0, weights=None):
+    """float64 numpy: per-example smoothed cross-entropy and the (weighted) mean."""
+    z = np.asarray(logits, np.float64)
+    logp = z - z.max(-1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+    t = np.eye(k)[labels] * (1 - smoothing) + smoothing / k
+    ce = -(t * logp).sum(-1)
+    w = np.ones(k) if weights is None else np.asarray(weights, np.float64)
+    return ce, (w[labels] * ce).sum() / w[labels].sum()
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_cross_entropy_class_weights_match_a_float64_reference(smoothing):
+    rs = np.random.RandomState(0)
+    logits = (rs.randn(32, 4) * 3).astype(np.float32)
+    labels = rs.randint(0, 4, 32)
+    weights = np.array([0.5, 2.0, 1.0, 3.5], np.float32)
+    ce, weighted = _ce_reference(logits, labels, 4, smoothing, weights)
+    _, plain = _ce_reference(logits, labels, 4, smoothing)
+    got = cross_entropy(logits, labels, 4, smoothing, class_weights=weights, reduction="mean")
+    assert got.shape == () and float(got) == pytest.approx(weighted, rel=1e-6)
+    assert float(weighted) != pytest.approx(plain, rel=1e-3)  # the weights matter here
+    np.testing.assert_allclose(
+        cross_entropy(logits, labels, 4, smoothing, class_weights=weights),
+        weights[labels] * ce, rtol=1e-6, atol=1e-6)  # float32: ~1e-7 absolute near 0
+    mean = cross_entropy(logits, labels, 4, smoothing, reduction="mean")
+    assert float(mean) == pytest.approx(plain, rel=1e-6)
+    np.testing.assert_array_equal(mean, cross_entropy(logits, labels, 4, smoothing).mean())
+    with pytest.raises(ValueError, match="reduction"):
+        cross_entropy(logits, labels, 4, reduction="sum")
+
+
+def test_train_step_class_weights_weight_the_batch_loss():
+    tx = make_optimizer("sgd", 0.05, schedule="constant", total_steps=5)
+    state = create_train_state(tiny(), tx, jax.random.key(0), (1, 8, 8, 3))
+    images, labels = batch()
+    w = np.array([1.0, 4.0, 0.5], np.float32)
+    pp = Preprocess(mean=(0.5,) * 3, std=(0.25,) * 3)
+    _, m = jax.jit(make_train_step(pp, class_weights=w))(state, images, labels)
+    # the step's train-mode logits, recomputed with the step's dropout key
+    _, dropout_key = jax.random.split(state.step_rng())
+    logits, _ = state.apply_fn(state.variables, pp.eval(images), train=True,
+                               rngs={"dropout": dropout_key}, mutable=["batch_stats"])
+    _, want = _ce_reference(np.asarray(logits), labels, 3, weights=w)
+    assert float(m["loss"]) == pytest.approx(want, rel=1e-5)
+    with pytest.raises(ValueError, match=r"class_weights must be \(3,\)"):
+        make_train_step(pp, num_classes=3, class_weights=[1.0, 2.0])
+    with pytest.raises(ValueError, match="class_weights"):
+        make_train_step(pp, class_weights=[1.0, -1.0])
+
+
+def test_steps_take_ready_inputs():
+    """preprocess=None: float inputs enter apply_fn as they are; the same numbers as the
+    on-device normalisation of the uint8 images."""
+    tx = make_optimizer("adamw", 1e-2, schedule="constant", total_steps=5)
+    state = create_train_state(tiny(), tx, jax.random.key(0), (1, 8, 8, 3))
+    images, labels = batch()
+    x = PP.eval(images)
+    a, ma = jax.jit(make_train_step(PP))(state, images, labels)
+    b, mb = jax.jit(make_train_step(None))(state, x, labels)
+    assert float(ma["loss"]) == pytest.approx(float(mb["loss"]), rel=1e-6)
+    for p, q in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+        np.testing.assert_allclose(p, q, rtol=1e-6, atol=1e-7)
+    mask = np.ones(16, np.float32)
+    ea = jax.jit(make_eval_step(PP))(state, images, labels, mask)
+    eb = jax.jit(make_eval_step(None))(state, x, labels, mask)
+    np.testing.assert_allclose(ea["logits"], eb["logits"], rtol=1e-6)
+    with pytest.raises(ValueError, match="Preprocess or None"):
+        make_train_step("normalise")
+    with pytest.raises(ValueError, match="Preprocess or None"):
+        make_eval_step(object())
+
+
+def test_train_bn_false_keeps_statistics_and_frozen_cuts_gradients():
+    """train_bn=False: inference-mode BatchNorm (the loss is that of train=False logits) and
+    bitwise unchanged running statistics; frozen leaves get no gradient (plain SGD leaves them
+    bitwise unchanged) while the others move."""
+    state = create_train_state(tiny(), optax.sgd(0.1), jax.random.key(0), (1, 8, 8, 3))
+    state = state.replace(batch_stats=jax.tree.map(lambda a: a + 0.3, state.batch_stats))
+    images, labels = batch()
+    x = PP.eval(images)
+    frozen = jax.tree_util.tree_map_with_path(
+        lambda path, _: path[0].key.startswith("block1"), state.params)
+    step = jax.jit(make_train_step(None, train_bn=False, frozen=frozen))
+    new, m = step(state, x, labels)
+    logits = state.apply_fn(state.variables, x, train=False)
+    assert float(m["loss"]) == pytest.approx(float(cross_entropy(logits, labels, 3).mean()),
+                                             rel=1e-6)
+    for a, b in zip(jax.tree.leaves(state.batch_stats), jax.tree.leaves(new.batch_stats),
+                    strict=True):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    for k in state.params:
+        for a, b in zip(jax.tree.leaves(state.params[k]), jax.tree.leaves(new.params[k]),
+                        strict=True):
+            unchanged = np.asarray(a).tobytes() == np.asarray(b).tobytes()
+            assert unchanged == k.startswith("block1"), k
+    # train_bn=True (the default) updates the running statistics
+    moved, _ = jax.jit(make_train_step(None))(state, x, labels)
+    assert not np.array_equal(moved.batch_stats["block1_bn1"]["mean"],
+                              state.batch_stats["block1_bn1"]["mean"])

@@ -1,8 +1,18 @@
-"""Training: TrainState, jit-compiled data-parallel steps, optimizers, ensembles, checkpoints, fit.
+"""Training: the one engine every lesson configures (DESIGN.md, "One engine").
 
+* :class:`FitConfig` -- everything that defines a run; :mod:`jaxcnn.train.recipes` -- the
+  course's models' configs (``recipes.get("cnn3")``) and command-line overrides.
+* :func:`build` -- the one builder: model + config + training set -> :class:`Engine` (starting
+  state, jitted train/eval steps, preprocessing, schedule); used by :func:`fit` and the
+  benchmarks, its compiled programs reused across calls.
+* :func:`fit` / :func:`evaluate_dataset` -- the training loop with checkpoints, resume and
+  ``metrics.jsonl``; its batches come from the host (:class:`HostFeed`) or from a dataset kept
+  on the device (:class:`DeviceFeed`, ``FitConfig.data_on_device``), see :func:`make_feed`.
 * :class:`TrainState` / :func:`create_train_state` -- step, params, batch_stats, opt_state, rng.
-* :func:`make_optimizer` / :func:`make_schedule` -- SGD-Nesterov or AdamW with decoupled,
-  masked weight decay; one-cycle, cosine or constant schedules.
+* :func:`make_optimizer` / :func:`make_schedule` / :class:`ParamGroup` -- SGD-Nesterov or AdamW
+  with decoupled weight decay; per-group learning-rate scale, weight decay and training window
+  (default: no decay on biases/BatchNorm); one-cycle, cosine or constant schedules; optional
+  EMA of the weights (:mod:`jaxcnn.train.ema`).
 * :class:`Preprocess`, :func:`make_train_step`, :func:`make_eval_step` -- pure steps with
   on-device augmentation and normalisation.
 * :mod:`jaxcnn.train.mesh` -- a ("data",) Mesh: batch sharded, state replicated; BatchNorm
@@ -10,12 +20,12 @@
   device count (eval batches padded up to a multiple of it: :func:`padded_batch_size`).
 * :mod:`jaxcnn.train.ensemble` -- K seeds trained in one vmapped step.
 * :mod:`jaxcnn.train.checkpoint` -- orbax ``latest``/``best`` checkpoints.
-* :func:`fit` / :class:`FitConfig` / :func:`evaluate_dataset` -- the training loop; its
-  batches come from the host (:class:`HostFeed`) or from a dataset kept on the device
-  (:class:`DeviceFeed`, ``FitConfig.data_on_device``), see :func:`make_feed`.
 """
 
-from jaxcnn.train import checkpoint
+from jaxcnn.train import checkpoint, recipes
+from jaxcnn.train.builder import Engine, build, make_fit_optimizer, make_preprocess
+from jaxcnn.train.config import FitConfig
+from jaxcnn.train.ema import ema_params, with_ema, with_ema_params
 from jaxcnn.train.ensemble import (
     create_ensemble_state,
     ensemble_size,
@@ -25,7 +35,6 @@ from jaxcnn.train.ensemble import (
 )
 from jaxcnn.train.loop import (
     DeviceFeed,
-    FitConfig,
     FitResult,
     HostFeed,
     TrainingDiverged,
@@ -46,7 +55,14 @@ from jaxcnn.train.mesh import (
     replicated,
     shard_batch,
 )
-from jaxcnn.train.optim import decay_mask, learning_rate_at, make_optimizer, make_schedule
+from jaxcnn.train.optim import (
+    DEFAULT_PARAM_GROUPS,
+    ParamGroup,
+    decay_mask,
+    learning_rate_at,
+    make_optimizer,
+    make_schedule,
+)
 from jaxcnn.train.state import TrainState, create_train_state
 from jaxcnn.train.steps import (
     Preprocess,
@@ -57,19 +73,24 @@ from jaxcnn.train.steps import (
 )
 
 __all__ = [
+    "DEFAULT_PARAM_GROUPS",
     "DeviceFeed",
+    "Engine",
     "FitConfig",
     "FitResult",
     "HostFeed",
+    "ParamGroup",
     "Preprocess",
     "TrainState",
     "TrainingDiverged",
     "batch_sharding",
+    "build",
     "checkpoint",
     "create_ensemble_state",
     "create_train_state",
     "cross_entropy",
     "decay_mask",
+    "ema_params",
     "ensemble_size",
     "evaluate_dataset",
     "fit",
@@ -81,16 +102,21 @@ __all__ = [
     "make_ensemble_train_step",
     "make_eval_step",
     "make_feed",
+    "make_fit_optimizer",
     "make_indexed_train_step",
     "make_mesh",
     "make_optimizer",
+    "make_preprocess",
     "make_schedule",
     "make_train_step",
     "maybe_initialize_distributed",
     "member",
     "padded_batch_size",
+    "recipes",
     "replicate",
     "replicated",
     "resolve_data_on_device",
     "shard_batch",
+    "with_ema",
+    "with_ema_params",
 ]

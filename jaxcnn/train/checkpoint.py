@@ -38,6 +38,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import serialization
 
+from jaxcnn.train.optim import leaf_path
 from jaxcnn.train.state import TrainState
 
 WHICH = ("latest", "best")
@@ -109,24 +110,11 @@ def tree_to_state(template: TrainState, tree: dict[str, Any]) -> TrainState:
 # ---------------------------------------------------------------------------------------------
 
 
-def _leaf_name(path) -> str:
-    """``params/fc/kernel``: the same name for a tuple index and orbax's string key."""
-    parts = []
-    for k in path:
-        for attr in ("key", "idx", "name"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
-
-
 def tree_digest(tree) -> str:
     """SHA-256 over every array of ``tree`` (name, dtype, shape and bytes), in name order."""
     h = hashlib.sha256()
     leaves = sorted(
-        ((_leaf_name(p), np.asarray(a)) for p, a in jax.tree.leaves_with_path(tree)),
+        ((leaf_path(p), np.asarray(a)) for p, a in jax.tree.leaves_with_path(tree)),
         key=lambda item: item[0],
     )
     for name, a in leaves:

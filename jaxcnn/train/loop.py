@@ -1,10 +1,14 @@
 """The fit loop: epochs of sharded jitted steps, evaluation, JSONL metrics, checkpoints, resume.
 
-``fit`` is deterministic given ``config.seed``: the init key, every step key
-(``fold_in(rng, step)``) and every epoch's data order (``epoch_batches(seed=seed,
-epoch=epoch)``) depend only on the seed, and the checkpoint stores the full state, so a run
-stopped after epoch k and resumed ends with the same params as an uninterrupted run (bitwise
-on CPU).
+``fit`` trains what :func:`~jaxcnn.train.build` builds from the model, the
+:class:`~jaxcnn.train.FitConfig` and the training set (the state and the jitted steps), so
+everything that shapes a run is in the config: a lesson configures the engine, never copies it.
+
+``fit`` is deterministic given ``config.seed``: the init key (and the key of the config's
+``init_fn``), every step key (``fold_in(rng, step)``) and every epoch's data order
+(``epoch_batches(seed=seed, epoch=epoch)``) depend only on the seed, and the checkpoint stores
+the full state (optimizer state and its EMA of the weights included), so a run stopped after
+epoch k and resumed ends with the same params as an uninterrupted run (bitwise on CPU).
 
 Where the batches come from (``FitConfig.data_on_device``): on the *host path* each step's batch
 is gathered in numpy (:func:`~jaxcnn.data.epoch_batches`) and copied to the devices
@@ -23,7 +27,6 @@ device count, padded and masked).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import sys
@@ -38,37 +41,26 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn.train import checkpoint
-from jaxcnn.train.ensemble import (
-    create_ensemble_state,
-    make_ensemble_eval_step,
-    make_ensemble_train_step,
+from jaxcnn.train.builder import (
+    Engine,
+    build,
+    check_inputs,
+    jitted_eval_step,
+    make_preprocess,
+    resolve_normalization,
 )
+from jaxcnn.train.config import FitConfig
+from jaxcnn.train.ema import with_ema_params
 from jaxcnn.train.mesh import (
-    batch_sharding,
-    check_batch_size,
-    jit_eval_step,
-    jit_indexed_train_step,
-    jit_train_step,
     make_mesh,
     padded_batch_size,
     replicate,
     replicated,
     shard_batch,
 )
-from jaxcnn.train.optim import (
-    OPTIMIZERS,
-    SCHEDULES,
-    learning_rate_at,
-    make_optimizer,
-    make_schedule,
-)
-from jaxcnn.train.state import TrainState, create_train_state
-from jaxcnn.train.steps import (
-    Preprocess,
-    make_eval_step,
-    make_indexed_train_step,
-    make_train_step,
-)
+from jaxcnn.train.optim import learning_rate_at
+from jaxcnn.train.state import TrainState
+from jaxcnn.train.steps import Preprocess
 
 # data_on_device="auto" on an accelerator keeps the training set on the devices when one copy
 # (every device holds a full copy) takes at most this share of a device's memory...
@@ -81,126 +73,20 @@ class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-@dataclass(frozen=True)
-class FitConfig:
-    """Everything that defines a training run (stored in checkpoints; checked on resume).
-
-    Attributes:
-      epochs: number of epochs.
-      batch_size: GLOBAL train batch size. It must be divisible by the number of devices: fit
-        raises a ValueError naming valid sizes before compiling anything (128 suits 1, 2, 4
-        and 8 devices).
-      optimizer: ``"sgd"`` (Nesterov, decoupled decay) or ``"adamw"``.
-      lr: peak learning rate. schedule: ``"onecycle"``, ``"cosine"`` or ``"constant"``.
-      warmup_epochs: warm-up length in epochs (None: the schedule's default).
-      momentum, nesterov, weight_decay, clip_norm: see :func:`make_optimizer`.
-      label_smoothing: cross-entropy label smoothing.
-      seed: init, dropout, augmentation and shuffle seed (ensemble member k uses seed + k).
-      dtype: compute dtype of the preprocessed input (``"float32"``/``"bfloat16"``); build the
-        model with the same ``dtype`` option for bf16 compute.
-      ensemble: K > 1 trains K members in one vmapped step.
-      augment, crop_pad, flip, cutout_size: on-device augmentation (used when fit builds the
-        Preprocess itself).
-      eval_batch_size: evaluation batch, any positive int: it is capped at the eval set's size
-        and rounded up to a multiple of the device count (500 runs as 504 on 8 devices); the
-        last batch is padded and the padding masked, so no example is dropped or counted twice.
-        Not checked on resume.
-      log_every: steps between progress-bar updates (the only device syncs in an epoch). Not
-        checked on resume.
-      keep_checkpoints: how many ``latest`` checkpoints to keep. Not checked on resume.
-      data_on_device: where the training batches are assembled. ``True``: the uint8 training
-        set is put on every device once and each step gathers its batch there (no per-step
-        host gather or host-to-device copy); ``False``: host batches copied every step;
-        ``"auto"`` (default): on for GPU/TPU when one copy of the training set takes at most
-        ``DEVICE_DATA_FRACTION`` (1/4) of a device's memory, off on CPU (there it measured no
-        faster, see ``python -m experiments.bench_host``). The same batches in the same order,
-        hence the same numbers, either way. Single-process only: with
-        ``jax.process_count() > 1`` fit uses the host path. Not checked on resume.
-      steps_per_dispatch: device path only: train steps per call (``lax.scan``; unrolled on
-        CPU, where XLA runs a rolled loop of the step slower), to cut Python dispatch where it
-        shows (fast accelerators, small models). Not checked on resume.
-    """
-
-    epochs: int = 30
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    schedule: str = "onecycle"
-    warmup_epochs: float | None = None
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    clip_norm: float | None = None
-    label_smoothing: float = 0.0
-    seed: int = 0
-    dtype: str = "float32"
-    ensemble: int = 1
-    augment: bool = True
-    crop_pad: int = 4
-    flip: bool = True
-    cutout_size: int = 0
-    eval_batch_size: int = 500
-    log_every: int = 20
-    keep_checkpoints: int = 2
-    data_on_device: bool | str = "auto"
-    steps_per_dispatch: int = 1
-
-    # Fields that may change between a run and its resumption (they do not change the numbers).
-    RESUMABLE_CHANGES = (
-        "eval_batch_size",
-        "log_every",
-        "keep_checkpoints",
-        "data_on_device",
-        "steps_per_dispatch",
-    )
-
-    def __post_init__(self):
-        def positive_int(name):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"FitConfig.{name} must be a positive int, got {v!r}")
-
-        for name in (
-            "epochs",
-            "batch_size",
-            "ensemble",
-            "eval_batch_size",
-            "log_every",
-            "steps_per_dispatch",
-        ):
-            positive_int(name)
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"FitConfig.optimizer {self.optimizer!r} not in {OPTIMIZERS}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"FitConfig.schedule {self.schedule!r} not in {SCHEDULES}")
-        if not self.lr > 0:
-            raise ValueError(f"FitConfig.lr must be positive, got {self.lr}")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"FitConfig.seed must be an int >= 0, got {self.seed!r}")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(
-                f"FitConfig.dtype must be float32, bfloat16 or float16: {self.dtype!r}"
-            )
-        if not (isinstance(self.data_on_device, bool) or self.data_on_device == "auto"):
-            raise ValueError(
-                "FitConfig.data_on_device must be True, False or 'auto', got "
-                f"{self.data_on_device!r}"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
 @dataclass
 class FitResult:
-    """``state``: the final TrainState (ensemble: leading model axis); ``history``: one record
-    per epoch (see :func:`fit`); ``best_eval_accuracy`` over the epochs; ``data_on_device``:
-    whether this call gathered its batches on the device (``FitConfig.data_on_device``)."""
+    """``state``: the final TrainState (ensemble: leading model axis; its EMA of the weights,
+    if any, via :func:`~jaxcnn.train.ema_params`); ``history``: one record per epoch (see
+    :func:`fit`); ``best_eval_accuracy`` over the epochs; ``data_on_device``: whether this call
+    gathered its batches on the device (``FitConfig.data_on_device``); ``preprocess``: the
+    normalisation and augmentation the steps applied (evaluate and export with its
+    ``mean``/``std``)."""
 
     state: TrainState
     history: list[dict[str, Any]] = field(default_factory=list)
     best_eval_accuracy: float | None = None
     data_on_device: bool = False
+    preprocess: Preprocess | None = None
 
 
 def model_signature(model: nn.Module) -> str:
@@ -216,31 +102,17 @@ def model_signature(model: nn.Module) -> str:
     return f"{type(model).__name__}({', '.join(fields)})"
 
 
-def _default_preprocess(config: FitConfig, train_ds) -> Preprocess:
-    from jaxcnn.data import channel_stats
-
-    mean, std = channel_stats(train_ds.images)
-    std = np.maximum(std, 1e-3)
-    return Preprocess(
-        mean=tuple(mean),
-        std=tuple(std),
-        augment=config.augment,
-        crop_pad=config.crop_pad,
-        flip=config.flip,
-        cutout_size=config.cutout_size,
-        dtype=config.dtype,
-    )
-
-
-def _run_config(config, model, preprocess, train_ds, eval_ds) -> dict[str, Any]:
-    return {
+def _run_config(config, model, preprocess, train_ds) -> dict[str, Any]:
+    """What a checkpoint records about its run (JSON values, as they read back)."""
+    run = {
         **config.to_dict(),
         "model": model_signature(model),
-        "preprocess": preprocess.to_dict(),
+        "normalization": {"mean": list(preprocess.mean), "std": list(preprocess.std)},
         "num_classes": int(train_ds.num_classes),
         "image_shape": list(train_ds.image_shape),
         "train_size": len(train_ds),
     }
+    return json.loads(json.dumps(run))
 
 
 def _check_resume_config(saved: dict, current: dict, workdir) -> None:
@@ -253,31 +125,6 @@ def _check_resume_config(saved: dict, current: dict, workdir) -> None:
             f"cannot resume from {workdir}: its checkpoint was made with a different "
             f"configuration ({lines}). Use the same settings, a new workdir, or resume=False."
         )
-
-
-@functools.lru_cache(maxsize=16)
-def _compiled_steps(preprocess, label_smoothing, num_classes, mesh, ensemble: bool):
-    """Jitted ``(train, eval, indexed_train)`` steps, memoised on their static configuration so
-    that repeated ``fit`` calls in one process (resume, several models with the same settings)
-    reuse the compiled programs."""
-    if ensemble:
-        train = make_ensemble_train_step(
-            preprocess, label_smoothing=label_smoothing, num_classes=num_classes
-        )
-        evals = make_ensemble_eval_step(preprocess, num_classes=num_classes)
-    else:
-        train = make_train_step(
-            preprocess, label_smoothing=label_smoothing, num_classes=num_classes
-        )
-        evals = make_eval_step(preprocess, num_classes=num_classes)
-    # XLA:CPU runs a rolled scan of the step much slower than separate calls: unroll it there.
-    cpu = any(d.platform == "cpu" for d in mesh.devices.flat)
-    indexed = make_indexed_train_step(train, batch_sharding=batch_sharding(mesh), unroll=cpu)
-    return (
-        jit_train_step(train, mesh),
-        jit_eval_step(evals, mesh),
-        jit_indexed_train_step(indexed, mesh),
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,26 +228,23 @@ class DeviceFeed:
 
 
 def make_feed(
-    preprocess: Preprocess,
+    engine: Engine,
     dataset,
-    mesh,
     *,
-    batch_size: int,
-    seed: int = 0,
-    label_smoothing: float = 0.0,
-    ensemble: bool = False,
     on_device: bool = False,
-    steps_per_dispatch: int = 1,
+    steps_per_dispatch: int | None = None,
 ) -> HostFeed | DeviceFeed:
     """The training-batch source ``fit`` uses (also for benchmarks): ``feed.epoch(state, e)``
-    yields ``(state, metrics, steps)`` for every dispatch of epoch ``e``, with the jitted (and
-    memoised) steps of :func:`fit`. ``on_device`` picks :class:`DeviceFeed` over
-    :class:`HostFeed`; both give the same batches in the same order."""
-    num_classes = int(dataset.num_classes) if hasattr(dataset, "num_classes") else None
-    train, _, indexed = _compiled_steps(preprocess, label_smoothing, num_classes, mesh, ensemble)
+    yields ``(state, metrics, steps)`` for every dispatch of epoch ``e``, with the engine's
+    steps (:func:`~jaxcnn.train.build`), its config's batch size and seed.
+    ``on_device`` picks :class:`DeviceFeed` (``steps_per_dispatch`` steps per call; default the
+    config's) over :class:`HostFeed`; both give the same batches in the same order."""
+    config = engine.config
     if on_device:
-        return DeviceFeed(indexed, dataset, batch_size, mesh, seed, steps_per_dispatch)
-    return HostFeed(train, dataset, batch_size, mesh, seed)
+        k = config.steps_per_dispatch if steps_per_dispatch is None else steps_per_dispatch
+        return DeviceFeed(engine.indexed_step, dataset, config.batch_size, engine.mesh,
+                          config.seed, k)
+    return HostFeed(engine.train_step, dataset, config.batch_size, engine.mesh, config.seed)
 
 
 def _stack_metrics(entries, stacked: bool) -> dict[str, np.ndarray]:
@@ -496,7 +340,7 @@ def evaluate_dataset(
     padded_batch_size(batch_size, mesh)  # a bad value is a ValueError here, before any jit
     ensemble = np.ndim(state.step) == 1
     num_classes = getattr(dataset, "num_classes", None)
-    eval_step = _compiled_steps(preprocess, 0.0, num_classes, mesh, ensemble)[1]
+    eval_step = jitted_eval_step(preprocess, num_classes, mesh, ensemble)
     result = _evaluate(
         eval_step,
         replicate(state, mesh),
@@ -534,7 +378,7 @@ def fit(
     *,
     config: FitConfig,
     workdir: str | os.PathLike,
-    preprocess: Preprocess | None = None,
+    normalization: tuple | None = None,
     resume: bool = True,
     progress: bool | None = None,
     verbose: bool = True,
@@ -544,16 +388,18 @@ def fit(
 
     Works unchanged on any number of devices (data parallel over :func:`make_mesh`): the train
     batch must split evenly over them (checked first, with valid sizes in the message); the
-    eval batch adapts (see ``FitConfig.eval_batch_size``).
+    eval batch adapts (see ``FitConfig.eval_batch_size``). The state and steps come from
+    :func:`~jaxcnn.train.build` (the engine's one builder); everything that shapes the run is
+    in ``config`` (optimizer, parameter groups, EMA, augmentation, ``init_fn``, ensemble).
 
     Args:
       model: a ``jaxcnn.models`` module (its ``num_classes`` must match the data).
       train_ds, eval_ds: ``ArrayDataset``s (uint8 images (N, H, W, C), int32 labels (N,)).
         ``eval_ds`` may be None (no evaluation; "best" then follows the train accuracy).
-      config: the :class:`FitConfig`.
+      config: the :class:`FitConfig` (e.g. a recipe of :mod:`jaxcnn.train.recipes`).
       workdir: run directory: ``checkpoints/{latest,best}`` and ``metrics.jsonl``.
-      preprocess: on-device preprocessing; default: per-channel mean/std of ``train_ds`` and the
-        augmentation flags of ``config``.
+      normalization: ``(mean, std)`` per channel in [0, 1] units (e.g. ``(CIFAR10_MEAN,
+        CIFAR10_STD)``); default: those of ``train_ds``. The augmentation is the config's.
       resume: continue from ``checkpoints/latest`` when it exists (the saved configuration must
         match, except the fields in ``FitConfig.RESUMABLE_CHANGES``).
       progress: tqdm bars (loss, accuracy, images/s; refreshed every ``log_every`` steps, the
@@ -569,38 +415,20 @@ def fit(
       :class:`FitResult` with the final state and the history: one record per epoch
       ``{epoch, train_loss, train_accuracy, eval_loss, eval_accuracy, lr, images_per_s,
       epoch_seconds}`` (ensembles: means over members, plus ``*_members`` lists and
-      ``ensemble_eval_accuracy``). The same records are in ``<workdir>/metrics.jsonl``.
+      ``ensemble_eval_accuracy``; with ``config.eval_ema`` the eval numbers are those of the
+      averaged weights). The same records are in ``<workdir>/metrics.jsonl``.
 
     Raises:
       TrainingDiverged: the loss became NaN/inf; the checkpoint of the last good epoch is kept.
       ValueError: bad configuration (e.g. a batch size the devices cannot split) or a
         checkpoint from a different configuration.
     """
-    from jaxcnn.data import num_batches
-
-    if not isinstance(config, FitConfig):
-        raise ValueError(f"config must be a FitConfig, got {type(config).__name__}")
-    for name, ds in (("train_ds", train_ds), ("eval_ds", eval_ds)):
-        if ds is not None and not (hasattr(ds, "images") and hasattr(ds, "labels")):
-            raise ValueError(f"{name} must be an ArrayDataset, got {type(ds).__name__}")
-    num_classes = int(train_ds.num_classes)
-    if getattr(model, "num_classes", num_classes) != num_classes:
-        raise ValueError(
-            f"model has num_classes={model.num_classes} but the data has {num_classes} classes; "
-            f"create the model with num_classes={num_classes}"
-        )
-    steps_per_epoch = num_batches(len(train_ds), config.batch_size, drop_remainder=True)
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"batch_size {config.batch_size} is larger than the training set ({len(train_ds)} "
-            "examples); use a smaller batch_size"
-        )
+    if eval_ds is not None and not (hasattr(eval_ds, "images") and hasattr(eval_ds, "labels")):
+        raise ValueError(f"eval_ds must be an ArrayDataset, got {type(eval_ds).__name__}")
     mesh = make_mesh()
-    check_batch_size(config.batch_size, mesh)
-    if preprocess is None:
-        preprocess = _default_preprocess(config, train_ds)
-    elif not isinstance(preprocess, Preprocess):
-        raise ValueError(f"preprocess must be a Preprocess, got {type(preprocess).__name__}")
+    steps_per_epoch = check_inputs(model, config, train_ds, mesh)
+    normalization = resolve_normalization(normalization, train_ds)
+    preprocess = make_preprocess(config, *normalization)  # checks the values
     progress = _stderr_is_terminal() if progress is None else bool(progress)
     say = bool(verbose) and jax.process_index() == 0
 
@@ -614,44 +442,23 @@ def fit(
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    run_config = _run_config(config, model, preprocess, train_ds, eval_ds)
-
-    total_steps = config.epochs * steps_per_epoch
-    warmup = (
-        None
-        if config.warmup_epochs is None
-        else min(int(round(config.warmup_epochs * steps_per_epoch)), total_steps - 1)
-    )
-    schedule = make_schedule(
-        config.schedule, config.lr, total_steps=total_steps, warmup_steps=warmup
-    )
-    tx = make_optimizer(
-        config.optimizer,
-        config.lr,
-        schedule=config.schedule,
-        total_steps=total_steps,
-        warmup_steps=warmup,
-        momentum=config.momentum,
-        nesterov=config.nesterov,
-        weight_decay=config.weight_decay,
-        clip_norm=config.clip_norm,
-    )
+    run_config = _run_config(config, model, preprocess, train_ds)
     history: list[dict[str, Any]] = []
     start_epoch = 0
     best = None
     restored = checkpoint.restore(workdir, "latest") if resume else None
     if restored is not None:  # check before any compilation
         _check_resume_config(restored[1].get("config", {}), run_config, workdir)
-
-    input_shape = (1, *train_ds.image_shape)
-    ensemble = config.ensemble > 1
-    if ensemble:
-        seeds = [config.seed + k for k in range(config.ensemble)]
-        state = create_ensemble_state(model, tx, seeds, input_shape)
-    else:
-        state = create_train_state(model, tx, jax.random.key(config.seed), input_shape)
+    engine = build(
+        model,
+        config,
+        train_ds,
+        normalization=normalization,
+        mesh=mesh,
+        restore=None if restored is None else restored[0],
+    )
+    state = engine.state
     if restored is not None:
-        state = checkpoint.tree_to_state(state, restored[0])
         meta = restored[1]
         start_epoch = int(meta["epoch"])
         history = list(meta.get("history", []))
@@ -663,24 +470,13 @@ def fit(
         for rec in history:
             f.write(json.dumps(rec) + "\n")
 
-    state = replicate(state, mesh)
-    eval_step = _compiled_steps(preprocess, config.label_smoothing, num_classes, mesh, ensemble)[1]
+    ensemble = config.ensemble > 1
     last_epoch = config.epochs if stop_after_epoch is None else min(config.epochs, stop_after_epoch)
     on_device = resolve_data_on_device(config.data_on_device, train_ds, mesh)
     feed = None
     for epoch in range(start_epoch, last_epoch):
         if feed is None:  # only when there is an epoch to run (the device copy costs memory)
-            feed = make_feed(
-                preprocess,
-                train_ds,
-                mesh,
-                batch_size=config.batch_size,
-                seed=config.seed,
-                label_smoothing=config.label_smoothing,
-                ensemble=ensemble,
-                on_device=on_device,
-                steps_per_dispatch=config.steps_per_dispatch,
-            )
+            feed = make_feed(engine, train_ds, on_device=on_device)
         t0 = time.perf_counter()
         bar = _tqdm(
             total=steps_per_epoch,
@@ -722,13 +518,18 @@ def fit(
         }
         if eval_ds is not None:
             ev = _evaluate(
-                eval_step, state, eval_ds, config.eval_batch_size, mesh, keep_logits=False
+                engine.eval_step,
+                with_ema_params(state) if config.eval_ema else state,
+                eval_ds,
+                config.eval_batch_size,
+                mesh,
+                keep_logits=False,
             )
             record["eval_loss"] = _mean(ev["loss"])
             record["eval_accuracy"] = _mean(ev["accuracy"])
         else:
             record["eval_loss"] = record["eval_accuracy"] = None
-        record["lr"] = learning_rate_at(schedule, (epoch + 1) * steps_per_epoch - 1)
+        record["lr"] = learning_rate_at(engine.schedule, (epoch + 1) * steps_per_epoch - 1)
         record["images_per_s"] = steps_per_epoch * config.batch_size / train_seconds
         record["epoch_seconds"] = time.perf_counter() - t0
         if ensemble:
@@ -754,7 +555,11 @@ def fit(
             f.write(json.dumps(record) + "\n")
         log(_epoch_line(record, config.epochs, eval_ds is not None))
     return FitResult(
-        state=state, history=history, best_eval_accuracy=best, data_on_device=on_device
+        state=state,
+        history=history,
+        best_eval_accuracy=best,
+        data_on_device=on_device,
+        preprocess=preprocess,
     )
 
 

@@ -5,33 +5,152 @@
   buffer (it is not accumulated in it, unlike L2 regularisation in the loss) and then scaled
   by the schedule, as in SGDW (Loshchilov and Hutter).
 * ``adamw``: ``optax.adamw`` (decoupled decay, ``w -= lr_t * (adam(g) + wd * w)``).
-* Weight decay mask: only kernels (arrays with ndim >= 2: conv and dense weights) are decayed;
-  biases and BatchNorm scale/bias (1-D) are not -- decaying BN scales fights normalisation.
+* Parameter groups (:class:`ParamGroup`): rules that give the parameters they match their own
+  learning-rate scale, weight decay and training window (the first matching rule wins; the
+  rest get the plain settings). The default rule, :data:`DEFAULT_PARAM_GROUPS`, exempts the
+  1-D leaves from weight decay: biases and BatchNorm scale/bias (decaying BN scales fights
+  normalisation); kernels (ndim >= 2: conv and dense weights) are decayed.
 * Schedules: ``onecycle`` (``optax.cosine_onecycle_schedule``: warm up from lr/25 to lr over
   ``warmup_steps``, then cosine down to lr/25e4), ``cosine`` (linear warm-up from 0 then cosine
   to 0), ``constant`` (optional linear warm-up).
+* ``ema_decay``: the optimizer state also keeps an exponential moving average of the weights
+  (:mod:`jaxcnn.train.ema`).
+
+:func:`make_optimizer` is memoised on its arguments: the same settings give the same optax
+object, so a train state built with it has the same static ``tx`` as before and jit reuses the
+programs it compiled for it (a second ``fit`` with the same configuration compiles nothing).
 """
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import jax
+import jax.numpy as jnp
 import optax
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "constant")
 
+# ``ParamGroup.match`` labels that select leaves by their shape instead of their name.
+PREDICATES: dict[str, Callable[[jax.Array], bool]] = {
+    "ndim<2": lambda leaf: leaf.ndim < 2,  # biases, BatchNorm scale and bias
+    "ndim>=2": lambda leaf: leaf.ndim >= 2,  # conv and dense kernels
+}
 
-def decay_mask(params):
-    """True for the leaves to weight-decay: arrays with ndim >= 2 (kernels), not biases/BN."""
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+def _number(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+@dataclass(frozen=True)
+class ParamGroup:
+    """Optimizer settings for the parameters that one rule matches.
+
+    Attributes:
+      match: which leaves: one of the labels of :data:`PREDICATES` (``"ndim<2"``: biases and
+        BatchNorm scale/bias; ``"ndim>=2"``: kernels), or else a regular expression searched
+        (``re.search``) in the leaf's path, its keys joined by ``/``
+        (e.g. ``"block1_conv1/bias"``, ``"^head/"``).
+      lr_scale: multiplies the schedule's learning rate (0 freezes the group: its leaves stay
+        bitwise unchanged, with no optimizer state).
+      weight_decay: the group's decoupled weight decay; None: the optimizer's ``weight_decay``.
+      start_epoch, stop_epoch: the group trains only in epochs ``[start_epoch, stop_epoch)``
+        (None: to the end); outside that window its learning rate is 0, so its leaves do not
+        change at all (no decay either). Fractions of an epoch are rounded to whole steps.
+        E.g. ``ParamGroup("stem/bias", stop_epoch=3)``: trained for 3 epochs, then frozen.
+    """
+
+    match: str
+    lr_scale: float = 1.0
+    weight_decay: float | None = None
+    start_epoch: float = 0.0
+    stop_epoch: float | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.match, str) or not self.match:
+            raise ValueError(f"ParamGroup.match must be a non-empty string, got {self.match!r}")
+        if self.match not in PREDICATES:
+            try:
+                re.compile(self.match)
+            except re.error as err:
+                raise ValueError(
+                    f"ParamGroup.match {self.match!r} is neither a label of {tuple(PREDICATES)} "
+                    f"nor a valid regular expression ({err})"
+                ) from None
+        if not (_number(self.lr_scale) and self.lr_scale >= 0):
+            raise ValueError(f"ParamGroup.lr_scale must be a number >= 0, got {self.lr_scale!r}")
+        if self.weight_decay is not None and not (
+            _number(self.weight_decay) and self.weight_decay >= 0
+        ):
+            raise ValueError(
+                f"ParamGroup.weight_decay must be None or a number >= 0, got {self.weight_decay!r}"
+            )
+        if not (_number(self.start_epoch) and self.start_epoch >= 0):
+            raise ValueError(
+                f"ParamGroup.start_epoch must be a number >= 0, got {self.start_epoch!r}"
+            )
+        if self.stop_epoch is not None and not (
+            _number(self.stop_epoch) and self.stop_epoch > self.start_epoch
+        ):
+            raise ValueError(
+                f"ParamGroup.stop_epoch must be None or a number > start_epoch "
+                f"({self.start_epoch}), got {self.stop_epoch!r}"
+            )
+
+    def matches(self, path: str, leaf) -> bool:
+        """Whether the leaf at ``path`` (keys joined by ``/``) belongs to this group."""
+        if self.match in PREDICATES:
+            return bool(PREDICATES[self.match](leaf))
+        return re.search(self.match, path) is not None
+
+
+# Biases and BatchNorm parameters are not weight-decayed; everything else gets the defaults.
+DEFAULT_PARAM_GROUPS: tuple[ParamGroup, ...] = (ParamGroup("ndim<2", weight_decay=0.0),)
+
+
+def leaf_path(path) -> str:
+    """A jax key path as ``block1_conv1/kernel`` (a tuple index and orbax's string key give the
+    same name; checkpoint digests use it too)."""
+    parts = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
+def group_labels(params, groups: tuple[ParamGroup, ...]):
+    """The index of each leaf's group (the first rule that matches it), or ``len(groups)`` for
+    leaves no rule matches, as a pytree like ``params``."""
+    def label(path, leaf):
+        name = leaf_path(path)
+        return next((i for i, g in enumerate(groups) if g.matches(name, leaf)), len(groups))
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def decay_mask(params, groups: tuple[ParamGroup, ...] = DEFAULT_PARAM_GROUPS, weight_decay=1.0):
+    """True for the leaves that get weight decay under ``groups`` (default: ndim >= 2, the
+    kernels; not biases/BatchNorm)."""
+    decays = [g.weight_decay for g in groups] + [None]
+    return jax.tree.map(
+        lambda i: (weight_decay if decays[i] is None else decays[i]) > 0,
+        group_labels(params, groups),
+    )
 
 
 def default_warmup_steps(schedule: str, total_steps: int) -> int:
-    """Warm-up used when none is given: 30% for one-cycle, 5% for cosine, none for constant."""
+    """Warm-up used when none is given: 30% for one-cycle (at least one step, and fewer than
+    ``total_steps``), 5% for cosine, none for constant."""
     if schedule == "onecycle":
-        return max(1, int(0.3 * total_steps))
+        return min(max(1, int(0.3 * total_steps)), total_steps - 1)
     if schedule == "cosine":
         return int(0.05 * total_steps)
     return 0
@@ -95,6 +214,23 @@ def learning_rate_at(schedule: Callable | float, step: int) -> float:
     return float(schedule)
 
 
+def _group_schedule(base, group: ParamGroup, steps_per_epoch: int):
+    """``base`` times the group's ``lr_scale``, and 0 outside its training window."""
+    start = int(round(group.start_epoch * steps_per_epoch))
+    stop = None if group.stop_epoch is None else int(round(group.stop_epoch * steps_per_epoch))
+    if group.lr_scale == 1 and start == 0 and stop is None:
+        return base  # the plain schedule, bit for bit
+
+    def schedule(step):
+        lr = base(step) * group.lr_scale
+        on = step >= start
+        if stop is not None:
+            on = on & (step < stop)
+        return jnp.where(on, lr, jnp.zeros_like(lr))
+
+    return schedule
+
+
 def make_optimizer(
     name: str = "sgd",
     learning_rate: float = 0.1,
@@ -106,8 +242,12 @@ def make_optimizer(
     nesterov: bool = True,
     weight_decay: float = 5e-4,
     clip_norm: float | None = None,
+    param_groups: tuple[ParamGroup, ...] = DEFAULT_PARAM_GROUPS,
+    steps_per_epoch: int = 1,
+    ema_decay: float | None = None,
 ) -> optax.GradientTransformation:
-    """An optax optimizer with a schedule, decoupled weight decay and optional clipping.
+    """An optax optimizer with a schedule, decoupled weight decay, parameter groups, optional
+    clipping and an optional moving average of the weights.
 
     Args:
       name: ``"sgd"`` (Nesterov momentum + decoupled decay) or ``"adamw"``.
@@ -116,11 +256,19 @@ def make_optimizer(
       total_steps: number of optimizer steps of the whole run (epochs * steps per epoch).
       warmup_steps: warm-up length; default from :func:`default_warmup_steps`.
       momentum, nesterov: SGD momentum (AdamW ignores these; its b1 is 0.9).
-      weight_decay: decoupled decay coefficient (0 disables it); masked by :func:`decay_mask`.
+      weight_decay: decoupled decay coefficient (0 disables it) of the leaves whose group does
+        not set its own.
       clip_norm: clip gradients to this global norm first (None: no clipping).
+      param_groups: :class:`ParamGroup` rules, the first match wins; default
+        :data:`DEFAULT_PARAM_GROUPS` (no decay on biases and BatchNorm). ``()``: every leaf
+        gets ``learning_rate`` and ``weight_decay``.
+      steps_per_epoch: converts the groups' ``start_epoch``/``stop_epoch`` to steps.
+      ema_decay: keep an exponential moving average of the weights in the optimizer state
+        (:func:`jaxcnn.train.ema.with_ema`; read it with :func:`~jaxcnn.train.ema.ema_params`).
 
     Returns:
-      An ``optax.GradientTransformation`` (pure; works under ``jax.vmap`` for ensembles).
+      An ``optax.GradientTransformation`` (pure; works under ``jax.vmap`` for ensembles); the
+      same object for the same arguments.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
@@ -130,16 +278,59 @@ def make_optimizer(
         raise ValueError(f"momentum must be in [0, 1), got {momentum}")
     if clip_norm is not None and not clip_norm > 0:
         raise ValueError(f"clip_norm must be positive or None, got {clip_norm}")
-    lr = make_schedule(schedule, learning_rate, total_steps=total_steps, warmup_steps=warmup_steps)
-    parts = []
-    if clip_norm is not None:
-        parts.append(optax.clip_by_global_norm(clip_norm))
-    if name == "sgd":
+    param_groups = tuple(param_groups)
+    if not all(isinstance(g, ParamGroup) for g in param_groups):
+        raise ValueError(f"param_groups must be ParamGroup rules, got {param_groups!r}")
+    if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or (
+        steps_per_epoch < 1
+    ):
+        raise ValueError(f"steps_per_epoch must be a positive int, got {steps_per_epoch!r}")
+    if ema_decay is not None and not 0 <= ema_decay < 1:
+        raise ValueError(f"ema_decay must be None or in [0, 1), got {ema_decay!r}")
+    return _make_optimizer(
+        name, learning_rate, schedule, total_steps, warmup_steps, momentum, nesterov,
+        weight_decay, clip_norm, param_groups, steps_per_epoch, ema_decay,
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _make_optimizer(
+    name, learning_rate, schedule, total_steps, warmup_steps, momentum, nesterov, weight_decay,
+    clip_norm, param_groups, steps_per_epoch, ema_decay,
+):
+    base = make_schedule(
+        schedule, learning_rate, total_steps=total_steps, warmup_steps=warmup_steps
+    )
+
+    def group_tx(group: ParamGroup | None) -> optax.GradientTransformation:
+        group = group or ParamGroup(".*")
+        if group.lr_scale == 0:
+            return optax.set_to_zero()  # frozen: bitwise unchanged, no state
+        lr = _group_schedule(base, group, steps_per_epoch)
+        wd = weight_decay if group.weight_decay is None else group.weight_decay
+        if name == "adamw":
+            return optax.adamw(lr, weight_decay=wd)
+        parts = []
         if momentum:
             parts.append(optax.trace(decay=momentum, nesterov=nesterov))
-        if weight_decay:
-            parts.append(optax.add_decayed_weights(weight_decay, mask=decay_mask))
+        if wd:
+            parts.append(optax.add_decayed_weights(wd))
         parts.append(optax.scale_by_learning_rate(lr))
-    else:
-        parts.append(optax.adamw(lr, weight_decay=weight_decay, mask=decay_mask))
-    return optax.chain(*parts)
+        return optax.chain(*parts)
+
+    parts = []
+    if clip_norm is not None:
+        parts.append(optax.clip_by_global_norm(clip_norm))  # the global norm of every group
+    groups = (*param_groups, None)  # None: the leaves no rule matches
+    parts.append(
+        optax.multi_transform(
+            {i: group_tx(g) for i, g in enumerate(groups)},
+            functools.partial(group_labels, groups=param_groups),
+        )
+    )
+    tx = optax.chain(*parts)
+    if ema_decay is not None:
+        from jaxcnn.train.ema import with_ema
+
+        tx = with_ema(tx, ema_decay)
+    return tx

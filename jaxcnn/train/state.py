@@ -26,8 +26,11 @@ class TrainState:
       opt_state: the optax state of ``tx``.
       rng: a ``jax.random.key``; the key of step ``s`` is ``fold_in(rng, s)``, so randomness
         depends only on the seed and the step (a resumed run draws the same numbers).
-      apply_fn: ``model.apply`` (static: not a pytree leaf).
-      tx: the optax ``GradientTransformation`` (static).
+      apply_fn: the model's ``apply`` (static: not a pytree leaf); a :class:`ModelApply`
+        from :func:`create_train_state`, equal for equal models, so that jit reuses the
+        programs compiled for an equal model.
+      tx: the optax ``GradientTransformation`` (static; :func:`~jaxcnn.train.make_optimizer`
+        gives the same object for the same settings, for the same reason).
     """
 
     step: jax.Array
@@ -59,6 +62,41 @@ class TrainState:
             opt_state=opt_state,
             batch_stats=self.batch_stats if batch_stats is None else batch_stats,
         )
+
+
+class ModelApply:
+    """``model.apply`` that compares (and hashes) by the model's value, not its identity.
+
+    A bound method ``model.apply`` is equal only to the same object's, so a train state of a
+    re-created but identical model would be a new static jit argument and compile again.
+    """
+
+    __slots__ = ("model",)
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __call__(self, *args, **kwargs):
+        return self.model.apply(*args, **kwargs)
+
+    def __eq__(self, other):
+        if not isinstance(other, ModelApply):
+            return False
+        if self.model is other.model:
+            return True
+        try:
+            return bool(self.model == other.model)
+        except Exception:  # noqa: BLE001 - e.g. an array-valued option: treat as different
+            return False
+
+    def __hash__(self):
+        try:
+            return hash(self.model)
+        except TypeError:  # an unhashable option: equal models then miss the cache, no harm
+            return id(self.model)
+
+    def __repr__(self):
+        return f"ModelApply({type(self.model).__name__})"
 
 
 def _check_input_shape(input_shape) -> tuple[int, ...]:
@@ -105,7 +143,7 @@ def create_train_state(
         batch_stats=batch_stats,
         opt_state=opt_state,
         rng=state_key,
-        apply_fn=model.apply,
+        apply_fn=ModelApply(model),
         tx=tx,
     )
 

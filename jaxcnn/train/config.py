@@ -1,0 +1,187 @@
+"""``FitConfig``: everything that defines a training run, in one frozen dataclass.
+
+A lesson configures the engine with one (a recipe, see :mod:`jaxcnn.train.recipes`), changes
+fields with ``dataclasses.replace`` (or :func:`jaxcnn.train.recipes.with_overrides` from parsed
+command-line flags), and hands it to :func:`jaxcnn.train.fit` or
+:func:`jaxcnn.train.build`. It is stored in every checkpoint and checked on resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from jaxcnn.train.optim import DEFAULT_PARAM_GROUPS, OPTIMIZERS, SCHEDULES, ParamGroup
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Everything that defines a training run (stored in checkpoints; checked on resume).
+
+    Attributes:
+      epochs: number of epochs.
+      batch_size: GLOBAL train batch size. It must be divisible by the number of devices: fit
+        raises a ValueError naming valid sizes before compiling anything (128 suits 1, 2, 4
+        and 8 devices).
+      optimizer: ``"sgd"`` (Nesterov, decoupled decay) or ``"adamw"``.
+      lr: peak learning rate. schedule: ``"onecycle"``, ``"cosine"`` or ``"constant"``.
+      warmup_epochs: warm-up length in epochs (None: the schedule's default).
+      momentum, nesterov, weight_decay, clip_norm: see :func:`~jaxcnn.train.make_optimizer`.
+      param_groups: per-parameter-group learning-rate scale, weight decay and training window
+        (:class:`~jaxcnn.train.ParamGroup` rules, the first match wins). Default: no weight
+        decay on biases and BatchNorm (``DEFAULT_PARAM_GROUPS``). E.g. a stem bias frozen
+        after 3 epochs, before the default rule:
+        ``(ParamGroup("stem/bias", stop_epoch=3), *DEFAULT_PARAM_GROUPS)``.
+      ema_decay: keep an exponential moving average of the weights with this decay (e.g.
+        0.999) in the optimizer state (:mod:`jaxcnn.train.ema`); None: no average.
+      eval_ema: evaluate (and pick ``best``) on the averaged weights; needs ``ema_decay``.
+      label_smoothing: cross-entropy label smoothing.
+      seed: init, dropout, augmentation and shuffle seed (ensemble member k uses seed + k).
+      dtype: compute dtype of the preprocessed input (``"float32"``/``"bfloat16"``); build the
+        model with the same ``dtype`` option for bf16 compute.
+      ensemble: K > 1 trains K members in one vmapped step.
+      augment: on-device augmentation in the train step (never in evaluation), made of:
+        crop_pad (reflect-padding of the random crop, 0: none), flip (random horizontal flip),
+        cutout_size (side of a zeroed square, 0: none). The step's
+        :class:`~jaxcnn.train.Preprocess` is built from these fields and the normalisation.
+      init_fn: data-dependent initialisation, ``init_fn(variables, train_images, rng) ->
+        variables``, run once on the freshly initialised model before training (not on
+        resume: the checkpoint holds its result), e.g. to whiten the first convolution from
+        image patches. ``variables``: ``{"params", ["batch_stats"]}`` of one model (each
+        ensemble member in turn); ``train_images``: the uint8 training images (N, H, W, C);
+        ``rng``: a key derived from the seed. The result must have the same structure and
+        shapes (dtypes are cast back); the optimizer state is initialised from it. Stored
+        in checkpoints by its qualified name.
+      eval_batch_size: evaluation batch, any positive int: it is capped at the eval set's size
+        and rounded up to a multiple of the device count (500 runs as 504 on 8 devices); the
+        last batch is padded and the padding masked, so no example is dropped or counted twice.
+        Not checked on resume.
+      log_every: steps between progress-bar updates (the only device syncs in an epoch). Not
+        checked on resume.
+      keep_checkpoints: how many ``latest`` checkpoints to keep. Not checked on resume.
+      data_on_device: where the training batches are assembled. ``True``: the uint8 training
+        set is put on every device once and each step gathers its batch there (no per-step
+        host gather or host-to-device copy); ``False``: host batches copied every step;
+        ``"auto"`` (default): on for GPU/TPU when one copy of the training set takes at most
+        ``DEVICE_DATA_FRACTION`` (1/4) of a device's memory, off on CPU (there it measured no
+        faster, see ``python -m experiments.bench_host``). The same batches in the same order,
+        hence the same numbers, either way. Single-process only: with
+        ``jax.process_count() > 1`` fit uses the host path. Not checked on resume.
+      steps_per_dispatch: device path only: train steps per call (``lax.scan``; unrolled on
+        CPU, where XLA runs a rolled loop of the step slower), to cut Python dispatch where it
+        shows (fast accelerators, small models). Not checked on resume.
+    """
+
+    epochs: int = 30
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    schedule: str = "onecycle"
+    warmup_epochs: float | None = None
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    clip_norm: float | None = None
+    param_groups: tuple[ParamGroup, ...] = DEFAULT_PARAM_GROUPS
+    ema_decay: float | None = None
+    eval_ema: bool = False
+    label_smoothing: float = 0.0
+    seed: int = 0
+    dtype: str = "float32"
+    ensemble: int = 1
+    augment: bool = True
+    crop_pad: int = 4
+    flip: bool = True
+    cutout_size: int = 0
+    init_fn: Callable | None = None
+    eval_batch_size: int = 500
+    log_every: int = 20
+    keep_checkpoints: int = 2
+    data_on_device: bool | str = "auto"
+    steps_per_dispatch: int = 1
+
+    # Fields that may change between a run and its resumption (they do not change the numbers).
+    RESUMABLE_CHANGES = (
+        "eval_batch_size",
+        "log_every",
+        "keep_checkpoints",
+        "data_on_device",
+        "steps_per_dispatch",
+    )
+
+    def __post_init__(self):
+        def positive_int(name):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"FitConfig.{name} must be a positive int, got {v!r}")
+
+        for name in (
+            "epochs",
+            "batch_size",
+            "ensemble",
+            "eval_batch_size",
+            "log_every",
+            "steps_per_dispatch",
+        ):
+            positive_int(name)
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"FitConfig.optimizer {self.optimizer!r} not in {OPTIMIZERS}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"FitConfig.schedule {self.schedule!r} not in {SCHEDULES}")
+        if not self.lr > 0:
+            raise ValueError(f"FitConfig.lr must be positive, got {self.lr}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"FitConfig.seed must be an int >= 0, got {self.seed!r}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(
+                f"FitConfig.dtype must be float32, bfloat16 or float16: {self.dtype!r}"
+            )
+        for name in ("crop_pad", "cutout_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"FitConfig.{name} must be an int >= 0, got {v!r}")
+        if not (isinstance(self.data_on_device, bool) or self.data_on_device == "auto"):
+            raise ValueError(
+                "FitConfig.data_on_device must be True, False or 'auto', got "
+                f"{self.data_on_device!r}"
+            )
+        # Groups read back from JSON (a list of dicts) become ParamGroup rules again.
+        groups = tuple(
+            ParamGroup(**g) if isinstance(g, dict) else g for g in (self.param_groups or ())
+        )
+        if not all(isinstance(g, ParamGroup) for g in groups):
+            raise ValueError(
+                f"FitConfig.param_groups must be ParamGroup rules, got {self.param_groups!r}"
+            )
+        object.__setattr__(self, "param_groups", groups)
+        if self.ema_decay is not None and not (
+            isinstance(self.ema_decay, int | float) and 0 <= self.ema_decay < 1
+        ):
+            raise ValueError(
+                f"FitConfig.ema_decay must be None or in [0, 1), got {self.ema_decay!r}"
+            )
+        if self.eval_ema and self.ema_decay is None:
+            raise ValueError("FitConfig.eval_ema needs ema_decay (the weights' moving average)")
+        if self.init_fn is not None and not callable(self.init_fn):
+            raise ValueError(
+                f"FitConfig.init_fn must be a callable or None, got {type(self.init_fn).__name__}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as JSON-ready values (groups as dicts, ``init_fn`` as its name)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["param_groups"] = [dataclasses.asdict(g) for g in self.param_groups]
+        out["init_fn"] = callable_name(self.init_fn)
+        return out
+
+
+def callable_name(fn) -> str | None:
+    """``module.qualname`` of a function (None for None)."""
+    if fn is None:
+        return None
+    if isinstance(fn, functools.partial):
+        return f"{callable_name(fn.func)}(*{fn.args!r}, **{fn.keywords!r})"
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
