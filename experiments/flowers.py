@@ -50,11 +50,12 @@ def build_parser():
                    help=f"comma-separated subset of {', '.join(MODES)}")
     p.add_argument("--val-fraction", type=_cli.unit_interval, default=0.15,
                    help="stratified fraction of the images held out for evaluation")
-    p.add_argument("--image-size", type=_cli.positive_int, default=128,
-                   help="side the photos are resized to when read")
-    p.add_argument("--input-size", type=_cli.positive_int, default=160,
-                   help="side the pretrained network sees (224 = its ImageNet size; 160 is "
-                        "about half the compute and is the documented CPU run)")
+    p.add_argument("--image-size", type=_cli.positive_int, default=224,
+                   help="side the photos are resized to when read (224: the backbone's own "
+                        "input size, so no detail of the 227 px photos is thrown away)")
+    p.add_argument("--input-size", type=_cli.positive_int, default=224,
+                   help="side the pretrained network sees (224 = its ImageNet size; 160 costs "
+                        "about half the compute)")
     p.add_argument("--head-epochs", type=_cli.positive_int, default=60,
                    help="epochs of the Dense head on cached features (phase 1)")
     p.add_argument("--head-lr", type=_cli.positive_float, default=1e-3,
@@ -198,26 +199,24 @@ def run_transfer(ds, val_idx, train_idx, args, modes, outcomes):
 
 def run_scratch(ds, val_idx, train_idx, args, outcomes):
     from jaxcnn import models
-    from jaxcnn.data import ArrayDataset, channel_stats, resize_images
+    from jaxcnn.data import ArrayDataset, resize_images
     from jaxcnn.evaluate import predict_logits
-    from jaxcnn.train import FitConfig, Preprocess, fit
+    from jaxcnn.train import FitConfig, fit
 
     size = (args.scratch_size,) * 2
     small = ArrayDataset(resize_images(ds.images, size), ds.labels, ds.class_names)
     train, val = small.take(train_idx), small.take(val_idx)
-    mean, std = channel_stats(train.images)
-    preprocess = Preprocess(mean=tuple(mean), std=tuple(std), augment=True, crop_pad=8)
     model = models.create(args.scratch_model, num_classes=ds.num_classes)
     config = FitConfig(epochs=args.scratch_epochs, batch_size=args.batch_size, optimizer="adamw",
                        lr=2e-3, schedule="onecycle", weight_decay=5e-4, label_smoothing=0.1,
-                       seed=args.seed, crop_pad=8, eval_batch_size=100)
+                       seed=args.seed, augment=True, crop_pad=8, eval_batch_size=100)
     start = time.perf_counter()
+    # Normalisation defaults to the training images' per-channel statistics.
     result = fit(model, train, val, config=config, workdir=args.workdir / "scratch",
-                 preprocess=preprocess, progress=args.progress)
+                 progress=args.progress)
     seconds = time.perf_counter() - start
-    variables = {"params": result.state.params}
-    if result.state.batch_stats:
-        variables["batch_stats"] = result.state.batch_stats
+    preprocess = result.preprocess
+    variables = result.state.variables
     logits = predict_logits(model.apply, variables, val.images, mean=preprocess.mean,
                             std=preprocess.std, batch_size=100)
     row = dict(mode="scratch", model=f"{args.scratch_model} at {args.scratch_size}px",

@@ -20,8 +20,8 @@ The package's parts, all re-exported here (``from experiments import _cli``):
 * :mod:`experiments._cli.results`: what lessons write and print: ``results.json`` (written
   atomically), plain-text tables, and CIFAR-10 loading for the lessons that train on it.
 
-Lessons do not import each other: what two of them share lives here (or, for the CIFAR-10
-training recipes, in :mod:`experiments._recipes`).
+Lessons do not import each other: what two of them share lives here; training recipes are
+``FitConfig``s in the library (:mod:`jaxcnn.train.recipes`).
 """
 
 from __future__ import annotations
