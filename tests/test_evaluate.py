@@ -1,5 +1,7 @@
 """jaxcnn.evaluate against sklearn.metrics, and batched prediction against a direct apply."""
 
+import warnings
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -181,3 +183,73 @@ def test_conv_activations_capture_jaxcnn_conv_layers():
                             models.create("mlp", num_classes=10).init(
                                 jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False),
                             images, mean=0.5, std=0.25)
+
+
+def test_metrics_cover_every_class_even_when_absent():
+    """Labels are passed to scikit-learn explicitly: a class that is never predicted and one
+    that never occurs still get their row/column, with 0 (or NaN) where a ratio is undefined."""
+    labels = np.array([0, 0, 1, 1, 1])
+    pred = np.array([0, 1, 1, 1, 0])  # class 2 absent from both, class 3 too (K = 4)
+    cm = ev.confusion_matrix(pred, labels, 4)
+    np.testing.assert_array_equal(cm, [[1, 1, 0, 0], [1, 2, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+    precision, recall, f1, support = ev.precision_recall_f1(pred, labels, 4)
+    np.testing.assert_allclose(precision, [1 / 2, 2 / 3, 0, 0])
+    np.testing.assert_allclose(recall, [1 / 2, 2 / 3, 0, 0])
+    np.testing.assert_allclose(f1, [1 / 2, 2 / 3, 0, 0])
+    np.testing.assert_array_equal(support, [2, 3, 0, 0])
+    acc = ev.per_class_accuracy(pred, labels, 4)
+    np.testing.assert_allclose(acc[:2], [1 / 2, 2 / 3])
+    assert np.isnan(acc[2:]).all()
+    # one class in the data, K = 1 and K = 3: still (K, K), no warning about a single label
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(ev.confusion_matrix([0, 0], [0, 0], 1), [[2]])
+        np.testing.assert_array_equal(ev.confusion_matrix([0, 0], [0, 0], 3)[0], [2, 0, 0])
+        report = ev.classification_report([0, 0], [0, 0], num_classes=3)
+    assert all(f"{c:>12}" in report for c in "012")
+    # no example at all: an all-zero matrix
+    np.testing.assert_array_equal(ev.confusion_matrix([], [], 2), np.zeros((2, 2)))
+
+
+def test_top_k_edge_cases():
+    scores = np.array([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5]])
+    labels = np.array([2, 1, 0])  # ranks 2, 2, 3 (1-based)
+    assert ev.top_k_accuracy(scores, labels, 1) == 0.0
+    assert ev.top_k_accuracy(scores, labels, 2) == pytest.approx(2 / 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # k == K is exact, not scikit-learn's warning
+        assert ev.top_k_accuracy(scores, labels, 3) == 1.0
+    # two classes: scikit-learn's binary reading of the scores is avoided
+    two = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    assert ev.top_k_accuracy(two, np.array([0, 1, 1]), 1) == pytest.approx(2 / 3)
+    assert ev.top_k_accuracy(two, np.array([0, 1, 1]), 2) == 1.0
+    assert ev.top_k_accuracy(two[:, :1], np.array([0, 0, 0]), 1) == 1.0  # K = 1
+    with pytest.raises(ValueError, match=r"k must be an int in \[1, 3\]"):
+        ev.top_k_accuracy(scores, labels, 0)
+
+
+def test_balanced_class_weights():
+    labels = np.array([0] * 6 + [1] * 3 + [2] * 1)
+    w = ev.balanced_class_weights(labels, 4)  # n / (K * count); class 3 absent: 0
+    np.testing.assert_allclose(w, [10 / 24, 10 / 12, 10 / 4, 0.0], rtol=1e-6)
+    assert w.dtype == np.float32
+    full = ev.balanced_class_weights(labels, 3)
+    np.testing.assert_allclose(full[labels].mean(), 1.0, rtol=1e-6)
+    from sklearn.utils.class_weight import compute_class_weight
+
+    np.testing.assert_allclose(
+        full, compute_class_weight("balanced", classes=np.arange(3), y=labels), rtol=1e-6
+    )
+    with pytest.raises(ValueError, match="lie in"):
+        ev.balanced_class_weights(np.array([0, 5]), 3)
+    with pytest.raises(ValueError, match="empty"):
+        ev.balanced_class_weights(np.array([], int), 3)
+
+
+def test_evaluate_is_split_by_job_and_keeps_its_names():
+    from jaxcnn.evaluate import inspection, metrics, prediction
+
+    assert ev.predict_logits is prediction.predict_logits
+    assert ev.confusion_matrix is metrics.confusion_matrix
+    assert ev.first_conv_kernel is inspection.first_conv_kernel
+    assert set(ev.__all__) == {*prediction.__all__, *metrics.__all__, *inspection.__all__}

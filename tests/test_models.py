@@ -48,6 +48,55 @@ def test_register_custom_factory():
     assert name in models.available()
 
 
+def test_family_members_are_registered_variants():
+    """resnet20/32/56, plain20/56, resnet18/34, vgg16/19: one class each, some attributes fixed,
+    the listed options left to the caller (positionally too), named and documented."""
+    import inspect
+
+    from jaxcnn.models import resnet, vgg
+
+    assert resnet.resnet32.__name__ == "resnet32" and "n=5" in resnet.resnet32.__doc__
+    assert list(inspect.signature(vgg.vgg19).parameters) == [
+        "num_classes", "include_top", "pooling", "batch_norm", "dropout", "bn_momentum",
+        "bn_epsilon", "dtype",
+    ]
+    m = resnet.resnet56(7, "B", bn_momentum=0.8)
+    assert (m.num_classes, m.blocks_per_stage, m.shortcut, m.bn_momentum) == (7, 9, "B", 0.8)
+    assert models.create("plain56").residual is False
+    assert models.create("vgg19", include_top=False).stages == vgg.VGG19_STAGES
+    assert models.create("resnet34").stage_sizes == (3, 4, 6, 3)
+    with pytest.raises(TypeError):
+        resnet.plain20(zero_init_residual=True)  # not an option of the plain nets
+    with pytest.raises(ValueError, match=r"no attribute\(s\) \['depth'\]"):
+        models.registry.register_variant("bad_variant", resnet.CifarResNet, "", (), depth=3)
+
+
+def test_batchnorm_settings_reach_every_block():
+    from jaxcnn.models.layers import BatchNormNet
+
+    model = models.create("resnet20", bn_momentum=0.5, bn_epsilon=1e-3)
+    assert isinstance(model, BatchNormNet)
+    assert model.shared_options() == {
+        "bn_momentum": 0.5, "bn_epsilon": 1e-3, "dtype": jnp.float32, "param_dtype": jnp.float32,
+    }
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+    variables = model.init(jax.random.key(0), x, train=False)
+    _, moved = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    default = models.create("resnet20", bn_epsilon=1e-3)  # momentum 0.9
+    _, moved_default = default.apply(variables, x, train=True, mutable=["batch_stats"])
+    # running = m * running + (1 - m) * batch, with the same batch statistics in both (train
+    # mode normalises with them): every BatchNorm, in every block, moved 0.5 / 0.1 = 5x as far
+    step = jax.tree.map(jnp.subtract, moved["batch_stats"], variables["batch_stats"])
+    step_default = jax.tree.map(
+        jnp.subtract, moved_default["batch_stats"], variables["batch_stats"]
+    )
+    for a, b in zip(jax.tree.leaves(step), jax.tree.leaves(step_default), strict=True):
+        np.testing.assert_allclose(a, 5 * b, rtol=1e-4, atol=1e-6)
+    lite = models.create("efficientnet_lite0", num_classes=3)
+    assert (lite.bn_momentum, lite.bn_epsilon, lite.depthwise_impl) == (0.99, 1e-3, "auto")
+    assert models.create("mobilenet_v2").bn_momentum == 0.999
+
+
 def test_cnn3_param_count_exact():
     # convs 287,008 + BN scale/bias 896 + dense 2048*128+128 + 128*10+10 = 551,466
     convs = sum(

@@ -25,7 +25,6 @@ from PIL import Image
 
 import jaxcnn.pretrained as pretrained
 from jaxcnn.models import count_params, create
-from jaxcnn.models.efficientnet_lite import tf_same_padding
 from jaxcnn.pretrained import efficientnet_lite as effnet_map
 from jaxcnn.pretrained.torch_reader import (
     LEGACY_MAGIC,
@@ -108,14 +107,6 @@ def test_lite0_param_count_matches_checkpoint_layout():
     assert sorted({p[0] for p in flat if p[0].startswith("block")}) == sorted(
         f"block{i}" for i in range(16)
     )
-
-
-def test_tf_same_padding_is_asymmetric_on_stride_2():
-    assert tf_same_padding(224, 3, 2) == (0, 1)
-    assert tf_same_padding(224, 5, 2) == (1, 2)
-    assert tf_same_padding(56, 5, 1) == (2, 2)
-    assert tf_same_padding(7, 3, 2) == (1, 1)  # odd sizes pad symmetrically
-    assert tf_same_padding(1, 1, 1) == (0, 0)
 
 
 def test_checkpoint_has_lite0_params():

@@ -68,6 +68,50 @@ def test_same_padding():
             assert ops.output_size(10, k, 1, (lo, hi), d) == 10
 
 
+def test_same_padding_with_stride_is_tensorflows_asymmetric_rule():
+    # worked by hand: out = ceil(n / s), total = max((out - 1) * s + (k - 1) * d + 1 - n, 0)
+    assert ops.same_padding(3, stride=2, size=224) == (0, 1)  # out 112, total 1
+    assert ops.same_padding(5, stride=2, size=224) == (1, 2)  # out 112, total 3
+    assert ops.same_padding(5, stride=1, size=56) == (2, 2)
+    assert ops.same_padding(3, stride=2, size=7) == (1, 1)  # odd size: out 4, total 2
+    assert ops.same_padding(1, stride=1, size=1) == (0, 0)
+    assert ops.same_padding(1, stride=3, size=7) == (0, 0)  # out 3: taps 0, 3, 6 fit
+    assert ops.same_padding(2, stride=4, size=5) == (0, 1)  # out 2, total (1*4 + 2) - 5 = 1
+    assert ops.same_padding(3, 2, stride=2, size=8) == (1, 2)  # extent 5: out 4, total 3
+    assert ops.same_padding(3, stride=4, size=4) == (0, 0)  # total would be -1: clipped at 0
+    for k in range(1, 6):  # at stride 1 the size does not matter
+        for n in range(1, 9):
+            assert ops.same_padding(k, stride=1, size=n) == ops.same_padding(k)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 24), st.integers(1, 6), st.integers(1, 4), st.integers(1, 3))
+def test_same_padding_is_what_lax_same_pads(n, k, s, d):
+    lo, hi = ops.same_padding(k, d, stride=s, size=n)
+    assert 0 <= lo <= hi <= lo + 1
+    assert ops.output_size(n, k, s, (lo, hi), d) == -(-n // s)
+    # lax's own "SAME" equals a float64 numpy correlation with these pads (small integers, so
+    # float32 sums are exact)
+    x = np.random.default_rng(n * 100 + k).integers(-3, 4, n).astype(np.float64)
+    w = np.random.default_rng(k).integers(-3, 4, k).astype(np.float64)
+    xp = np.pad(x, (lo, hi))
+    want = [sum(xp[p * s + t * d] * w[t] for t in range(k)) for p in range(-(-n // s))]
+    same = jax.lax.conv_general_dilated(
+        jnp.asarray(x, jnp.float32)[None, :, None], jnp.asarray(w, jnp.float32)[:, None, None],
+        (s,), "SAME", rhs_dilation=(d,), dimension_numbers=("NWC", "WIO", "NWC"),
+    )
+    np.testing.assert_array_equal(np.asarray(same)[0, :, 0], want)
+
+
+def test_same_padding_needs_the_size_at_a_stride():
+    with pytest.raises(ValueError, match="depends on the input length: pass size="):
+        ops.same_padding(3, stride=2)
+    with pytest.raises(ValueError, match="size must be a positive int"):
+        ops.same_padding(3, stride=2, size=0)
+    with pytest.raises(ValueError, match="stride must be a positive int"):
+        ops.same_padding(3, stride=0, size=5)
+
+
 def test_receptive_field_of_a_conv_pool_stack():
     # conv3 -> pool2 -> conv3 -> pool2. Course chapter 004 says 3, 6, 10, 20 ("doubled!"), but a
     # pool only adds (k - 1) * jump: the receptive fields are 3, 4, 8, 10.

@@ -152,7 +152,9 @@ def test_confusion_matrix_colour_bar_is_labelled(tmp_path, data, monkeypatch, no
         figures.append(fig)
         return style.save_figure(fig, path, **kw)
 
-    monkeypatch.setattr(vr, "save_figure", keep)
+    from jaxcnn.viz import evaluation  # where confusion_matrix_plot lives
+
+    monkeypatch.setattr(evaluation, "save_figure", keep)
     cm = confusion_matrix(probs, labels, K)
     _check_png(vr.confusion_matrix_plot(cm, NAMES, tmp_path / "cm.png", normalize=normalize))
     (fig,) = figures

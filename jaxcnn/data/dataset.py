@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from jaxcnn.data.splits import stratified_split
+
 # Per-channel mean and standard deviation of the CIFAR-10 training set, in [0, 1] units (R, G, B).
 # The real train split in ../shared/data gives (0.49139968, 0.48215841, 0.44653091) and
 # (0.24703223, 0.24348513, 0.26158784) (population std); tests/test_data_tfds.py checks these.
@@ -122,43 +124,20 @@ class ArrayDataset:
           size: a fraction in (0, 1) of the examples (a float) or a count in [0, N] (an int).
           seed: seeds the random choice of examples.
           stratified: keep each class's share the same in both parts (as closely as integers
-            allow; the total is always exactly the requested size).
+            allow; the total is always exactly the requested size), with every class of 2+
+            examples on both sides where the size allows:
+            :func:`jaxcnn.data.splits.stratified_split`. Otherwise a uniform random choice.
 
         Returns:
           ``(first, rest)``, disjoint, covering every example once; both keep the original order.
         """
-        n = len(self)
-        if isinstance(size, bool) or not isinstance(size, int | float | np.integer | np.floating):
-            raise ValueError(f"size must be a fraction (float) or a count (int), got {size!r}")
-        if isinstance(size, float | np.floating):
-            if not 0.0 < float(size) < 1.0:
-                raise ValueError(f"a fractional size must lie in (0, 1), got {size}")
-            k = int(round(float(size) * n))
-        else:
-            k = int(size)
-            if not 0 <= k <= n:
-                raise ValueError(f"a count must lie in [0, {n}], got {k}")
-        rng = np.random.default_rng(seed)
-        if not stratified:
-            chosen = rng.permutation(n)[:k]
-        else:
-            counts = self.class_counts()
-            quota = k * counts / max(n, 1)
-            take = np.floor(quota).astype(np.int64)
-            remainder = k - int(take.sum())
-            if remainder:
-                # Largest remainder first; random tie-breaks; never more than a class holds.
-                frac = quota - take + rng.random(len(counts)) * 1e-9
-                frac[take >= counts] = -1.0
-                take[np.argsort(-frac)[:remainder]] += 1
-            chosen_parts = []
-            for c in range(self.num_classes):
-                members = np.flatnonzero(self.labels == c)
-                chosen_parts.append(rng.permutation(members)[: take[c]])
-            chosen = np.concatenate(chosen_parts) if chosen_parts else np.zeros(0, np.int64)
-        mask = np.zeros(n, dtype=bool)
-        mask[chosen] = True
-        return self.take(mask), self.take(~mask)
+        if stratified:
+            first, rest = stratified_split(
+                self.labels, size, seed=seed, num_classes=self.num_classes
+            )
+        else:  # one class: a uniform choice of ``size`` examples
+            first, rest = stratified_split(np.zeros(len(self), np.int64), size, seed=seed)
+        return self.take(first), self.take(rest)
 
 
 def resize_images(

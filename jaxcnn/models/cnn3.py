@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.models.layers import Conv, max_pool_2x2, resolve_conv_impl
+from jaxcnn.models.layers import BatchNormNet, Conv, max_pool_2x2, resolve_conv_impl
 from jaxcnn.models.registry import register
 
 
 @register("cnn3")
-class CNN3(nn.Module):
+class CNN3(BatchNormNet):
     """Three VGG-style blocks and a small dense head.
 
     For (filters, dropout) in (32, .2), (64, .3), (128, .4)::
@@ -46,10 +44,6 @@ class CNN3(nn.Module):
     dropouts: tuple[float, ...] = (0.2, 0.3, 0.4)
     dense: int = 128
     head_dropout: float = 0.5
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
     conv_impl: str = "auto"
 
     @nn.compact
@@ -71,18 +65,8 @@ class CNN3(nn.Module):
             for c in (1, 2):
                 x = Conv(width, (3, 3), padding="SAME", impl=impl, name=f"block{b}_conv{c}",
                          **kw)(x)
-                x = nn.BatchNorm(
-                    use_running_average=not train,
-                    momentum=self.bn_momentum,
-                    epsilon=self.bn_epsilon,
-                    name=f"block{b}_bn{c}",
-                    **kw,
-                )(x)
-                x = nn.relu(x)
-            if impl == "fast":
-                x = max_pool_2x2(x)
-            else:
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = nn.relu(self.bn(train, f"block{b}_bn{c}")(x))
+            x = max_pool_2x2(x, impl)
             x = nn.Dropout(rate, deterministic=not train, name=f"block{b}_dropout")(x)
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(nn.Dense(self.dense, name="fc", **kw)(x))

@@ -16,12 +16,11 @@ scaled. Layout, with every convolution bias-free and followed by BatchNorm::
 Parameters for 1000 classes: 4,652,008 trainable (``params``) plus 42,016 BatchNorm running
 statistics (``batch_stats``), the same numbers as the TF/PyTorch checkpoints.
 
-Padding follows TensorFlow's "SAME" rule computed from the input size, which is asymmetric on
-the stride-2 layers: for a side of n pixels, kernel k and stride s it pads
-``total = max((ceil(n / s) - 1) * s + k - n, 0)`` pixels, ``total // 2`` before and the rest
-after; at 224 px that is (0, 1) for 3x3 and (1, 2) for 5x5 (PyTorch's symmetric padding would
-shift every later feature map by a pixel and break ported weights). BatchNorm uses TF's
-``epsilon=1e-3`` and ``momentum=0.99``.
+Padding follows TensorFlow's "SAME" rule computed from the input size
+(:func:`jaxcnn.ops.shapes.same_padding`), which is asymmetric on the stride-2 layers: at 224 px
+that is (0, 1) for 3x3 and (1, 2) for 5x5 (PyTorch's symmetric padding would shift every later
+feature map by a pixel and break ported weights). BatchNorm uses TF's ``epsilon=1e-3`` and
+``momentum=0.99``. The blocks (``ConvBN``, ``MBConv``) live in :mod:`jaxcnn.models.mbconv`.
 
 Ported ImageNet weights: ``jaxcnn.pretrained.load("efficientnet_lite0")``.
 
@@ -34,16 +33,15 @@ to the logits; the parameter names are those of the plain forward pass.
 from __future__ import annotations
 
 import functools
-import math
-from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.models.layers import DepthwiseConv, resolve_depthwise_impl
+from jaxcnn.models.layers import pooled_classifier, resolve_depthwise_impl
+from jaxcnn.models.mbconv import ConvBN, MBConv, MobileNetBase
 from jaxcnn.models.registry import register
 
-__all__ = ["EfficientNetLite", "LITE0_STAGES", "MBConv", "tf_same_padding"]
+__all__ = ["ConvBN", "EfficientNetLite", "LITE0_STAGES", "MBConv"]
 
 # (expand_ratio, kernel, stride, out_channels, repeats) per stage, EfficientNet-B0 table.
 LITE0_STAGES: tuple[tuple[int, int, int, int, int], ...] = (
@@ -57,120 +55,8 @@ LITE0_STAGES: tuple[tuple[int, int, int, int, int], ...] = (
 )
 
 
-def tf_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TensorFlow "SAME" padding (before, after) for one spatial side of ``size`` pixels.
-
-    The output has ``ceil(size / stride)`` pixels; the extra pixels needed go after when odd:
-    ``tf_same_padding(224, 3, 2) == (0, 1)``, ``tf_same_padding(224, 5, 2) == (1, 2)``,
-    ``tf_same_padding(56, 5, 1) == (2, 2)``.
-    """
-    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
-
-def relu6(x):
-    """min(max(x, 0), 6), elementwise."""
-    return jnp.clip(x, 0, 6)
-
-
-class ConvBN(nn.Module):
-    """Bias-free conv with TF-SAME padding, BatchNorm, optional ReLU6. NHWC in and out.
-
-    Submodules: ``conv`` (kernel (k, k, C_in / groups, features)) and ``bn``.
-    """
-
-    features: int
-    kernel: int = 1
-    stride: int = 1
-    groups: int = 1
-    act: bool = True
-    bn_momentum: float = 0.99
-    bn_epsilon: float = 1e-3
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    depthwise_impl: str = "auto"
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        """x: (N, H, W, C_in) -> (N, ceil(H / stride), ceil(W / stride), features)."""
-        pad = tuple(tf_same_padding(n, self.kernel, self.stride) for n in x.shape[1:3])
-        if self.groups > 1 and self.groups == self.features == x.shape[-1]:
-            # depthwise: the same (k, k, 1, C) kernel as nn.Conv(feature_group_count=C)
-            x = DepthwiseConv(
-                self.kernel,
-                self.stride,
-                padding=pad,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                impl=self.depthwise_impl,
-                name="conv",
-            )(x)
-        else:
-            x = nn.Conv(
-                self.features,
-                (self.kernel, self.kernel),
-                strides=(self.stride, self.stride),
-                padding=pad,
-                feature_group_count=self.groups,
-                use_bias=False,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name="conv",
-            )(x)
-        x = nn.BatchNorm(
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="bn",
-        )(x)
-        return relu6(x) if self.act else x
-
-
-class MBConv(nn.Module):
-    """Mobile inverted bottleneck without squeeze-excite (EfficientNet-Lite block).
-
-    Submodules: ``expand`` (ConvBN 1x1, absent when ``expand_ratio == 1``), ``depthwise``
-    (ConvBN kxk, groups = channels), ``project`` (ConvBN 1x1, no activation).
-    """
-
-    out_channels: int
-    expand_ratio: int = 6
-    kernel: int = 3
-    stride: int = 1
-    bn_momentum: float = 0.99
-    bn_epsilon: float = 1e-3
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    depthwise_impl: str = "auto"
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        """x: (N, H, W, C_in) -> (N, ceil(H / stride), ceil(W / stride), out_channels)."""
-        kw = dict(
-            bn_momentum=self.bn_momentum,
-            bn_epsilon=self.bn_epsilon,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            depthwise_impl=self.depthwise_impl,
-        )
-        c_in = x.shape[-1]
-        h = x
-        hidden = c_in * self.expand_ratio
-        if self.expand_ratio != 1:
-            h = ConvBN(hidden, 1, name="expand", **kw)(h, train)
-        h = ConvBN(hidden, self.kernel, self.stride, groups=hidden, name="depthwise", **kw)(
-            h, train
-        )
-        h = ConvBN(self.out_channels, 1, act=False, name="project", **kw)(h, train)
-        if self.stride == 1 and c_in == self.out_channels:
-            h = h + x
-        return h
-
-
 @register("efficientnet_lite0")
-class EfficientNetLite(nn.Module):
+class EfficientNetLite(MobileNetBase):
     """EfficientNet-Lite (default: Lite0, the layout in the module docstring).
 
     Attributes:
@@ -180,11 +66,8 @@ class EfficientNetLite(nn.Module):
       dropout: rate before ``head`` (0.2 for Lite0).
       bn_momentum / bn_epsilon: TF's 0.99 and 1e-3.
       dtype: compute dtype (e.g. ``jnp.bfloat16``); params float32; logits float32.
-      depthwise_impl: the depthwise convolutions: ``"shift"`` (shifted multiply-adds,
-        :func:`jaxcnn.ops.depthwise.depthwise_conv2d`), ``"lax"`` (``nn.Conv`` with
-        ``feature_group_count``) or ``"auto"`` (shift on CPU, where XLA's grouped convolution
-        and above all its kernel gradient are 5-17x slower; lax on GPU/TPU). Same parameters,
-        same outputs up to float rounding.
+      depthwise_impl: the depthwise convolutions' implementation (see
+        :class:`jaxcnn.models.mbconv.MobileNetBase`).
     """
 
     num_classes: int = 1000
@@ -192,11 +75,6 @@ class EfficientNetLite(nn.Module):
     stem_features: int = 32
     head_features: int = 1280
     dropout: float = 0.2
-    bn_momentum: float = 0.99
-    bn_epsilon: float = 1e-3
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    depthwise_impl: str = "auto"
 
     def module_names(self) -> tuple[str, ...]:
         """Top-level modules below ``head``, in network order: ``stem, block0, ...,
@@ -260,13 +138,7 @@ class EfficientNetLite(nn.Module):
     def _run(self, x, train: bool, start: int, stop: int | None, return_features: bool):
         """Modules ``start .. stop - 1`` (all when ``stop`` is None, then the classifier)."""
         resolve_depthwise_impl(self.depthwise_impl)  # a bad name fails here, before any layer
-        kw = dict(
-            bn_momentum=self.bn_momentum,
-            bn_epsilon=self.bn_epsilon,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            depthwise_impl=self.depthwise_impl,
-        )
+        kw = self.shared_options()
         layers = [functools.partial(ConvBN, self.stem_features, 3, 2, name="stem", **kw)]
         i = 0
         for expand, kernel, stride, out, repeats in self.stages:
@@ -280,14 +152,10 @@ class EfficientNetLite(nn.Module):
             x = make()(x, train)
         if stop is not None:
             return x
-        x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-        if return_features:
-            return x
-        x = nn.Dropout(self.dropout, deterministic=not train, name="head_dropout")(x)
-        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(
-            x
+        return pooled_classifier(
+            x, self.num_classes, return_features, dtype=self.dtype, param_dtype=self.param_dtype,
+            dropout=self.dropout, train=train,
         )
-        return x.astype(jnp.float32)
 
     def features(self, x, train: bool = False):
         """x: (N, H, W, 3) -> (N, head_features) float32 pooled features feeding ``head``."""

@@ -10,10 +10,17 @@
   ``lax`` (``impl="lax"``).
 * ``max_pool_2x2``: 2x2 / stride 2 max pooling written as a reshape and a max, whose gradient
   is a cheap elementwise mask instead of XLA's select-and-scatter.
+
+And what the networks share:
+
+* ``BatchNormNet``: the keyword-only attributes of every BatchNorm network and block
+  (``bn_momentum``, ``bn_epsilon``, ``dtype``, ``param_dtype``) and its BatchNorm layer ``bn``.
+* ``pooled_classifier``: global average pooling and the ``head`` classifier.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,9 +35,11 @@ from jaxcnn.ops.fast_conv import conv2d_fast, resolve_padding
 __all__ = [
     "CONV_IMPLS",
     "DEPTHWISE_IMPLS",
+    "BatchNormNet",
     "Conv",
     "DepthwiseConv",
     "max_pool_2x2",
+    "pooled_classifier",
     "resolve_conv_impl",
     "resolve_depthwise_impl",
 ]
@@ -64,32 +73,65 @@ def resolve_depthwise_impl(impl: str) -> str:
     return _resolve_impl(impl, DEPTHWISE_IMPLS, "shift", "depthwise_impl")
 
 
-class Conv(nn.Module):
+class _ConvLayer(nn.Module):
+    """What ``Conv`` and ``DepthwiseConv`` share: ``nn.Conv``'s keyword attributes, its
+    parameters (``kernel``, then ``bias`` when ``use_bias``) and its dtype promotion."""
+
+    _: dataclasses.KW_ONLY
+    padding: Any = "SAME"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Callable = nn.initializers.lecun_normal()
+    bias_init: Callable = nn.initializers.zeros_init()
+
+    def _window(self, x) -> tuple[int, int]:
+        """(kh, kw) from ``kernel_size``, after checking that x is (N, H, W, C)."""
+        if jnp.ndim(x) != 4:
+            raise ValueError(
+                f"{type(self).__name__} expects x of shape (N, H, W, C); got {jnp.shape(x)}"
+            )
+        ks = self.kernel_size
+        ks = (ks, ks) if isinstance(ks, int) else tuple(ks)
+        if len(ks) != 2:
+            raise ValueError(f"kernel_size must be an int or (kh, kw); got {self.kernel_size!r}")
+        return ks
+
+    def _params(self, x, kernel_shape):
+        """``x``, ``kernel`` and ``bias`` (None without ``use_bias``), promoted to ``dtype``."""
+        kernel = self.param("kernel", self.kernel_init, kernel_shape, self.param_dtype)
+        bias = (
+            self.param("bias", self.bias_init, kernel_shape[-1:], self.param_dtype)
+            if self.use_bias
+            else None
+        )
+        return promote_dtype(x, kernel, bias, dtype=self.dtype)
+
+    @staticmethod
+    def _add_bias(y, bias):
+        return y if bias is None else y + bias.reshape(1, 1, 1, -1)
+
+
+class Conv(_ConvLayer):
     """2-D convolution layer, NHWC in and out, same parameters as ``nn.Conv``.
 
     Attributes:
       features: output channels C_out.
       kernel_size: (kh, kw) or an int.
       strides: int or (sh, sw).
-      padding: "SAME" | "VALID" | int | (ph, pw) | ((top, bottom), (left, right)).
       use_bias: add a learned (C_out,) bias.
-      dtype: compute dtype (None: promote input and params, like ``nn.Conv``); products
-        accumulate in float32.
-      param_dtype: dtype of ``kernel`` and ``bias``.
-      kernel_init / bias_init: as in ``nn.Conv`` (LeCun normal, zeros).
       impl: "fast" (``conv2d_fast``: hand-written GEMM kernel gradient) or "lax"
         (``lax.conv_general_dilated`` and its automatic gradient, exactly ``nn.Conv``).
+      padding (keyword-only): "SAME" | "VALID" | int | (ph, pw) | ((top, bottom), (left, right)).
+      dtype (keyword-only): compute dtype (None: promote input and params, like ``nn.Conv``);
+        products accumulate in float32.
+      param_dtype (keyword-only): dtype of ``kernel`` and ``bias``.
+      kernel_init / bias_init (keyword-only): as in ``nn.Conv`` (LeCun normal, zeros).
     """
 
     features: int
     kernel_size: int | Sequence[int] = (3, 3)
     strides: int | Sequence[int] = 1
-    padding: Any = "SAME"
     use_bias: bool = True
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    kernel_init: Callable = nn.initializers.lecun_normal()
-    bias_init: Callable = nn.initializers.zeros_init()
     impl: str = "fast"
 
     @nn.compact
@@ -97,21 +139,8 @@ class Conv(nn.Module):
         """x: (N, H, W, C_in) -> (N, Ho, Wo, features)."""
         if self.impl not in CONV_IMPLS:
             raise ValueError(f"impl must be one of {CONV_IMPLS}; got {self.impl!r}")
-        if jnp.ndim(x) != 4:
-            raise ValueError(f"Conv expects x of shape (N, H, W, C); got {jnp.shape(x)}")
-        ks = self.kernel_size
-        ks = (ks, ks) if isinstance(ks, int) else tuple(ks)
-        if len(ks) != 2:
-            raise ValueError(f"kernel_size must be an int or (kh, kw); got {self.kernel_size!r}")
-        kernel = self.param(
-            "kernel", self.kernel_init, (*ks, jnp.shape(x)[-1], self.features), self.param_dtype
-        )
-        bias = (
-            self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-            if self.use_bias
-            else None
-        )
-        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+        ks = self._window(x)
+        x, kernel, bias = self._params(x, (*ks, jnp.shape(x)[-1], self.features))
         if self.impl == "fast":
             y = conv2d_fast(x, kernel, self.strides, self.padding)
         else:
@@ -123,73 +152,60 @@ class Conv(nn.Module):
             y = lax.conv_general_dilated(
                 x, kernel, s, pad, dimension_numbers=("NHWC", "HWIO", "NHWC")
             )
-        if bias is not None:
-            y = y + bias.reshape(1, 1, 1, -1)
-        return y
+        return self._add_bias(y, bias)
 
 
-class DepthwiseConv(nn.Module):
+class DepthwiseConv(_ConvLayer):
     """Depthwise 2-D convolution, NHWC in and out, same parameters as
     ``nn.Conv(C, kernel_size, feature_group_count=C, use_bias=...)``.
 
     Attributes:
       kernel_size: (kh, kw) or an int.
       strides: int or (sh, sw).
-      padding: "SAME" | "VALID" | int | (ph, pw) | ((top, bottom), (left, right)).
       use_bias: add a learned (C,) bias.
-      dtype / param_dtype / kernel_init / bias_init: as in ``nn.Conv``.
       impl: "shift" (shifted multiply-adds, ``jaxcnn.ops.depthwise.depthwise_conv2d``), "lax"
         (``lax.conv_general_dilated`` with ``feature_group_count=C``) or "auto" (shift on CPU).
+      padding / dtype / param_dtype / kernel_init / bias_init (keyword-only): as in ``Conv``.
     """
 
     kernel_size: int | Sequence[int] = (3, 3)
     strides: int | Sequence[int] = 1
-    padding: Any = "SAME"
     use_bias: bool = False
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    kernel_init: Callable = nn.initializers.lecun_normal()
-    bias_init: Callable = nn.initializers.zeros_init()
     impl: str = "auto"
 
     @nn.compact
     def __call__(self, x):
         """x: (N, H, W, C) -> (N, Ho, Wo, C)."""
         impl = resolve_depthwise_impl(self.impl)
-        if jnp.ndim(x) != 4:
-            raise ValueError(f"DepthwiseConv expects x of shape (N, H, W, C); got {jnp.shape(x)}")
-        ks = self.kernel_size
-        ks = (ks, ks) if isinstance(ks, int) else tuple(ks)
-        c = jnp.shape(x)[-1]
-        kernel = self.param("kernel", self.kernel_init, (*ks, 1, c), self.param_dtype)
-        bias = self.param("bias", self.bias_init, (c,), self.param_dtype) if self.use_bias else None
-        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+        ks = self._window(x)
+        x, kernel, bias = self._params(x, (*ks, 1, jnp.shape(x)[-1]))
         fn = depthwise_conv2d if impl == "shift" else depthwise_conv2d_lax
-        y = fn(x, kernel, self.strides, self.padding)
-        if bias is not None:
-            y = y + bias.reshape(1, 1, 1, -1)
-        return y
+        return self._add_bias(fn(x, kernel, self.strides, self.padding), bias)
 
 
-def max_pool_2x2(x):
+def max_pool_2x2(x, impl: str = "fast"):
     """2x2 max pooling with stride 2 (VALID: an odd last row/column is dropped).
 
-    Same values as ``flax.linen.max_pool(x, (2, 2), strides=(2, 2))``. Written as
-    ``x.reshape(N, H/2, 2, W/2, 2, C).max(axis=(2, 4))`` so that its gradient is an elementwise
-    mask (``x == max`` broadcast back) rather than XLA's select-and-scatter, which is slow on CPU.
+    Same values as ``flax.linen.max_pool(x, (2, 2), strides=(2, 2))``, which ``impl="lax"``
+    calls. ``impl="fast"`` writes it as ``x.reshape(N, H/2, 2, W/2, 2, C).max(axis=(2, 4))`` so
+    that its gradient is an elementwise mask (``x == max`` broadcast back) rather than XLA's
+    select-and-scatter, which is slow on CPU.
 
-    Ties: when several entries of a 2x2 window equal its maximum, the gradient is split equally
-    among them (JAX's rule for ``max``), whereas ``nn.max_pool`` gives all of it to one entry.
-    Both are valid subgradients; with continuous inputs ties are rare, but after ReLU an
+    Ties: when several entries of a 2x2 window equal its maximum, the "fast" gradient is split
+    equally among them (JAX's rule for ``max``), whereas ``nn.max_pool`` gives all of it to one
+    entry. Both are valid subgradients; with continuous inputs ties are rare, but after ReLU an
     all-zero window is a tie: its (zero-valued) entries then each get 1/4 of the incoming
     gradient, where ``nn.max_pool`` routes it all to one of them.
 
     Args:
       x: (N, H, W, C) with H, W >= 2.
+      impl: "fast" or "lax" (a resolved ``conv_impl``).
 
     Returns:
       (N, H // 2, W // 2, C).
     """
+    if impl == "lax":
+        return nn.max_pool(x, (2, 2), strides=(2, 2))
     if jnp.ndim(x) != 4:
         raise ValueError(f"max_pool_2x2 expects x of shape (N, H, W, C); got {jnp.shape(x)}")
     n, h, w, c = jnp.shape(x)
@@ -197,3 +213,69 @@ def max_pool_2x2(x):
         raise ValueError(f"max_pool_2x2 needs H, W >= 2; got x of shape {jnp.shape(x)}")
     x = x[:, : h // 2 * 2, : w // 2 * 2]
     return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+class BatchNormNet(nn.Module):
+    """Base of the BatchNorm networks and blocks: their shared keyword-only attributes and
+    their BatchNorm layer (``bn``).
+
+    Attributes (keyword-only; a family may change the defaults):
+      bn_momentum: running = momentum * running + (1 - momentum) * batch (0.9 is PyTorch's
+        0.1 in its convention).
+      bn_epsilon: added to the variance (1e-5, PyTorch's).
+      dtype: compute dtype (e.g. ``jnp.bfloat16``); BatchNorm statistics are still reduced in
+        float32 and the logits are float32.
+      param_dtype: dtype of the parameters (float32).
+    """
+
+    _: dataclasses.KW_ONLY
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    shared_fields = ("bn_momentum", "bn_epsilon", "dtype", "param_dtype")  # not a field
+
+    def bn(self, train: bool, name: str, zero_scale: bool = False) -> nn.BatchNorm:
+        """A BatchNorm submodule ``name`` with these settings (call it from a compact method);
+        ``zero_scale`` starts its scale at 0. ``train`` uses batch statistics."""
+        return nn.BatchNorm(
+            use_running_average=not train,
+            momentum=self.bn_momentum,
+            epsilon=self.bn_epsilon,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            scale_init=nn.initializers.zeros_init() if zero_scale else nn.initializers.ones_init(),
+            name=name,
+        )
+
+    def shared_options(self) -> dict:
+        """The attributes named in ``shared_fields``, to hand on to child blocks:
+        ``Block(..., **self.shared_options())``."""
+        return {name: getattr(self, name) for name in self.shared_fields}
+
+
+def pooled_classifier(
+    x,
+    num_classes: int,
+    return_features: bool = False,
+    *,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+    dropout: float | None = None,
+    train: bool = False,
+):
+    """Global average pooling, then the classifier ``head`` (call it from a compact method).
+
+    x: (N, H, W, C) -> logits (N, num_classes) float32; with ``return_features`` the pooled
+    (N, C) float32 features instead. The pooling is in float32; ``dropout`` (a rate) adds a
+    Dropout ``head_dropout`` before ``head`` (active when ``train``, with
+    ``rngs={"dropout": key}``).
+    """
+    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    if return_features:
+        return x
+    if dropout is not None:
+        x = nn.Dropout(dropout, deterministic=not train, name="head_dropout")(x)
+    x = nn.Dense(num_classes, dtype=dtype, param_dtype=param_dtype, name="head")(x.astype(dtype))
+    return x.astype(jnp.float32)

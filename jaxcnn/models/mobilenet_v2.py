@@ -19,7 +19,7 @@ There is no dropout (Keras has none). 1000 classes, ``alpha=1.0``: 3,504,872 tra
 ``count_params()``.
 
 Padding is TensorFlow's "SAME" computed from the input size
-(``jaxcnn.models.efficientnet_lite.tf_same_padding``): asymmetric (0, 1) on the stride-2 3x3
+(:func:`jaxcnn.ops.shapes.same_padding`): asymmetric (0, 1) on the stride-2 3x3
 layers at even sizes. Keras writes the strided depthwise layers as ``ZeroPadding2D(correct_pad)``
 followed by a VALID convolution; that is the same padding for every input size.
 
@@ -29,17 +29,19 @@ head conv to ``make_divisible(1280 * alpha)`` only when ``alpha > 1`` (it stays 
 
 Parameter names (``stem``, ``block0`` .. ``block16`` with ``expand`` / ``depthwise`` /
 ``project``, each a ``conv`` + ``bn``, ``head_conv``, ``head``) follow
-``jaxcnn.models.efficientnet_lite``, whose ``ConvBN`` and ``MBConv`` modules build this network.
+``jaxcnn.models.efficientnet_lite``: both are built from the ``ConvBN`` and ``MBConv`` modules of
+:mod:`jaxcnn.models.mbconv`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.models.efficientnet_lite import ConvBN, MBConv
+from jaxcnn.models.layers import pooled_classifier
+from jaxcnn.models.mbconv import ConvBN, MBConv, MobileNetBase
 from jaxcnn.models.registry import register
 
 __all__ = ["MOBILENET_V2_STAGES", "MobileNetV2", "make_divisible"]
@@ -73,7 +75,7 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 
 
 @register("mobilenet_v2")
-class MobileNetV2(nn.Module):
+class MobileNetV2(MobileNetBase):
     """MobileNetV2, Keras' layout (see the module docstring).
 
     Attributes:
@@ -87,6 +89,7 @@ class MobileNetV2(nn.Module):
       stages: (expansion, out, repeats, stride) per stage.
       bn_momentum / bn_epsilon: Keras' 0.999 and 1e-3.
       dtype: compute dtype (e.g. ``jnp.bfloat16``); params float32; outputs float32.
+      depthwise_impl: see :class:`jaxcnn.models.mbconv.MobileNetBase`.
 
     Any input size with H, W >= 32 works (the ImageNet weights were trained at 224x224); the
     spatial size shrinks by 32 (rounded up at every stride-2 layer).
@@ -97,10 +100,9 @@ class MobileNetV2(nn.Module):
     include_top: bool = True
     pooling: str | None = None
     stages: tuple[tuple[int, int, int, int], ...] = MOBILENET_V2_STAGES
+    _: dataclasses.KW_ONLY
     bn_momentum: float = KERAS_BN_MOMENTUM
     bn_epsilon: float = KERAS_BN_EPSILON
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
 
     def _check(self, x) -> None:
         if x.ndim != 4:
@@ -130,12 +132,7 @@ class MobileNetV2(nn.Module):
         class docstring.
         """
         self._check(x)
-        kw = dict(
-            bn_momentum=self.bn_momentum,
-            bn_epsilon=self.bn_epsilon,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )
+        kw = self.shared_options()
         x = jnp.asarray(x, self.dtype)
         x = ConvBN(make_divisible(32 * self.alpha), 3, 2, name="stem", **kw)(x, train)
         i = 0
@@ -156,13 +153,10 @@ class MobileNetV2(nn.Module):
                 return jnp.max(x, axis=(1, 2)).astype(jnp.float32)
             if self.pooling is None:
                 return x.astype(jnp.float32)
-        x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-        if return_features or not self.include_top:
-            return x
-        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(
-            x
+        return pooled_classifier(
+            x, self.num_classes, return_features or not self.include_top, dtype=self.dtype,
+            param_dtype=self.param_dtype,
         )
-        return x.astype(jnp.float32)
 
     def features(self, x, train: bool = False):
         """x: (N, H, W, 3) -> (N, 1280) float32 pooled features feeding ``head``."""

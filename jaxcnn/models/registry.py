@@ -20,7 +20,7 @@ Every registered model follows the project convention:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 
@@ -44,6 +44,38 @@ def register(name: str) -> Callable[[ModelFactory], ModelFactory]:
         return factory
 
     return decorator
+
+
+def register_variant(
+    name: str, cls: type[nn.Module], doc: str, options: Sequence[str], **fixed
+) -> ModelFactory:
+    """Register ``name`` as ``cls`` with some attributes ``fixed`` (a family member: its depth,
+    its stages) and the attributes named in ``options`` left to the caller.
+
+    The factory's signature is ``(num_classes, *options)`` with ``cls``'s defaults, so
+    :func:`accepted_options` lists exactly ``options``; ``doc`` becomes its docstring. Returns
+    the factory (bind it to the member's name in its module).
+    """
+    fields = cls.__dataclass_fields__
+    unknown = sorted({"num_classes", *options, *fixed} - set(fields))
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no attribute(s) {unknown}")
+    signature = inspect.Signature(
+        [
+            inspect.Parameter(f, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=fields[f].default)
+            for f in ("num_classes", *options)
+        ],
+        return_annotation=cls,
+    )
+
+    def factory(*args, **kwargs):
+        return cls(**fixed, **signature.bind(*args, **kwargs).arguments)
+
+    factory.__signature__ = signature
+    factory.__name__ = factory.__qualname__ = name
+    factory.__module__ = cls.__module__
+    factory.__doc__ = doc
+    return register(name)(factory)
 
 
 def available() -> list[str]:

@@ -20,29 +20,16 @@ submodules ``stage{s}_block{b}`` holding ``conv{i}``, ``bn{i}`` and, for project
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.models.layers import Conv, resolve_conv_impl
-from jaxcnn.models.registry import register
+from jaxcnn.models.layers import BatchNormNet, Conv, pooled_classifier, resolve_conv_impl
+from jaxcnn.models.registry import register_variant
 
 SHORTCUTS = ("A", "B")
 
 he_normal = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 PAD1 = ((1, 1), (1, 1))
-
-
-def batch_norm(train: bool, momentum: float, epsilon: float, zero_scale: bool = False, **kw):
-    """``nn.BatchNorm`` with the project's settings; ``zero_scale`` starts its scale at 0."""
-    return nn.BatchNorm(
-        use_running_average=not train,
-        momentum=momentum,
-        epsilon=epsilon,
-        scale_init=nn.initializers.zeros_init() if zero_scale else nn.initializers.ones_init(),
-        **kw,
-    )
 
 
 def shortcut_a(x, features: int, strides: int):
@@ -64,7 +51,7 @@ def shortcut_a(x, features: int, strides: int):
     return x
 
 
-class BasicBlock(nn.Module):
+class BasicBlock(BatchNormNet):
     """Two 3x3 convs with a skip connection (post-activation, the 2016 paper's block).
 
     ``x`` (N, H, W, C) -> (N, ceil(H / strides), ceil(W / strides), features)::
@@ -93,10 +80,6 @@ class BasicBlock(nn.Module):
     residual: bool = True
     zero_init_residual: bool = False
     conv_bias: bool = False
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
     conv_impl: str = "lax"
 
     @nn.compact
@@ -105,16 +88,18 @@ class BasicBlock(nn.Module):
             raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}")
         if self.zero_init_residual and not self.residual:
             raise ValueError("zero_init_residual needs the skip connection (residual=True)")
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        conv_kw = dict(use_bias=self.conv_bias, kernel_init=he_normal, **kw)
-        bn_kw = dict(momentum=self.bn_momentum, epsilon=self.bn_epsilon, **kw)
+        conv_kw = dict(
+            use_bias=self.conv_bias,
+            kernel_init=he_normal,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            impl=resolve_conv_impl(self.conv_impl),
+        )
         s = self.strides
-        impl = resolve_conv_impl(self.conv_impl)
-        conv_kw["impl"] = impl
         y = Conv(self.features, (3, 3), (s, s), padding=PAD1, name="conv1", **conv_kw)(x)
-        y = nn.relu(batch_norm(train, name="bn1", **bn_kw)(y))
+        y = nn.relu(self.bn(train, "bn1")(y))
         y = Conv(self.features, (3, 3), padding=PAD1, name="conv2", **conv_kw)(y)
-        y = batch_norm(train, zero_scale=self.zero_init_residual, name="bn2", **bn_kw)(y)
+        y = self.bn(train, "bn2", zero_scale=self.zero_init_residual)(y)
         if not self.residual:
             return nn.relu(y)
         if s == 1 and x.shape[-1] == self.features:
@@ -123,11 +108,11 @@ class BasicBlock(nn.Module):
             residual = shortcut_a(x, self.features, s)
         else:
             residual = Conv(self.features, (1, 1), (s, s), name="proj_conv", **conv_kw)(x)
-            residual = batch_norm(train, name="proj_bn", **bn_kw)(residual)
+            residual = self.bn(train, "proj_bn")(residual)
         return nn.relu(y + residual)
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(BatchNormNet):
     """He et al.'s CIFAR ResNet / plain net of depth ``6 * blocks_per_stage + 2``.
 
     Shapes for (N, 32, 32, 3)::
@@ -161,10 +146,6 @@ class CifarResNet(nn.Module):
     residual: bool = True
     shortcut: str = "A"
     zero_init_residual: bool = False
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
     conv_impl: str = "auto"
 
     @nn.compact
@@ -177,15 +158,13 @@ class CifarResNet(nn.Module):
             raise ValueError(f"CifarResNet expects x of shape (N, H, W, C), got {x.shape}")
         if self.blocks_per_stage < 1:
             raise ValueError(f"blocks_per_stage must be >= 1, got {self.blocks_per_stage}")
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        bn_kw = dict(momentum=self.bn_momentum, epsilon=self.bn_epsilon, **kw)
         x = jnp.asarray(x, self.dtype)
         impl = resolve_conv_impl(self.conv_impl)
         x = Conv(
             self.widths[0], (3, 3), padding=PAD1, use_bias=False, kernel_init=he_normal,
-            impl=impl, name="stem_conv", **kw,
+            impl=impl, name="stem_conv", dtype=self.dtype, param_dtype=self.param_dtype,
         )(x)
-        x = nn.relu(batch_norm(train, name="stem_bn", **bn_kw)(x))
+        x = nn.relu(self.bn(train, "stem_bn")(x))
         for s, width in enumerate(self.widths, 1):
             for b in range(1, self.blocks_per_stage + 1):
                 x = BasicBlock(
@@ -194,114 +173,68 @@ class CifarResNet(nn.Module):
                     shortcut=self.shortcut,
                     residual=self.residual,
                     zero_init_residual=self.zero_init_residual,
-                    bn_momentum=self.bn_momentum,
-                    bn_epsilon=self.bn_epsilon,
                     conv_impl=impl,
                     name=f"stage{s}_block{b}",
-                    **kw,
+                    **self.shared_options(),
                 )(x, train)
-        x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-        if return_features:
-            return x
-        x = nn.Dense(self.num_classes, name="head", **kw)(x.astype(self.dtype))
-        return x.astype(jnp.float32)
+        return pooled_classifier(
+            x, self.num_classes, return_features, dtype=self.dtype, param_dtype=self.param_dtype
+        )
 
     def features(self, x, train: bool = False):
         """x: (N, H, W, C) -> (N, widths[-1]) float32, the pooled features feeding ``head``."""
         return self(x, train=train, return_features=True)
 
 
-def _cifar_resnet(n, num_classes, shortcut, zero_init_residual, bn_momentum, bn_epsilon, dtype):
-    return CifarResNet(
-        num_classes=num_classes,
-        blocks_per_stage=n,
-        residual=True,
-        shortcut=shortcut,
-        zero_init_residual=zero_init_residual,
-        bn_momentum=bn_momentum,
-        bn_epsilon=bn_epsilon,
-        dtype=dtype,
-    )
+_RESNET_OPTIONS = ("shortcut", "zero_init_residual", "bn_momentum", "bn_epsilon", "dtype")
+_PLAIN_OPTIONS = ("bn_momentum", "bn_epsilon", "dtype")
 
-
-def _plain(n, num_classes, bn_momentum, bn_epsilon, dtype):
-    return CifarResNet(
-        num_classes=num_classes,
-        blocks_per_stage=n,
-        residual=False,
-        bn_momentum=bn_momentum,
-        bn_epsilon=bn_epsilon,
-        dtype=dtype,
-    )
-
-
-@register("resnet20")
-def resnet20(
-    num_classes: int = 10,
-    shortcut: str = "A",
-    zero_init_residual: bool = False,
-    bn_momentum: float = 0.9,
-    bn_epsilon: float = 1e-5,
-    dtype: Any = jnp.float32,
-) -> CifarResNet:
+resnet20 = register_variant(
+    "resnet20",
+    CifarResNet,
     """ResNet-20 for CIFAR (n=3): 19 convs + 1 dense.
 
     Params (32x32x3, 10 classes): shortcut "A" (default) **269,722** (+1,376 BN running
     statistics); shortcut "B" 272,474 (+1,568), the two 1x1 projections adding 512 + 2,048
     weights and 96 x 2 BN params.
-    """
-    return _cifar_resnet(3, num_classes, shortcut, zero_init_residual, bn_momentum, bn_epsilon,
-                         dtype)
+    """,
+    _RESNET_OPTIONS,
+    blocks_per_stage=3,
+)
 
+resnet32 = register_variant(
+    "resnet32",
+    CifarResNet,
+    """ResNet-32 for CIFAR (n=5). Params (32x32x3, 10 classes): "A" 464,154; "B" 466,906.""",
+    _RESNET_OPTIONS,
+    blocks_per_stage=5,
+)
 
-@register("resnet32")
-def resnet32(
-    num_classes: int = 10,
-    shortcut: str = "A",
-    zero_init_residual: bool = False,
-    bn_momentum: float = 0.9,
-    bn_epsilon: float = 1e-5,
-    dtype: Any = jnp.float32,
-) -> CifarResNet:
-    """ResNet-32 for CIFAR (n=5). Params (32x32x3, 10 classes): "A" 464,154; "B" 466,906."""
-    return _cifar_resnet(5, num_classes, shortcut, zero_init_residual, bn_momentum, bn_epsilon,
-                         dtype)
+resnet56 = register_variant(
+    "resnet56",
+    CifarResNet,
+    """ResNet-56 for CIFAR (n=9). Params (32x32x3, 10 classes): "A" 853,018; "B" 855,770.""",
+    _RESNET_OPTIONS,
+    blocks_per_stage=9,
+)
 
-
-@register("resnet56")
-def resnet56(
-    num_classes: int = 10,
-    shortcut: str = "A",
-    zero_init_residual: bool = False,
-    bn_momentum: float = 0.9,
-    bn_epsilon: float = 1e-5,
-    dtype: Any = jnp.float32,
-) -> CifarResNet:
-    """ResNet-56 for CIFAR (n=9). Params (32x32x3, 10 classes): "A" 853,018; "B" 855,770."""
-    return _cifar_resnet(9, num_classes, shortcut, zero_init_residual, bn_momentum, bn_epsilon,
-                         dtype)
-
-
-@register("plain20")
-def plain20(
-    num_classes: int = 10,
-    bn_momentum: float = 0.9,
-    bn_epsilon: float = 1e-5,
-    dtype: Any = jnp.float32,
-) -> CifarResNet:
+plain20 = register_variant(
+    "plain20",
+    CifarResNet,
     """Plain-20: resnet20 without skip connections (20 conv/dense layers, conv-BN-ReLU).
 
     Params (32x32x3, 10 classes): 269,722, the same as resnet20 with shortcut "A".
-    """
-    return _plain(3, num_classes, bn_momentum, bn_epsilon, dtype)
+    """,
+    _PLAIN_OPTIONS,
+    blocks_per_stage=3,
+    residual=False,
+)
 
-
-@register("plain56")
-def plain56(
-    num_classes: int = 10,
-    bn_momentum: float = 0.9,
-    bn_epsilon: float = 1e-5,
-    dtype: Any = jnp.float32,
-) -> CifarResNet:
-    """Plain-56: resnet56 without skip connections. Params (32x32x3, 10 classes): 853,018."""
-    return _plain(9, num_classes, bn_momentum, bn_epsilon, dtype)
+plain56 = register_variant(
+    "plain56",
+    CifarResNet,
+    """Plain-56: resnet56 without skip connections. Params (32x32x3, 10 classes): 853,018.""",
+    _PLAIN_OPTIONS,
+    blocks_per_stage=9,
+    residual=False,
+)

@@ -31,13 +31,14 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.models.registry import register
-from jaxcnn.models.resnet import PAD1, BasicBlock, batch_norm, he_normal
+from jaxcnn.models.layers import BatchNormNet, pooled_classifier
+from jaxcnn.models.registry import register, register_variant
+from jaxcnn.models.resnet import PAD1, BasicBlock, he_normal
 
 KERAS_BN_EPSILON = 1.001e-5
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(BatchNormNet):
     """1x1 reduce -> 3x3 -> 1x1 expand (x4), with a skip connection (post-activation).
 
     ``x`` (N, H, W, C) -> (N, ceil(H / strides), ceil(W / strides), 4 * features)::
@@ -60,34 +61,33 @@ class Bottleneck(nn.Module):
     stride_in_1x1: bool = False
     zero_init_residual: bool = False
     conv_bias: bool = False
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        conv_kw = dict(use_bias=self.conv_bias, kernel_init=he_normal, **kw)
-        bn_kw = dict(momentum=self.bn_momentum, epsilon=self.bn_epsilon, **kw)
+        conv_kw = dict(
+            use_bias=self.conv_bias,
+            kernel_init=he_normal,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
         s = (self.strides,) * 2
         s1, s3 = (s, (1, 1)) if self.stride_in_1x1 else ((1, 1), s)
         out_features = self.features * self.expansion
         y = nn.Conv(self.features, (1, 1), s1, name="conv1", **conv_kw)(x)
-        y = nn.relu(batch_norm(train, name="bn1", **bn_kw)(y))
+        y = nn.relu(self.bn(train, "bn1")(y))
         y = nn.Conv(self.features, (3, 3), s3, padding=PAD1, name="conv2", **conv_kw)(y)
-        y = nn.relu(batch_norm(train, name="bn2", **bn_kw)(y))
+        y = nn.relu(self.bn(train, "bn2")(y))
         y = nn.Conv(out_features, (1, 1), name="conv3", **conv_kw)(y)
-        y = batch_norm(train, zero_scale=self.zero_init_residual, name="bn3", **bn_kw)(y)
+        y = self.bn(train, "bn3", zero_scale=self.zero_init_residual)(y)
         if self.strides == 1 and x.shape[-1] == out_features:
             residual = x
         else:
             residual = nn.Conv(out_features, (1, 1), s, name="proj_conv", **conv_kw)(x)
-            residual = batch_norm(train, name="proj_bn", **bn_kw)(residual)
+            residual = self.bn(train, "proj_bn")(residual)
         return nn.relu(y + residual)
 
 
-class ResNet(nn.Module):
+class ResNet(BatchNormNet):
     """An ImageNet-layout ResNet (see the module docstring for the layout and names).
 
     Attributes:
@@ -109,10 +109,6 @@ class ResNet(nn.Module):
     stride_in_1x1: bool = False
     conv_bias: bool = False
     zero_init_residual: bool = False
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False):
@@ -126,21 +122,17 @@ class ResNet(nn.Module):
             raise ValueError(
                 f"stage_sizes {self.stage_sizes} and widths {self.widths} differ in length"
             )
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        bn_kw = dict(momentum=self.bn_momentum, epsilon=self.bn_epsilon, **kw)
         x = jnp.asarray(x, self.dtype)
         x = nn.Conv(
             64, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=self.conv_bias,
-            kernel_init=he_normal, name="stem_conv", **kw,
+            kernel_init=he_normal, name="stem_conv", dtype=self.dtype, param_dtype=self.param_dtype,
         )(x)
-        x = nn.relu(batch_norm(train, name="stem_bn", **bn_kw)(x))
+        x = nn.relu(self.bn(train, "stem_bn")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=PAD1)
         block_kw = dict(
             zero_init_residual=self.zero_init_residual,
             conv_bias=self.conv_bias,
-            bn_momentum=self.bn_momentum,
-            bn_epsilon=self.bn_epsilon,
-            **kw,
+            **self.shared_options(),
         )
         for s, (n_blocks, width) in enumerate(zip(self.stage_sizes, self.widths, strict=True), 1):
             for b in range(1, n_blocks + 1):
@@ -153,49 +145,28 @@ class ResNet(nn.Module):
                 else:
                     block = BasicBlock(width, strides, shortcut="B", name=name, **block_kw)
                 x = block(x, train)
-        x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-        if return_features:
-            return x
-        x = nn.Dense(self.num_classes, name="head", **kw)(x.astype(self.dtype))
-        return x.astype(jnp.float32)
+        return pooled_classifier(
+            x, self.num_classes, return_features, dtype=self.dtype, param_dtype=self.param_dtype
+        )
 
     def features(self, x, train: bool = False):
         """x: (N, H, W, C) -> (N, widths[-1] * expansion) float32 pooled features."""
         return self(x, train=train, return_features=True)
 
 
-@register("resnet18")
-def resnet18(
-    num_classes: int = 1000,
-    zero_init_residual: bool = False,
-    bn_momentum: float = 0.9,
-    bn_epsilon: float = 1e-5,
-    dtype: Any = jnp.float32,
-) -> ResNet:
-    """ResNet-18 (basic blocks, 2-2-2-2). 1000 classes: **11,689,512** params (torchvision's
-    count, no conv bias), +9,600 BatchNorm running statistics. Features (N, 512)."""
-    return ResNet(
-        num_classes=num_classes, stage_sizes=(2, 2, 2, 2), bottleneck=False,
-        zero_init_residual=zero_init_residual, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
-        dtype=dtype,
-    )
+def _basic_resnet(name: str, stage_sizes: tuple[int, ...], doc: str):
+    """Register an ImageNet ResNet of basic blocks (resnet18, resnet34)."""
+    options = ("zero_init_residual", "bn_momentum", "bn_epsilon", "dtype")
+    return register_variant(name, ResNet, doc, options, stage_sizes=stage_sizes, bottleneck=False)
 
 
-@register("resnet34")
-def resnet34(
-    num_classes: int = 1000,
-    zero_init_residual: bool = False,
-    bn_momentum: float = 0.9,
-    bn_epsilon: float = 1e-5,
-    dtype: Any = jnp.float32,
-) -> ResNet:
-    """ResNet-34 (basic blocks, 3-4-6-3). 1000 classes: **21,797,672** params (torchvision's
-    count, no conv bias), +17,024 BatchNorm running statistics. Features (N, 512)."""
-    return ResNet(
-        num_classes=num_classes, stage_sizes=(3, 4, 6, 3), bottleneck=False,
-        zero_init_residual=zero_init_residual, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
-        dtype=dtype,
-    )
+resnet18 = _basic_resnet("resnet18", (2, 2, 2, 2), """ResNet-18 (basic blocks, 2-2-2-2).
+    1000 classes: **11,689,512** params (torchvision's count, no conv bias), +9,600 BatchNorm
+    running statistics. Features (N, 512).""")
+
+resnet34 = _basic_resnet("resnet34", (3, 4, 6, 3), """ResNet-34 (basic blocks, 3-4-6-3).
+    1000 classes: **21,797,672** params (torchvision's count, no conv bias), +17,024 BatchNorm
+    running statistics. Features (N, 512).""")
 
 
 @register("resnet50")

@@ -15,7 +15,8 @@ def count_params(tree) -> int:
     return int(sum(math.prod(getattr(leaf, "shape", ())) for leaf in jax.tree.leaves(tree)))
 
 
-def _check_shape(input_shape) -> tuple[int, ...]:
+def check_input_shape(input_shape) -> tuple[int, ...]:
+    """``input_shape`` as a tuple ``(N, H, W, C)`` of positive ints, or a ValueError."""
     shape = tuple(input_shape)
     if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape):
         raise ValueError(
@@ -31,7 +32,7 @@ def init_shapes(model: nn.Module, input_shape: Sequence[int]):
     Uses ``jax.eval_shape``: nothing is compiled or allocated. Returns a dict of
     ``jax.ShapeDtypeStruct`` trees (``params`` and, with BatchNorm, ``batch_stats``).
     """
-    shape = _check_shape(input_shape)
+    shape = check_input_shape(input_shape)
     x = jax.ShapeDtypeStruct(shape, jnp.float32)
     return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
 
@@ -77,7 +78,7 @@ def summary(model: nn.Module, input_shape: Sequence[int]) -> str:
       row's shape shows their effect. Computed under ``jax.eval_shape`` with
       ``nn.intercept_methods`` recording each module's output: nothing is compiled.
     """
-    shape = _check_shape(input_shape)
+    shape = check_input_shape(input_shape)
     x = jax.ShapeDtypeStruct(shape, jnp.float32)
     calls: list[list] = []  # [path, output shapes], in the order the modules are entered
 

@@ -11,8 +11,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.models.layers import Conv, max_pool_2x2, resolve_conv_impl
-from jaxcnn.models.registry import register
+from jaxcnn.models.layers import BatchNormNet, Conv, max_pool_2x2, resolve_conv_impl
+from jaxcnn.models.registry import register, register_variant
 
 VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 VGG19_STAGES = (
@@ -25,7 +25,7 @@ VGG19_STAGES = (
 VGG_MINI_STAGES = ((32, 32), (64, 64), (128, 128, 128))
 
 
-class VGGBlock(nn.Module):
+class VGGBlock(BatchNormNet):
     """One VGG stage: ``len(widths)`` x (conv 3x3 SAME [-> BatchNorm] -> ReLU), max pool 2x2 /2.
 
     ``x`` (N, H, W, C) -> (N, H // 2, W // 2, widths[-1]). Conv layers are ``conv{i}`` (with bias,
@@ -34,33 +34,21 @@ class VGGBlock(nn.Module):
 
     widths: tuple[int, ...]
     batch_norm: bool = False
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
     conv_impl: str = "lax"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         impl = resolve_conv_impl(self.conv_impl)
         for i, width in enumerate(self.widths, 1):
-            x = Conv(width, (3, 3), padding="SAME", impl=impl, name=f"conv{i}", **kw)(x)
+            x = Conv(width, (3, 3), padding="SAME", impl=impl, name=f"conv{i}", dtype=self.dtype,
+                     param_dtype=self.param_dtype)(x)
             if self.batch_norm:
-                x = nn.BatchNorm(
-                    use_running_average=not train,
-                    momentum=self.bn_momentum,
-                    epsilon=self.bn_epsilon,
-                    name=f"bn{i}",
-                    **kw,
-                )(x)
+                x = self.bn(train, f"bn{i}")(x)
             x = nn.relu(x)
-        if impl == "fast":
-            return max_pool_2x2(x)
-        return nn.max_pool(x, (2, 2), strides=(2, 2))
+        return max_pool_2x2(x, impl)
 
 
-class VGG(nn.Module):
+class VGG(BatchNormNet):
     """A VGG network: VGG stages (``block1`` ... ``blockS``), then the top or the conv features.
 
     ``include_top=True``: flatten -> [fc{i} Dense -> ReLU -> Dropout] for each width in ``top``
@@ -84,10 +72,6 @@ class VGG(nn.Module):
     pooling: str | None = None
     dropout: float = 0.5
     batch_norm: bool = False
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
     conv_impl: str = "lax"
 
     def _check(self, x):
@@ -123,11 +107,9 @@ class VGG(nn.Module):
             x = VGGBlock(
                 tuple(widths),
                 batch_norm=self.batch_norm,
-                bn_momentum=self.bn_momentum,
-                bn_epsilon=self.bn_epsilon,
                 conv_impl=self.conv_impl,
                 name=f"block{s}",
-                **kw,
+                **self.shared_options(),
             )(x, train)
         if not self.include_top:
             if self.pooling == "avg":
@@ -150,17 +132,13 @@ class VGG(nn.Module):
         return self(x, train=train, return_features=True)
 
 
-@register("vgg16")
-def vgg16(
-    num_classes: int = 1000,
-    include_top: bool = True,
-    pooling: str | None = None,
-    batch_norm: bool = False,
-    dropout: float = 0.5,
-    bn_momentum: float = 0.9,
-    bn_epsilon: float = 1e-5,
-    dtype: Any = jnp.float32,
-) -> VGG:
+_IMAGENET_OPTIONS = (
+    "include_top", "pooling", "batch_norm", "dropout", "bn_momentum", "bn_epsilon", "dtype"
+)
+
+vgg16 = register_variant(
+    "vgg16",
+    VGG,
     """VGG16 (configuration D), ImageNet layout: 13 convs 3x3 in 5 stages, 3 dense layers.
 
     Input (N, 224, 224, 3) with ``include_top`` (flatten 7*7*512 = 25,088 -> fc1 4096 -> ReLU ->
@@ -172,51 +150,26 @@ def vgg16(
     after every conv (torchvision's ``vgg16_bn``: +8,448 params, +8,448 running statistics).
     Layer names ``block{s}/conv{i}``, ``fc1``, ``fc2``, ``head`` (Keras: ``block{s}_conv{i}``,
     ``fc1``, ``fc2``, ``predictions``).
-    """
-    return VGG(
-        num_classes=num_classes,
-        stages=VGG16_STAGES,
-        top=(4096, 4096),
-        include_top=include_top,
-        top_input_size=(224, 224),
-        pooling=pooling,
-        dropout=dropout,
-        batch_norm=batch_norm,
-        bn_momentum=bn_momentum,
-        bn_epsilon=bn_epsilon,
-        dtype=dtype,
-    )
+    """,
+    _IMAGENET_OPTIONS,
+    stages=VGG16_STAGES,
+    top=(4096, 4096),
+    top_input_size=(224, 224),
+)
 
-
-@register("vgg19")
-def vgg19(
-    num_classes: int = 1000,
-    include_top: bool = True,
-    pooling: str | None = None,
-    batch_norm: bool = False,
-    dropout: float = 0.5,
-    bn_momentum: float = 0.9,
-    bn_epsilon: float = 1e-5,
-    dtype: Any = jnp.float32,
-) -> VGG:
+vgg19 = register_variant(
+    "vgg19",
+    VGG,
     """VGG19 (configuration E): as ``vgg16`` with 4 convs in stages 3-5 (16 convs).
 
     Params (3 input channels): conv base 20,024,384; with the top and 1000 classes
     **143,667,240**.
-    """
-    return VGG(
-        num_classes=num_classes,
-        stages=VGG19_STAGES,
-        top=(4096, 4096),
-        include_top=include_top,
-        top_input_size=(224, 224),
-        pooling=pooling,
-        dropout=dropout,
-        batch_norm=batch_norm,
-        bn_momentum=bn_momentum,
-        bn_epsilon=bn_epsilon,
-        dtype=dtype,
-    )
+    """,
+    _IMAGENET_OPTIONS,
+    stages=VGG19_STAGES,
+    top=(4096, 4096),
+    top_input_size=(224, 224),
+)
 
 
 @register("vgg_mini")
@@ -252,16 +205,8 @@ def vgg_mini(
     kernel gradient and a reshape max-pool) or "lax"; same function and parameters.
     """
     return VGG(
-        conv_impl=conv_impl,
-        num_classes=num_classes,
-        stages=tuple(tuple(s) for s in stages),
-        top=(dense,),
-        include_top=include_top,
-        top_input_size=None,
-        pooling=pooling,
-        dropout=dropout,
-        batch_norm=batch_norm,
-        bn_momentum=bn_momentum,
-        bn_epsilon=bn_epsilon,
-        dtype=dtype,
+        num_classes=num_classes, stages=tuple(tuple(s) for s in stages), top=(dense,),
+        include_top=include_top, top_input_size=None, pooling=pooling, dropout=dropout,
+        batch_norm=batch_norm, conv_impl=conv_impl, bn_momentum=bn_momentum,
+        bn_epsilon=bn_epsilon, dtype=dtype,
     )

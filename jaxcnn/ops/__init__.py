@@ -10,35 +10,11 @@ Arrays are NHWC-style ``(N, *spatial, C)`` with 1, 2 or 3 spatial axes; kernels 
   SOBEL_X, ..., CLASSIC_FILTERS, as_kernel        jaxcnn.ops.filters
 """
 
-from jaxcnn.ops import filters
+from jaxcnn.ops import filters, shapes
 from jaxcnn.ops.conv import conv, conv_reference, true_convolution
-from jaxcnn.ops.filters import (
-    BOX_BLUR,
-    CLASSIC_FILTERS,
-    EMBOSS,
-    GAUSSIAN_BLUR,
-    HORIZONTAL_EDGE,
-    IDENTITY,
-    LAPLACIAN,
-    LAPLACIAN_8,
-    OUTLINE,
-    PREWITT_X,
-    PREWITT_Y,
-    SHARPEN,
-    SOBEL_X,
-    SOBEL_Y,
-    VERTICAL_EDGE,
-    as_kernel,
-)
+from jaxcnn.ops.filters import *  # noqa: F403 (the names of filters.__all__)
 from jaxcnn.ops.pool import avg_pool, global_avg_pool, global_max_pool, max_pool, min_pool
-from jaxcnn.ops.shapes import (
-    RFLayer,
-    conv_params,
-    dense_params,
-    output_size,
-    receptive_field,
-    same_padding,
-)
+from jaxcnn.ops.shapes import *  # noqa: F403 (the names of shapes.__all__)
 
 __all__ = [
     "conv",
@@ -49,27 +25,7 @@ __all__ = [
     "min_pool",
     "global_avg_pool",
     "global_max_pool",
-    "output_size",
-    "same_padding",
-    "receptive_field",
-    "RFLayer",
-    "conv_params",
-    "dense_params",
+    *shapes.__all__,
     "filters",
-    "as_kernel",
-    "CLASSIC_FILTERS",
-    "IDENTITY",
-    "SOBEL_X",
-    "SOBEL_Y",
-    "PREWITT_X",
-    "PREWITT_Y",
-    "LAPLACIAN",
-    "LAPLACIAN_8",
-    "BOX_BLUR",
-    "GAUSSIAN_BLUR",
-    "SHARPEN",
-    "VERTICAL_EDGE",
-    "HORIZONTAL_EDGE",
-    "EMBOSS",
-    "OUTLINE",
+    *filters.__all__,
 ]

@@ -8,10 +8,10 @@ Each message names the argument, the bad value and the form that was expected.
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Sequence
 
-import numpy as np
+from jaxcnn.ops._ints import int_tuple, nonnegative_int, positive_int, shape_of
+from jaxcnn.ops.shapes import same_padding
 
 PADDING_STRINGS = ("SAME", "VALID")
 
@@ -21,60 +21,6 @@ DIMENSION_NUMBERS = {
     2: ("NHWC", "HWIO", "NHWC"),
     3: ("NDHWC", "DHWIO", "NDHWC"),
 }
-
-
-def shape_of(a, name: str) -> tuple[int, ...]:
-    """The static shape of an array, tracer or nested sequence."""
-    shape = getattr(a, "shape", None)
-    if shape is None:
-        try:
-            shape = np.shape(a)
-        except Exception as err:  # ragged lists and the like
-            raise ValueError(f"{name} must be an array; got {type(a).__name__}: {err}") from None
-    return tuple(int(d) for d in shape)
-
-
-def _as_int(v, name: str) -> int:
-    if isinstance(v, bool):
-        raise ValueError(f"{name} must be an int; got bool {v!r}")
-    try:
-        return operator.index(v)
-    except TypeError:
-        raise ValueError(f"{name} must be an int; got {v!r} ({type(v).__name__})") from None
-
-
-def positive_int(v, name: str) -> int:
-    """``v`` as an int >= 1, or ValueError naming ``name``."""
-    i = _as_int(v, name)
-    if i < 1:
-        raise ValueError(f"{name} must be a positive int (>= 1); got {v!r}")
-    return i
-
-
-def nonnegative_int(v, name: str) -> int:
-    """``v`` as an int >= 0, or ValueError naming ``name``."""
-    i = _as_int(v, name)
-    if i < 0:
-        raise ValueError(f"{name} must be a non-negative int (>= 0); got {v!r}")
-    return i
-
-
-def int_tuple(value, n: int, name: str) -> tuple[int, ...]:
-    """An int or a length-``n`` sequence of ints, each >= 1, as a tuple of ``n`` ints."""
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        if len(value) != n:
-            raise ValueError(
-                f"{name} must be an int or a sequence of {n} ints (one per spatial axis); "
-                f"got {value!r} of length {len(value)}"
-            )
-        return tuple(positive_int(v, f"{name}[{i}]") for i, v in enumerate(value))
-    try:
-        v = positive_int(value, name)
-    except ValueError:
-        raise ValueError(
-            f"{name} must be a positive int or a sequence of {n} positive ints; got {value!r}"
-        ) from None
-    return (v,) * n
 
 
 def normalize_padding(padding, n: int, name: str = "padding"):
@@ -126,22 +72,13 @@ def normalize_padding(padding, n: int, name: str = "padding"):
     return ((v, v),) * n
 
 
-def same_pads(size: int, window: int, stride: int, dilation: int) -> tuple[int, int]:
-    """TensorFlow/lax "SAME" padding of one axis: output ceil(size / stride), extra on the high
-    side."""
-    extent = dilation * (window - 1) + 1
-    out = -(-size // stride)
-    total = max((out - 1) * stride + extent - size, 0)
-    return total // 2, total - total // 2
-
-
 def resolve_padding(padding, spatial, window, stride, dilation):
     """Explicit (lo, hi) pairs for an already normalized ``padding``."""
     if padding == "VALID":
         return ((0, 0),) * len(spatial)
     if padding == "SAME":
         return tuple(
-            same_pads(n, k, s, d)
+            same_padding(k, d, stride=s, size=n)
             for n, k, s, d in zip(spatial, window, stride, dilation, strict=True)
         )
     return padding
@@ -313,11 +250,6 @@ def check_pool_args(x, window, stride, padding):
     pads = resolve_padding(padding, x_shape[1:-1], window, stride, ones)
     check_window_fits(x_shape[1:-1], window, ones, pads, "pooling window", "window")
     return window, stride, pads
-
-
-def out_size(n: int, k: int, s: int, d: int, lo: int, hi: int) -> int:
-    """Output length of a strided, dilated window sweep over a padded axis."""
-    return (n + lo + hi - d * (k - 1) - 1) // s + 1
 
 
 def prod(xs) -> int:

@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcnn.ops._checks import DIMENSION_NUMBERS, check_conv_args, out_size, prod
+from jaxcnn.ops._checks import DIMENSION_NUMBERS, check_conv_args, prod
+from jaxcnn.ops.shapes import out_size
 
 __all__ = ["conv", "conv_reference", "true_convolution"]
 

@@ -26,7 +26,8 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcnn.ops.fast_conv import _pair, resolve_padding
+from jaxcnn.ops._ints import int_tuple
+from jaxcnn.ops.fast_conv import resolve_padding
 
 __all__ = ["depthwise_conv2d", "depthwise_conv2d_lax"]
 
@@ -56,7 +57,7 @@ def depthwise_conv2d(x, kernel, stride: int | Sequence[int] = 1, padding="SAME")
     """
     _check(x, kernel)
     kh, kw = jnp.shape(kernel)[:2]
-    sh, sw = _pair(stride, "stride")
+    sh, sw = int_tuple(stride, 2, "stride")
     (top, bottom), (left, right) = resolve_padding(padding, jnp.shape(x)[1:3], (kh, kw),
                                                    (sh, sw))
     xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
@@ -80,7 +81,7 @@ def depthwise_conv2d_lax(x, kernel, stride: int | Sequence[int] = 1, padding="SA
     """The same convolution through ``lax.conv_general_dilated(feature_group_count=C)``."""
     _check(x, kernel)
     kh, kw = jnp.shape(kernel)[:2]
-    s = _pair(stride, "stride")
+    s = int_tuple(stride, 2, "stride")
     pad = padding if isinstance(padding, str) else resolve_padding(
         padding, jnp.shape(x)[1:3], (kh, kw), s)
     return lax.conv_general_dilated(x, kernel, s, pad, dimension_numbers=("NHWC", "HWIO", "NHWC"),

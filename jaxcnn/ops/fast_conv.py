@@ -36,90 +36,33 @@ bfloat16 inputs are supported: every product accumulates in float32
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Sequence
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxcnn.ops import _checks
+from jaxcnn.ops._ints import int_tuple
+
 __all__ = ["conv2d_fast", "kernel_grad", "resolve_padding"]
 
-_DN = ("NHWC", "HWIO", "NHWC")
-
-
-def _pair(value, name: str) -> tuple[int, int]:
-    """An int or a pair of ints, each >= 1, as a 2-tuple."""
-    vals = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else (value,)
-    if len(vals) == 1:
-        vals = vals * 2
-    if len(vals) != 2:
-        raise ValueError(f"{name} must be an int or a pair of ints; got {value!r}")
-    out = []
-    for v in vals:
-        if isinstance(v, bool):
-            raise ValueError(f"{name} must contain ints >= 1; got {value!r}")
-        try:
-            v = operator.index(v)
-        except TypeError:
-            raise ValueError(f"{name} must contain ints >= 1; got {value!r}") from None
-        if v < 1:
-            raise ValueError(f"{name} must contain ints >= 1; got {value!r}")
-        out.append(v)
-    return out[0], out[1]
+_DN = _checks.DIMENSION_NUMBERS[2]  # NHWC input, HWIO kernel
 
 
 def resolve_padding(padding, in_hw, window, stride) -> tuple[tuple[int, int], tuple[int, int]]:
     """Explicit ((top, bottom), (left, right)) padding.
 
     Args:
-      padding: "SAME" (TensorFlow/lax rule: output size ceil(n / stride), the odd extra pad on
-        the high side), "VALID" (no padding), an int (every side), a pair of ints (symmetric per
-        axis) or a pair of (lo, hi) pairs.
+      padding: "SAME" (TensorFlow/lax rule, :func:`jaxcnn.ops.shapes.same_padding`: output size
+        ceil(n / stride), the odd extra pad on the high side), "VALID" (no padding), an int
+        (every side), a pair of ints (symmetric per axis) or a pair of (lo, hi) pairs.
       in_hw, window, stride: (H, W), (kh, kw) and (sh, sw).
     """
-    if isinstance(padding, str):
-        mode = padding.upper()
-        if mode == "VALID":
-            return (0, 0), (0, 0)
-        if mode == "SAME":
-            pads = []
-            for n, k, s in zip(in_hw, window, stride, strict=True):
-                total = max((-(-n // s) - 1) * s + k - n, 0)
-                pads.append((total // 2, total - total // 2))
-            return pads[0], pads[1]
-        raise ValueError(f"padding must be 'SAME', 'VALID', an int or pairs; got {padding!r}")
-
-    def as_nonneg(v):
-        if isinstance(v, bool):
-            raise TypeError
-        v = operator.index(v)
-        if v < 0:
-            raise TypeError
-        return v
-
-    try:
-        if not isinstance(padding, Sequence):
-            p = as_nonneg(padding)
-            return (p, p), (p, p)
-        if len(padding) != 2:
-            raise TypeError
-        pads = []
-        for item in padding:
-            if isinstance(item, Sequence) and not isinstance(item, str):
-                if len(item) != 2:
-                    raise TypeError
-                pads.append((as_nonneg(item[0]), as_nonneg(item[1])))
-            else:
-                p = as_nonneg(item)
-                pads.append((p, p))
-        return pads[0], pads[1]
-    except TypeError:
-        raise ValueError(
-            "padding must be 'SAME', 'VALID', an int >= 0, a pair of ints or a pair of (lo, hi) "
-            f"pairs of ints >= 0; got {padding!r}"
-        ) from None
+    top_bottom, left_right = _checks.resolve_padding(
+        _checks.normalize_padding(padding, 2), in_hw, window, stride, (1, 1)
+    )
+    return top_bottom, left_right
 
 
 def _conv(x, kernel, stride, pads):
@@ -251,7 +194,7 @@ def conv2d_fast(x, kernel, stride=1, padding="SAME", dilation=1, groups=1):
             f"kernel expects {ks[2]} input channels but x (NHWC) has {xs[3]}; got x {xs}, "
             f"kernel {ks}"
         )
-    if _pair(dilation, "dilation") != (1, 1):
+    if int_tuple(dilation, 2, "dilation") != (1, 1):
         raise ValueError(f"conv2d_fast supports dilation 1 only; got {dilation!r}")
     if isinstance(groups, bool) or groups != 1:
         raise ValueError(f"conv2d_fast supports groups=1 only; got {groups!r}")
@@ -259,11 +202,7 @@ def conv2d_fast(x, kernel, stride=1, padding="SAME", dilation=1, groups=1):
     for name, a in (("x", x), ("kernel", kernel)):
         if not jnp.issubdtype(a.dtype, jnp.floating):
             raise ValueError(f"{name} must be a floating array; got dtype {a.dtype}")
-    stride = _pair(stride, "stride")
+    stride = int_tuple(stride, 2, "stride")
     pads = resolve_padding(padding, xs[1:3], ks[:2], stride)
-    for ax, (n, k, (lo, hi)) in enumerate(zip(xs[1:3], ks[:2], pads, strict=True)):
-        if n + lo + hi < k:
-            raise ValueError(
-                f"window {k} is larger than the padded input {n + lo + hi} on spatial axis {ax}"
-            )
+    _checks.check_window_fits(xs[1:3], ks[:2], (1, 1), pads, "kernel window", "kernel")
     return _conv2d_fast(x, kernel, stride, pads)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxcnn.ops._checks import positive_int
+from jaxcnn.ops._ints import positive_int
 
 __all__ = [
     "SOBEL_X",

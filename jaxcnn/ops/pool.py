@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxcnn.ops._checks import check_input_rank, check_pool_args, shape_of
+from jaxcnn.ops._checks import check_input_rank, check_pool_args
+from jaxcnn.ops._ints import shape_of
 
 __all__ = ["max_pool", "avg_pool", "min_pool", "global_avg_pool", "global_max_pool"]
 

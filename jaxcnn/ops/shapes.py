@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
-from jaxcnn.ops._checks import nonnegative_int, positive_int
+from jaxcnn.ops._ints import nonnegative_int, positive_int
 
 __all__ = [
     "output_size",
@@ -18,15 +18,40 @@ __all__ = [
 ]
 
 
-def same_padding(kernel, dilation=1) -> tuple[int, int]:
-    """The (lo, hi) padding that keeps the size unchanged at stride 1.
+def same_padding(kernel, dilation=1, *, stride=1, size=None) -> tuple[int, int]:
+    """TensorFlow / lax "SAME" padding ``(lo, hi)`` of one axis: the only copy of the rule.
 
-    The dilated kernel covers ``dilation * (kernel - 1) + 1`` positions, so ``dilation *
-    (kernel - 1)`` zeros are needed in all; an odd total puts the extra one on the high side
-    (TensorFlow / lax "SAME" convention). Example: ``same_padding(5) == (2, 2)``,
-    ``same_padding(4) == (1, 2)``.
+    "SAME" asks for ``out = ceil(size / stride)`` outputs. The dilated kernel covers
+    ``extent = dilation * (kernel - 1) + 1`` input positions, so the last window ends at
+    ``(out - 1) * stride + extent`` and the padding is::
+
+        total = max((out - 1) * stride + extent - size, 0)
+        lo, hi = total // 2, total - total // 2          (an odd extra zero goes on the high side)
+
+    At stride 1 that is ``dilation * (kernel - 1)`` whatever the size, so ``size`` may be left
+    out: ``same_padding(5) == (2, 2)``, ``same_padding(4) == (1, 2)``. With a stride the
+    padding depends on the size, and is asymmetric where PyTorch's symmetric padding is not:
+    ``same_padding(3, stride=2, size=224) == (0, 1)``, ``same_padding(5, stride=2, size=224)
+    == (1, 2)``, ``same_padding(3, stride=2, size=7) == (1, 1)``.
+
+    Args:
+      kernel: window length (>= 1).
+      dilation: spacing of the kernel taps (>= 1).
+      stride: step (>= 1).
+      size: input length (>= 1); required when ``stride > 1``.
     """
-    total = positive_int(dilation, "dilation") * (positive_int(kernel, "kernel") - 1)
+    kernel = positive_int(kernel, "kernel")
+    dilation = positive_int(dilation, "dilation")
+    stride = positive_int(stride, "stride")
+    if size is None:
+        if stride != 1:
+            raise ValueError(
+                f"same_padding with stride={stride} depends on the input length: pass size="
+            )
+        size = 1  # any length gives the same padding at stride 1
+    size = positive_int(size, "size")
+    out = -(-size // stride)
+    total = max((out - 1) * stride + dilation * (kernel - 1) + 1 - size, 0)
     return total // 2, total - total // 2
 
 
@@ -36,10 +61,7 @@ def _pads(n: int, kernel: int, stride: int, dilation: int, padding) -> tuple[int
         if mode == "valid":
             return 0, 0
         if mode == "same":
-            extent = dilation * (kernel - 1) + 1
-            out = -(-n // stride)
-            total = max((out - 1) * stride + extent - n, 0)
-            return total // 2, total - total // 2
+            return same_padding(kernel, dilation, stride=stride, size=n)
         raise ValueError(f"padding string must be 'same' or 'valid' (any case); got {padding!r}")
     if isinstance(padding, Sequence):
         if len(padding) != 2:
@@ -81,7 +103,13 @@ def output_size(n, kernel, stride=1, padding=0, dilation=1) -> int:
             f"kernel={kernel} (dilated extent {extent}) is larger than the padded input "
             f"n + lo + hi = {n} + {lo} + {hi} = {n + lo + hi}"
         )
-    return (n + lo + hi - extent) // stride + 1
+    return out_size(n, kernel, stride, dilation, lo, hi)
+
+
+def out_size(n: int, k: int, s: int, d: int, lo: int, hi: int) -> int:
+    """:func:`output_size` without the checks (for the ops, whose arguments are checked):
+    ``(n + lo + hi - d * (k - 1) - 1) // s + 1``."""
+    return (n + lo + hi - d * (k - 1) - 1) // s + 1
 
 
 class RFLayer(NamedTuple):

@@ -15,12 +15,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from jaxcnn.viz.style import CMAP_IMAGE, CMAP_SIGNED, hide_ticks, new_figure
-
-
-def _grid(n: int, ncols: int) -> tuple[int, int]:
-    ncols = max(1, min(ncols, n))
-    return -(-n // ncols), ncols
+from jaxcnn.viz.style import CMAP_IMAGE, CMAP_SIGNED, grid_shape, hide_ticks, new_figure
 
 
 def _signed_limits(a: np.ndarray) -> tuple[float, float]:
@@ -92,7 +87,7 @@ def filter_bank(image: np.ndarray, kernels: Mapping[str, np.ndarray],
     """
     names = list(kernels)
     n = len(names) + 1
-    nrows, ncols = _grid(n, ncols)
+    nrows, ncols = grid_shape(n, ncols)
     fig, axes = new_figure(2 * nrows, ncols, size=(2.5 * ncols, 4.0 * nrows),
                            gridspec_kw={"height_ratios": [1, 2.4] * nrows})
     axes = np.asarray(axes).reshape(2 * nrows, ncols)
@@ -147,7 +142,7 @@ def stride_padding(results: Sequence[tuple[str, np.ndarray]], input_shape: tuple
     """One feature map per (stride, padding) setting, all drawn at the same scale, so the
     shrinking grid is visible. ``results``: ``(label, map (H', W'))`` pairs."""
     n = len(results)
-    nrows, ncols = _grid(n, ncols)
+    nrows, ncols = grid_shape(n, ncols)
     fig, axes = new_figure(nrows, ncols, size=(4.2 * ncols, 4.4 * nrows), squeeze=False)
     H, W = input_shape
     for ax in axes.ravel():
@@ -302,7 +297,7 @@ def learned_filters(kernels: np.ndarray, title: str = "Learned first-layer filte
     """``kernels: (kh, kw, 1, C_out)`` (HWIO, one input channel) drawn as a grid."""
     k = np.asarray(kernels)[:, :, 0, :]
     n = k.shape[-1]
-    nrows, ncols = _grid(n, 8)
+    nrows, ncols = grid_shape(n, 8)
     fig, axes = new_figure(nrows, ncols, size=(1.6 * ncols, 1.8 * nrows + 0.6), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
@@ -376,7 +371,7 @@ def prediction_grid(images: np.ndarray, labels: np.ndarray, preds: np.ndarray,
     ``images: (N, H, W)``."""
     images = np.asarray(images)
     n = len(images)
-    nrows, ncols = _grid(n, ncols)
+    nrows, ncols = grid_shape(n, ncols)
     fig, axes = new_figure(nrows, ncols, size=(1.3 * ncols, 1.5 * nrows + 0.6), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")

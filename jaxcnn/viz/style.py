@@ -46,6 +46,12 @@ def new_figure(nrows: int = 1, ncols: int = 1, *, size=(6.0, 4.0), **kwargs):
     return plt.subplots(nrows, ncols, figsize=size, **kwargs)
 
 
+def grid_shape(n: int, ncols: int) -> tuple[int, int]:
+    """``(rows, cols)`` of a grid of ``n`` panels at most ``ncols`` wide."""
+    ncols = max(1, min(ncols, n))
+    return -(-n // ncols), ncols
+
+
 def hide_ticks(ax) -> None:
     """Remove ticks and tick labels from an image axis, keeping its frame."""
     ax.set_xticks([])

@@ -1,0 +1,21 @@
+"""Evaluation: batched prediction, classification metrics and a look inside a trained model.
+
+  make_forward, run_batched, predict_logits,
+  normalize_on_device, softmax                     jaxcnn.evaluate.prediction
+  accuracy, top_k_accuracy, confusion_matrix,
+  per_class_accuracy, precision_recall_f1,
+  classification_report, most_confident_mistakes,
+  balanced_class_weights                           jaxcnn.evaluate.metrics (scikit-learn)
+  first_conv_kernel, conv_activations              jaxcnn.evaluate.inspection
+
+Metrics take host arrays (numpy or jax) and return numpy values; the only device work is
+``predict_logits`` (and ``conv_activations``), which normalise uint8 images on the device.
+"""
+
+from jaxcnn.evaluate import inspection, metrics, prediction
+from jaxcnn.evaluate.inspection import *  # noqa: F403 (the names of inspection.__all__)
+from jaxcnn.evaluate.metrics import *  # noqa: F403 (the names of metrics.__all__)
+from jaxcnn.evaluate.prediction import *  # noqa: F403 (the names of prediction.__all__)
+from jaxcnn.evaluate.prediction import _as_stats, _build_forward  # noqa: F401 (jaxcnn.export)
+
+__all__ = [*prediction.__all__, *metrics.__all__, *inspection.__all__]
