@@ -52,6 +52,7 @@ import numpy as np
 from flax import traverse_util
 
 from jaxcnn import evaluate
+from jaxcnn.evaluate.prediction import _as_stats, _build_forward
 
 __all__ = [
     "BUNDLE_JSON",
@@ -147,8 +148,8 @@ def _check_preprocessing(preprocessing) -> dict:
         or min(size) < 1
     ):
         raise ValueError(f"preprocessing input_size must be (H, W) positive ints, got {size!r}")
-    mean = list(evaluate._as_stats(preprocessing["mean"], "mean"))
-    std = list(evaluate._as_stats(preprocessing["std"], "std"))
+    mean = list(_as_stats(preprocessing["mean"], "mean"))
+    std = list(_as_stats(preprocessing["std"], "std"))
     channels = preprocessing.get("channels", max(len(mean), len(std)))
     if isinstance(channels, bool) or not isinstance(channels, int | np.integer) or channels < 1:
         raise ValueError(f"preprocessing channels must be a positive int, got {channels!r}")
@@ -515,7 +516,7 @@ class Bundle:
         self.channels = int(preprocessing["channels"])
         self.mean = tuple(preprocessing["mean"])
         self.std = tuple(preprocessing["std"])
-        self._forward = evaluate._build_forward(model.apply, self.mean, self.std)
+        self._forward = _build_forward(model.apply, self.mean, self.std)
 
     @property
     def num_classes(self) -> int:

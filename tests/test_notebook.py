@@ -12,7 +12,6 @@ import os
 import time
 
 import pytest
-
 from conftest import REPO_ROOT
 from fake_archives import make_cifar10_archive, make_flowers_archive, serve_directory
 

@@ -367,7 +367,6 @@ def class_weights(labels, num_classes: int) -> np.ndarray:
         raise ValueError(
             f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]"
         )
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    with np.errstate(divide="ignore"):
-        w = np.where(counts > 0, len(labels) / (num_classes * counts), 0.0)
-    return w.astype(np.float32)
+    from jaxcnn.evaluate.metrics import balanced_class_weights
+
+    return balanced_class_weights(labels, num_classes)

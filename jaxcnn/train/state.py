@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from jaxcnn.models.summary import check_input_shape
+
 
 @struct.dataclass
 class TrainState:
@@ -99,16 +101,6 @@ class ModelApply:
         return f"ModelApply({type(self.model).__name__})"
 
 
-def _check_input_shape(input_shape) -> tuple[int, ...]:
-    shape = tuple(input_shape)
-    if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape):
-        raise ValueError(
-            f"input_shape must be (N, H, W, C) with positive ints, got {input_shape!r}; "
-            "e.g. (1, 32, 32, 3)"
-        )
-    return shape
-
-
 def create_train_state(
     model: nn.Module,
     tx: optax.GradientTransformation,
@@ -130,7 +122,7 @@ def create_train_state(
       A :class:`TrainState` at step 0. Pure function of ``rng``: works under ``jax.vmap`` over
       a batch of keys (that is how ensembles are built).
     """
-    shape = _check_input_shape(input_shape)
+    shape = check_input_shape(input_shape)
     if not isinstance(tx, optax.GradientTransformation):
         raise ValueError(f"tx must be an optax.GradientTransformation, got {type(tx).__name__}")
     if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
