@@ -291,6 +291,7 @@ def test_cifar10_default_writes_figures_under_workdir(tmp_path, monkeypatch, vis
     assert {"samples.png", "confusion_matrix.png", "training_curves.png"} <= set(pngs)
 
 
+@pytest.mark.slow  # 13 s; the other lessons' runs cover the same rule by default
 def test_from_scratch_default_writes_figures_under_workdir(tmp_path, visuals_untouched, capsys,
                                                           monkeypatch):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)  # as in a log file

@@ -79,7 +79,9 @@ def test_split_in_train_mode_matches_batch_stats_and_dropout(tiny):
                  merged, dict(upd["batch_stats"]))
 
 
-@pytest.mark.parametrize("k", [1, 4, 6])
+@pytest.mark.parametrize(
+    "k", [1, pytest.param(4, marks=pytest.mark.slow), pytest.param(6, marks=pytest.mark.slow)]
+)
 def test_top_part_gradient_equals_full_gradient(tiny, k):
     model, variables, x = tiny
     y = jnp.array([0, 1, 2, 1])

@@ -311,6 +311,7 @@ def test_second_build_with_the_same_config_compiles_nothing():
     assert compiles == []
 
 
+@pytest.mark.slow  # 5 s; the single-model hook test runs by default
 def test_ensemble_members_each_get_the_hook_with_their_own_key():
     cfg = dataclasses.replace(CFG, ensemble=2, init_fn=scale_first_conv, ema_decay=0.9)
     model = tiny()
