@@ -259,10 +259,7 @@ def fit_model(name, model, config, train, evaluation, args, workdir, stop_after_
 def state_variables(state) -> dict:
     import jax
 
-    variables = {"params": state.params}
-    if state.batch_stats:
-        variables["batch_stats"] = state.batch_stats
-    return jax.device_get(variables)
+    return jax.device_get(state.variables)
 
 
 def recipe_for(name: str, args, lesson: str) -> FitConfig:

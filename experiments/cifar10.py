@@ -226,10 +226,10 @@ def member_variables(state, index: int | None):
     as host numpy."""
     import jax
 
-    get = state.get if isinstance(state, dict) else lambda key: getattr(state, key)
-    variables = {"params": get("params")}
-    if get("batch_stats"):
-        variables["batch_stats"] = get("batch_stats")
+    if isinstance(state, dict):  # a restored checkpoint: plain arrays, no TrainState
+        variables = {k: state[k] for k in ("params", "batch_stats") if state.get(k)}
+    else:
+        variables = state.variables
     if index is not None:
         variables = jax.tree.map(lambda a: a[index], variables)
     return jax.device_get(variables)

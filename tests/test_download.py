@@ -270,11 +270,13 @@ def test_cache_entries_of_the_two_sources_differ(tmp_path, monkeypatch, archives
     # neither path can ever return the other's arrays.
     tfds_rel = tfds_source._cache_relpath("cifar10", "train[:5]", None)
     assert tfds_rel.as_posix() == "cifar10/tfds/train_-5.npz"
-    tfds_meta = tfds_source._cache_meta("cifar10", "train[:5]", data, None)
+    tfds_meta = tfds_source._cache_meta("tfds", "cifar10", "train[:5]", None,
+                                        data_dir=str(data.resolve()))
     assert tfds_meta["source"] == "tfds"
     assert tfds_source._read_cache(cached[0], tfds_meta) is None
     # Another archive (another checksum) is another entry too.
-    other = tfds_source._official_cache_meta("cifar10", "train[:5]", "1" * 64, None)
+    other = tfds_source._cache_meta("official", "cifar10", "train[:5]", None,
+                                    archive_sha256="1" * 64)
     assert tfds_source._read_cache(cached[0], other) is None
 
 

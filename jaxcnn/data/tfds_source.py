@@ -108,26 +108,16 @@ def _cache_relpath(name: str, split: str, image_size: tuple[int, int] | None,
     return Path(_sanitise(name)) / source / f"{stem}.npz"
 
 
-def _cache_meta(name: str, split: str, data_dir: Path, image_size) -> dict:
-    """Meta of a TFDS-read cache entry: the data dir it was read from identifies the data."""
+def _cache_meta(source: str, name: str, split: str, image_size, **identity) -> dict:
+    """Meta of a cache entry. ``identity`` names what identifies the data of ``source``: the
+    data dir for ``"tfds"`` (``data_dir=``), the archive's checksum for ``"official"``
+    (``archive_sha256=``)."""
     return {
         "format": _CACHE_FORMAT,
-        "source": "tfds",
+        "source": source,
         "name": name,
         "split": split,
-        "data_dir": str(data_dir.resolve()),
-        "image_size": list(image_size) if image_size is not None else None,
-    }
-
-
-def _official_cache_meta(name: str, split: str, archive_sha256: str, image_size) -> dict:
-    """Meta of an official-archive cache entry: the archive's checksum identifies the data."""
-    return {
-        "format": _CACHE_FORMAT,
-        "source": "official",
-        "name": name,
-        "split": split,
-        "archive_sha256": archive_sha256,
+        **identity,
         "image_size": list(image_size) if image_size is not None else None,
     }
 
@@ -329,7 +319,7 @@ def load_tfds(
             data_dir = data_dir.parent
 
     rel = _cache_relpath(name, split, image_size)
-    meta = _cache_meta(name, split, data_dir, image_size)
+    meta = _cache_meta("tfds", name, split, image_size, data_dir=str(data_dir.resolve()))
     roots = _cache_roots(data_dir)
     if cache:
         for root in roots:
@@ -365,7 +355,7 @@ def _load_official(name, split, data_dir, download, cache, image_size, progress,
     arc = official.archive(name)
     official.check_request(arc, split, image_size)  # before any download
     rel = _cache_relpath(name, split, image_size, source="official")
-    meta = _official_cache_meta(name, split, arc.sha256, image_size)
+    meta = _cache_meta("official", name, split, image_size, archive_sha256=arc.sha256)
     if cache:
         for root in roots:
             hit = _read_cache(root / rel, meta)
