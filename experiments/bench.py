@@ -30,12 +30,19 @@ Subcommands (add more with :func:`register`):
     those XLA_FLAGS; ``--dtype bfloat16`` as in ``experiments.cifar10``. ``--json`` prints one
     object keyed by model: the first of ``--batch-sizes`` under the plain name (``"cnn3"``), the
     others as ``"cnn3@512"``; each entry has ``batch_size``, ``train_images_per_s``,
-    ``eval_images_per_s``, ``compile_s`` and more. With ``--baselines`` (and
-    ``--baseline-python``, an environment with TensorFlow/Keras and PyTorch, see
-    ``experiments/baselines/README.md``), ``experiments/baselines/keras_cnn3.py`` and
-    ``torch_cnn3.py`` then run one at a time (cnn3, batch 128, same protocol) and the table
-    gains their rows and the ratio jaxcnn cnn3 / baseline (JSON: ``"baseline:keras-tf"``,
-    ``"baseline:torch"``).
+    ``eval_images_per_s``, ``compile_s``, ``peak_rss_mb`` (the bench process's peak resident
+    set size, ``VmHWM``: the whole process, every case, not one model) and more. ``resnet20``
+    (or any registered model) is benchmarked with ``--models cnn3,resnet20``. With
+    ``--baselines`` (and ``--baseline-python``, an environment with TensorFlow/Keras and
+    PyTorch, see ``experiments/baselines/README.md``), ``experiments/baselines/keras_baseline.py``
+    and ``torch_baseline.py`` then run one at a time, in their own processes, for every
+    benchmarked model that has a baseline (cnn3, resnet20), at the first of ``--batch-sizes``,
+    same protocol; the table gains, per model and framework, train and eval images/s, peak RSS
+    (of each baseline's own process) and the ratios jaxcnn / baseline. JSON:
+    ``"baseline:keras-tf"``, ``"baseline:torch"`` for cnn3 (with ``cnn3_ratio``, as before),
+    ``"baseline:keras-tf:resnet20"``, ``"baseline:torch:resnet20"`` for resnet20; every entry
+    has ``model``, ``train_images_per_s``, ``eval_images_per_s``, ``peak_rss_mb``,
+    ``train_ratio`` and ``eval_ratio`` (jaxcnn / baseline), or ``error``.
 
 Bars (from DESIGN.md): conv_reference within 3x of lax conv; >= 1000x faster per output
 element than the numpy loops. cnn3 train images/s >= Keras (TF) and PyTorch on the same
@@ -316,7 +323,28 @@ TRAIN_BATCH_SIZES = (128, 512)
 PIPELINE_BAR = 5.0  # DESIGN.md: the input pipeline delivers >= 5x what the train step consumes
 _REEXEC_ENV = "JAXCNN_BENCH_XLA_REEXEC"
 BASELINES_DIR = Path(__file__).resolve().parent / "baselines"
-BASELINE_SCRIPTS = {"keras-tf": "keras_cnn3.py", "torch": "torch_cnn3.py"}
+BASELINE_SCRIPTS = {"keras-tf": "keras_baseline.py", "torch": "torch_baseline.py"}
+BASELINE_MODELS = ("cnn3", "resnet20")  # the scripts' --model choices
+RSS_SCOPE = "the whole bench process (every model and batch size, the input pipeline)"
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far, MiB: ``VmHWM`` of ``/proc/self/status``
+    on Linux, else ``ru_maxrss`` (KiB on Linux, bytes on macOS). Not ``ru_maxrss`` first:
+    Linux keeps it across ``execve``, so a process started by a bigger one would report at
+    least its parent's RSS at the fork (the baseline scripts, started by the bench, do the
+    same)."""
+    import resource
+
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**10  # kB
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
 def parse_model_options(items: list[str] | None) -> dict[str, dict]:
@@ -504,6 +532,7 @@ def bench_train(models: tuple[str, ...] = TRAIN_MODELS,
             pipe[bs].append(pipeline_images_per_s(dataset, batch_size=bs,
                                                   n_batches=pipeline_batches, seed=seed))
     pipeline = {bs: statistics.median(v) for bs, v in pipe.items()}
+    rss = peak_rss_mb()
 
     rows: dict[str, dict] = {}
     for case in cases:
@@ -526,6 +555,8 @@ def bench_train(models: tuple[str, ...] = TRAIN_MODELS,
             "params": case.params,
             "augment": bool(case.config.augment),
             "model_options": case.options,
+            "peak_rss_mb": rss,
+            "peak_rss_of": RSS_SCOPE,
         }
     return {
         "rows": rows,
@@ -540,23 +571,27 @@ def bench_train(models: tuple[str, ...] = TRAIN_MODELS,
             "pipeline_batches": pipeline_batches,
             "data": f"synthetic uint8 {dataset.images.shape}",
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "peak_rss_mb": rss,
         },
     }
 
 
-def run_baseline(framework: str, python: str, batch_size: int = 128, steps: int = 20,
-                 repeats: int = 3, augment: bool = False, timeout: float = 3600.0) -> dict:
-    """Run ``experiments/baselines/<framework script>`` with ``python`` (its own environment)
-    and return its JSON line as a dict, or ``{"framework", "error"}`` when it fails."""
+def run_baseline(framework: str, python: str, model: str = "cnn3", batch_size: int = 128,
+                 steps: int = 20, repeats: int = 3, augment: bool = False,
+                 timeout: float = 3600.0) -> dict:
+    """Run ``experiments/baselines/<framework script> --model <model>`` with ``python`` (its own
+    environment) and return its JSON line as a dict, or ``{"framework", "model", "error"}`` when
+    it fails."""
     import subprocess
 
     script = BASELINES_DIR / BASELINE_SCRIPTS[framework]
-    cmd = [python, str(script), "--batch-size", str(batch_size), "--steps", str(steps),
-           "--repeats", str(repeats)] + (["--augment"] if augment else [])
+    cmd = [python, str(script), "--model", model, "--batch-size", str(batch_size),
+           "--steps", str(steps), "--repeats", str(repeats)] + (["--augment"] if augment else [])
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as err:
-        return {"framework": framework, "error": f"{type(err).__name__}: {err}"}
+        return {"framework": framework, "model": model,
+                "error": f"{type(err).__name__}: {err}"}
     for line in reversed(proc.stdout.strip().splitlines()):
         if line.startswith("{"):
             try:
@@ -564,36 +599,103 @@ def run_baseline(framework: str, python: str, batch_size: int = 128, steps: int 
             except json.JSONDecodeError:
                 continue
             if proc.returncode == 0 and "train_images_per_s" in result:
+                result.setdefault("model", model)
                 return result
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-    return {"framework": framework,
+    return {"framework": framework, "model": model,
             "error": f"exit {proc.returncode}: {' | '.join(tail) or 'no output'}"}
 
 
 def add_baselines(r: dict, python: str, steps: int, repeats: int, augment: bool = False,
-                  frameworks: tuple[str, ...] = tuple(BASELINE_SCRIPTS)) -> dict:
-    """Run the baselines one at a time (batch 128, after the JAX measurements) and store them
-    under ``r["baselines"]`` with the ratio jaxcnn cnn3 (batch 128) / baseline."""
-    ours = next((row for row in r["rows"].values()
-                 if row["model"] == "cnn3" and row["batch_size"] == 128), None)
-    out = {}
-    for fw in frameworks:
-        b = run_baseline(fw, python, batch_size=128, steps=steps, repeats=repeats,
-                         augment=augment)
-        if ours is not None and "train_images_per_s" in b:
-            b["cnn3_ratio"] = ours["train_images_per_s"] / b["train_images_per_s"]
-        out[fw] = b
+                  frameworks: tuple[str, ...] = tuple(BASELINE_SCRIPTS),
+                  models: tuple[str, ...] | None = None) -> dict:
+    """Run the baselines one at a time (after the JAX measurements) for every model of
+    ``r["rows"]`` that has one (or ``models``), each at the batch size of that model's plain-key
+    row (the first of ``--batch-sizes``), and store them as ``r["baselines"][model][framework]``
+    with ``train_ratio`` / ``eval_ratio`` = jaxcnn's images/s over the baseline's (cnn3 entries
+    also ``cnn3_ratio`` = ``train_ratio``, the key of older results)."""
+    rows = r["rows"]
+    if models is None:
+        models = tuple(m for m in dict.fromkeys(row["model"] for row in rows.values())
+                       if m in BASELINE_MODELS)
+    out: dict[str, dict] = {}
+    for model in models:
+        ours = rows.get(model) or next((row for row in rows.values() if row["model"] == model),
+                                       None)
+        batch_size = ours["batch_size"] if ours else 128
+        out[model] = {}
+        for fw in frameworks:
+            b = run_baseline(fw, python, model=model, batch_size=batch_size, steps=steps,
+                             repeats=repeats, augment=augment)
+            if ours is not None and "train_images_per_s" in b:
+                b["train_ratio"] = ours["train_images_per_s"] / b["train_images_per_s"]
+                if b.get("eval_images_per_s"):
+                    b["eval_ratio"] = ours["eval_images_per_s"] / b["eval_images_per_s"]
+                if model == "cnn3":
+                    b["cnn3_ratio"] = b["train_ratio"]
+            out[model][fw] = b
     r["baselines"] = out
     return r
 
 
+def baseline_key(model: str, framework: str) -> str:
+    """The ``--json`` key of a baseline: ``"baseline:torch"`` for cnn3 (as before resnet20 had
+    baselines), ``"baseline:torch:resnet20"`` for other models."""
+    return f"baseline:{framework}" if model == "cnn3" else f"baseline:{framework}:{model}"
+
+
 def train_json(r: dict) -> dict:
     """The ``--json`` object: the rows keyed by model (``"cnn3"`` for the first batch size,
-    ``"cnn3@512"`` for others), plus ``"baseline:<framework>"`` entries when run."""
+    ``"cnn3@512"`` for others), plus the baselines when run (:func:`baseline_key`)."""
     out = dict(r["rows"])
-    for fw, b in r.get("baselines", {}).items():
-        out[f"baseline:{fw}"] = b
+    for model, by_fw in r.get("baselines", {}).items():
+        for fw, b in by_fw.items():
+            out[baseline_key(model, fw)] = b
     return out
+
+
+def _num(value, fmt: str, width: int) -> str:
+    return f"{value:>{width}{fmt}}" if isinstance(value, (int, float)) else f"{'-':>{width}}"
+
+
+def format_baselines(r: dict) -> list[str]:
+    """Lines of the comparison table: per model, jaxcnn's row (at the baselines' batch size)
+    and each baseline's train/eval images/s, peak RSS and the ratios jaxcnn / baseline."""
+    baselines = r.get("baselines") or {}
+    if not baselines:
+        return []
+    batch = sorted({b.get("batch_size") for by_fw in baselines.values()
+                    for b in by_fw.values() if b.get("batch_size")})
+    lines = ["", f"vs baselines, batch {', '.join(map(str, batch)) or '?'} (each in its own "
+                 "process; jaxcnn/it: jaxcnn's images/s over the baseline's)",
+             f"{'model':<10}{'framework':<14}{'train img/s':>13}{'eval img/s':>12}"
+             f"{'peak RSS MB':>13}{'jaxcnn/it train':>17}{'eval':>7}",
+             "-" * 86]
+    for model, by_fw in baselines.items():
+        ours = r["rows"].get(model) or next(
+            (row for row in r["rows"].values() if row["model"] == model), None)
+        if ours is not None:
+            rss = ours.get("peak_rss_mb")
+            rss_text = f"{rss:>12,.0f}*" if isinstance(rss, (int, float)) else f"{'-':>13}"
+            lines.append(f"{model:<10}{'jaxcnn':<14}{ours['train_images_per_s']:>13,.0f}"
+                         f"{ours['eval_images_per_s']:>12,.0f}{rss_text}")
+        for fw, b in by_fw.items():
+            label = fw + (" +aug" if b.get("augment") else "")
+            if "error" in b:
+                lines.append(f"{model:<10}{label:<14}  failed: {b['error']}")
+                continue
+            lines.append(f"{model:<10}{label:<14}{b['train_images_per_s']:>13,.0f}"
+                         f"{_num(b.get('eval_images_per_s'), ',.0f', 12)}"
+                         f"{_num(b.get('peak_rss_mb'), ',.0f', 13)}"
+                         f"{_num(b.get('train_ratio'), '.2f', 17)}"
+                         f"{_num(b.get('eval_ratio'), '.2f', 7)}")
+            if b.get("note"):
+                lines.append(f"  ({b['note']})")
+            if ours is not None and b.get("params") not in (None, ours["params"]):
+                lines.append(f"  (not the same model: {b['params']:,} parameters, jaxcnn "
+                             f"{ours['params']:,})")
+    lines.append("* jaxcnn: the peak RSS of the whole bench process, not of one model")
+    return lines
 
 
 def format_train(r: dict) -> str:
@@ -616,23 +718,14 @@ def format_train(r: dict) -> str:
             f"{row['eval_images_per_s']:>12,.0f}{row['train_step_ms']:>9.1f}"
             f"{row['compile_s']:>11.1f}{row['pipeline_images_per_s']:>12,.0f}"
             f"{row['pipeline_ratio']:>10.1f}x")
+    if m.get("peak_rss_mb") is not None:
+        lines.append(f"peak RSS {m['peak_rss_mb']:,.0f} MB: {RSS_SCOPE}")
     opts = {row["model"]: row["model_options"] for row in r["rows"].values()
             if row["model_options"]}
     if opts:
         lines.append(f"model options: {opts}")
-    baselines = r.get("baselines")
-    if baselines:
-        lines += ["", f"{'baseline (cnn3, batch 128)':<34}{'train img/s':>13}"
-                      f"{'jaxcnn cnn3 / it':>18}", "-" * 65]
-        for fw, b in baselines.items():
-            label = fw + (" +aug" if b.get("augment") else "")
-            if "error" in b:
-                lines.append(f"{label:<34}  failed: {b['error']}")
-                continue
-            ratio = f"{b['cnn3_ratio']:.2f}" if "cnn3_ratio" in b else "-"
-            lines.append(f"{label:<34}{b['train_images_per_s']:>13,.0f}{ratio:>18}")
-            if b.get("note"):
-                lines.append(f"  ({b['note']})")
+    baselines = r.get("baselines") or {}
+    lines += format_baselines(r)
     bars: list[str] = []
     for row in r["rows"].values():
         if row["model"] == "cnn3":
@@ -640,7 +733,7 @@ def format_train(r: dict) -> str:
             bars.append(f"  [{'PASS' if ok else 'FAIL'}] input pipeline >= {PIPELINE_BAR:g}x the "
                         f"cnn3 train step (batch {row['batch_size']}): "
                         f"{row['pipeline_ratio']:.1f}x")
-    for fw, b in (baselines or {}).items():
+    for fw, b in baselines.get("cnn3", {}).items():
         if "cnn3_ratio" in b:
             ok = b["cnn3_ratio"] >= 1.0
             bars.append(f"  [{'PASS' if ok else 'FAIL'}] cnn3 train >= {fw} "
@@ -713,6 +806,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print("\nrunning baselines (one at a time)...", flush=True)
         add_baselines(r, args.baseline_python, steps=args.baseline_steps,
                       repeats=args.repeats, augment=args.baseline_augment)
+        if not r["baselines"]:
+            print(f"--baselines: none of the models {list(args.models)} has a baseline (only "
+                  f"{', '.join(BASELINE_MODELS)})", file=sys.stderr)
     if args.json:
         print(json.dumps(train_json(r)))
     else:
@@ -726,7 +822,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _add_train(sub) -> None:
     p = sub.add_parser(
         "train",
-        help="train/eval images/s of mlp and cnn3, compile time, input pipeline, baselines",
+        help="train/eval images/s of mlp and cnn3 (or --models), compile time, input "
+        "pipeline, peak RSS, baselines",
         description="Time the project's real training path (the state and jitted steps of "
         "jaxcnn.train.build, which fit trains with, for each model's recipe from "
         "jaxcnn.train.recipes -- cnn3 with crop+flip augmentation, mlp without -- on a mesh of "
@@ -735,8 +832,10 @@ def _add_train(sub) -> None:
         "Protocol: compile, warm up, then the median of --repeats round-robin windows of "
         "--steps steps, waiting for the device only at the window ends. Also the input "
         "pipeline's images/s (jaxcnn.data.pipeline_images_per_s) and its ratio to the train "
-        "step (bar: >= 5x). --json prints one object keyed by model: the first batch size as "
-        "'cnn3', others as 'cnn3@512'; baselines as 'baseline:keras-tf', 'baseline:torch'.",
+        "step (bar: >= 5x), and the peak RSS of the bench process. --json prints one object "
+        "keyed by model: the first batch size as 'cnn3', others as 'cnn3@512'; baselines as "
+        "'baseline:keras-tf', 'baseline:torch' (cnn3) and 'baseline:keras-tf:resnet20', "
+        "'baseline:torch:resnet20'.",
         formatter_class=_cli.HelpFormatter,
     )
     p.add_argument("--models", type=_csv(str), default=TRAIN_MODELS,
@@ -766,8 +865,10 @@ def _add_train(sub) -> None:
     p.add_argument("--pipeline-batches", type=positive_int, default=50,
                    help="timed batches per input-pipeline measurement")
     p.add_argument("--baselines", action="store_true",
-                   help="after the JAX measurements, run experiments/baselines/keras_cnn3.py "
-                   "and torch_cnn3.py (batch 128, one at a time) with --baseline-python")
+                   help="after the JAX measurements, run experiments/baselines/"
+                   "keras_baseline.py and torch_baseline.py with --baseline-python, one at a "
+                   "time, for every benchmarked model that has one (cnn3, resnet20), at the "
+                   "first of --batch-sizes: train and eval images/s, peak RSS, ratios")
     p.add_argument("--baseline-python", default="/root/venv-baselines/bin/python",
                    help="Python of the environment that has tensorflow/keras and torch (see "
                    "experiments/baselines/README.md)")
@@ -775,10 +876,13 @@ def _add_train(sub) -> None:
                    help="steps per timed window of the baselines (median of --repeats)")
     p.add_argument("--baseline-augment", action="store_true",
                    help="baselines also augment (flip + pad-and-crop); off by default, while "
-                   "jaxcnn's cnn3 always trains with its recipe's augmentation")
+                   "jaxcnn's cnn3 and resnet20 always train with their recipe's augmentation")
     p.add_argument("--seed", type=int, default=0, help="seed for data, init and augmentation")
     p.add_argument("--json", action="store_true", help="print one JSON object, not a table")
     p.set_defaults(func=_cmd_train)
+
+
+from experiments import bench_layers  # noqa: E402, F401  (registers the 'layers' subcommand)
 
 
 def build_parser() -> argparse.ArgumentParser:

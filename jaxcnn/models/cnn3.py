@@ -65,7 +65,7 @@ class CNN3(BatchNormNet):
             for c in (1, 2):
                 x = Conv(width, (3, 3), padding="SAME", impl=impl, name=f"block{b}_conv{c}",
                          **kw)(x)
-                x = nn.relu(self.bn(train, f"block{b}_bn{c}")(x))
+                x = self.bn_relu(train, f"block{b}_bn{c}", fused=impl != "lax")(x)
             x = max_pool_2x2(x, impl)
             x = nn.Dropout(rate, deterministic=not train, name=f"block{b}_dropout")(x)
         x = x.reshape((x.shape[0], -1))

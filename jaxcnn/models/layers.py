@@ -10,6 +10,8 @@
   ``lax`` (``impl="lax"``).
 * ``max_pool_2x2``: 2x2 / stride 2 max pooling written as a reshape and a max, whose gradient
   is a cheap elementwise mask instead of XLA's select-and-scatter.
+* ``FusedBatchNorm``: ``nn.BatchNorm`` (+ ReLU) with the same variables and a hand-written
+  backward pass (``jaxcnn.ops.batchnorm``): fewer passes over the activation.
 
 And what the networks share:
 
@@ -31,6 +33,7 @@ from jax import lax
 
 from jaxcnn.ops.depthwise import depthwise_conv2d, depthwise_conv2d_lax
 from jaxcnn.ops.fast_conv import conv2d_fast, resolve_padding
+from jaxcnn.ops.pool import max_pool_2x2 as pool_2x2_first_max
 
 __all__ = [
     "CONV_IMPLS",
@@ -38,13 +41,14 @@ __all__ = [
     "BatchNormNet",
     "Conv",
     "DepthwiseConv",
+    "FusedBatchNorm",
     "max_pool_2x2",
     "pooled_classifier",
     "resolve_conv_impl",
     "resolve_depthwise_impl",
 ]
 
-CONV_IMPLS = ("fast", "lax")
+CONV_IMPLS = ("fast", "lax", "onednn")
 
 
 def _resolve_impl(impl: str, choices: tuple[str, ...], on_cpu: str, what: str) -> str:
@@ -59,9 +63,17 @@ def _resolve_impl(impl: str, choices: tuple[str, ...], on_cpu: str, what: str) -
 
 
 def resolve_conv_impl(impl: str) -> str:
-    """``"auto"`` -> ``"fast"`` on the CPU backend (where XLA's convolution kernel gradient is
-    slow) and ``"lax"`` on GPU/TPU (where XLA's own gradients are the fast path)."""
-    return _resolve_impl(impl, CONV_IMPLS, "fast", "conv_impl")
+    """``"auto"`` -> on the CPU backend ``"onednn"`` when the optional oneDNN kernels are
+    installed (``pip install "jaxcnn[onednn]"``, built on first use), else ``"fast"`` (XLA's
+    own convolution kernel gradient is slow there); ``"lax"`` on GPU/TPU (where XLA's own
+    gradients are the fast path)."""
+    resolved = _resolve_impl(impl, CONV_IMPLS, "fast", "conv_impl")
+    if impl == "auto" and resolved == "fast":
+        from jaxcnn.ops import onednn
+
+        if onednn.available():
+            return "onednn"
+    return resolved
 
 
 DEPTHWISE_IMPLS = ("shift", "lax")
@@ -119,8 +131,11 @@ class Conv(_ConvLayer):
       kernel_size: (kh, kw) or an int.
       strides: int or (sh, sw).
       use_bias: add a learned (C_out,) bias.
-      impl: "fast" (``conv2d_fast``: hand-written GEMM kernel gradient) or "lax"
-        (``lax.conv_general_dilated`` and its automatic gradient, exactly ``nn.Conv``).
+      impl: "fast" (``conv2d_fast``: hand-written GEMM kernel gradient), "lax"
+        (``lax.conv_general_dilated`` and its automatic gradient, exactly ``nn.Conv``) or
+        "onednn" (``jaxcnn.ops.onednn.conv2d_onednn``: forward and both gradients in oneDNN,
+        float32 on CPU; falls back to "fast" where oneDNN is not installed). Models resolve
+        "auto" with :func:`resolve_conv_impl`.
       padding (keyword-only): "SAME" | "VALID" | int | (ph, pw) | ((top, bottom), (left, right)).
       dtype (keyword-only): compute dtype (None: promote input and params, like ``nn.Conv``);
         products accumulate in float32.
@@ -143,6 +158,10 @@ class Conv(_ConvLayer):
         x, kernel, bias = self._params(x, (*ks, jnp.shape(x)[-1], self.features))
         if self.impl == "fast":
             y = conv2d_fast(x, kernel, self.strides, self.padding)
+        elif self.impl == "onednn":
+            from jaxcnn.ops.onednn import conv2d_onednn
+
+            return conv2d_onednn(x, kernel, self.strides, self.padding, bias=bias)
         else:
             s = self.strides
             s = (s, s) if isinstance(s, int) else tuple(s)
@@ -186,33 +205,23 @@ class DepthwiseConv(_ConvLayer):
 def max_pool_2x2(x, impl: str = "fast"):
     """2x2 max pooling with stride 2 (VALID: an odd last row/column is dropped).
 
-    Same values as ``flax.linen.max_pool(x, (2, 2), strides=(2, 2))``, which ``impl="lax"``
-    calls. ``impl="fast"`` writes it as ``x.reshape(N, H/2, 2, W/2, 2, C).max(axis=(2, 4))`` so
-    that its gradient is an elementwise mask (``x == max`` broadcast back) rather than XLA's
-    select-and-scatter, which is slow on CPU.
-
-    Ties: when several entries of a 2x2 window equal its maximum, the "fast" gradient is split
-    equally among them (JAX's rule for ``max``), whereas ``nn.max_pool`` gives all of it to one
-    entry. Both are valid subgradients; with continuous inputs ties are rare, but after ReLU an
-    all-zero window is a tie: its (zero-valued) entries then each get 1/4 of the incoming
-    gradient, where ``nn.max_pool`` routes it all to one of them.
+    Same values and gradient as ``flax.linen.max_pool(x, (2, 2), strides=(2, 2))``, which
+    ``impl="lax"`` calls. Any other impl ("fast", "onednn") uses
+    :func:`jaxcnn.ops.pool.max_pool_2x2`: a reshape-max whose hand-written gradient is one
+    elementwise pass instead of XLA's select-and-scatter, which is slow on CPU. Both send a
+    window's gradient to its first maximum (ties, such as all-zero windows after a ReLU, are
+    not split).
 
     Args:
       x: (N, H, W, C) with H, W >= 2.
-      impl: "fast" or "lax" (a resolved ``conv_impl``).
+      impl: "lax", or "fast"/"onednn" (a resolved ``conv_impl``).
 
     Returns:
       (N, H // 2, W // 2, C).
     """
     if impl == "lax":
         return nn.max_pool(x, (2, 2), strides=(2, 2))
-    if jnp.ndim(x) != 4:
-        raise ValueError(f"max_pool_2x2 expects x of shape (N, H, W, C); got {jnp.shape(x)}")
-    n, h, w, c = jnp.shape(x)
-    if h < 2 or w < 2:
-        raise ValueError(f"max_pool_2x2 needs H, W >= 2; got x of shape {jnp.shape(x)}")
-    x = x[:, : h // 2 * 2, : w // 2 * 2]
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    return pool_2x2_first_max(x)
 
 
 class BatchNormNet(nn.Module):
@@ -249,10 +258,70 @@ class BatchNormNet(nn.Module):
             name=name,
         )
 
+    def bn_relu(self, train: bool, name: str, fused: bool) -> Callable:
+        """``relu(BatchNorm(x))`` with BatchNorm submodule ``name``. ``fused=True`` uses
+        :class:`FusedBatchNorm` (same parameters, statistics and function as ``nn.BatchNorm``;
+        a hand-written backward pass that is faster on XLA:CPU); else ``nn.BatchNorm`` then
+        ``nn.relu``."""
+        if not fused:
+            layer = self.bn(train, name)
+            return lambda x: nn.relu(layer(x))
+        return FusedBatchNorm(
+            use_running_average=not train, relu=True, momentum=self.bn_momentum,
+            epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype, name=name,
+        )
+
     def shared_options(self) -> dict:
         """The attributes named in ``shared_fields``, to hand on to child blocks:
         ``Block(..., **self.shared_options())``."""
         return {name: getattr(self, name) for name in self.shared_fields}
+
+
+class FusedBatchNorm(nn.Module):
+    """BatchNorm (+ ReLU) over NHWC inputs with the variables of ``nn.BatchNorm``.
+
+    Parameters ``scale`` and ``bias`` and ``batch_stats`` ``mean`` and ``var`` have the names,
+    shapes and meaning of ``nn.BatchNorm``'s (checkpoints are interchangeable); in training the
+    output and the running averages equal ``nn.BatchNorm(use_fast_variance=True)``'s, and the
+    gradient comes from :func:`jaxcnn.ops.batchnorm.batch_norm_train` (fewer passes over the
+    activation). With ``use_running_average`` it normalises with the running statistics.
+
+    Attributes:
+      use_running_average: normalise with the running statistics (evaluation).
+      relu: apply ReLU to the output.
+      momentum: running = momentum * running + (1 - momentum) * batch.
+      epsilon: added to the variance.
+      dtype: dtype of the output (statistics are float32); param_dtype: of scale and bias.
+    """
+
+    use_running_average: bool = False
+    relu: bool = True
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        """x: (N, H, W, C) -> same shape."""
+        from jaxcnn.ops.batchnorm import batch_norm_train
+
+        c = jnp.shape(x)[-1]
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
+        scale = self.param("scale", nn.initializers.ones_init(), (c,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros_init(), (c,), self.param_dtype)
+        x = jnp.asarray(x, self.dtype or jnp.result_type(x, scale))
+        if self.use_running_average:
+            a = scale.astype(jnp.float32) * lax.rsqrt(ra_var.value + self.epsilon)
+            y = x.astype(jnp.float32) * a + (bias.astype(jnp.float32) - ra_mean.value * a)
+            return (jnp.maximum(y, 0.0) if self.relu else y).astype(x.dtype)
+        y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, self.relu)
+        if not self.is_initializing():
+            m = self.momentum
+            ra_mean.value = m * ra_mean.value + (1.0 - m) * mean
+            ra_var.value = m * ra_var.value + (1.0 - m) * var
+        return y
 
 
 def pooled_classifier(

@@ -45,7 +45,7 @@ from jax import lax
 from jaxcnn.ops import _checks
 from jaxcnn.ops._ints import int_tuple
 
-__all__ = ["conv2d_fast", "kernel_grad", "resolve_padding"]
+__all__ = ["checked_conv_args", "conv2d_fast", "kernel_grad", "resolve_padding"]
 
 _DN = _checks.DIMENSION_NUMBERS[2]  # NHWC input, HWIO kernel
 
@@ -184,6 +184,21 @@ def conv2d_fast(x, kernel, stride=1, padding="SAME", dilation=1, groups=1):
       ValueError: bad ranks, channel mismatch, bad stride/padding, dilation or groups != 1, or a
         window larger than the padded input.
     """
+    x, kernel, stride, pads = checked_conv_args(x, kernel, stride, padding, dilation, groups,
+                                                "conv2d_fast")
+    return _conv2d_fast(x, kernel, stride, pads)
+
+
+def checked_conv_args(x, kernel, stride, padding, dilation, groups, name: str):
+    """Validate the arguments of a dense NHWC/HWIO 2-D convolution without dilation or groups.
+
+    Returns:
+      (x, kernel, (sh, sw), ((top, bottom), (left, right))) with x and kernel as jax arrays.
+
+    Raises:
+      ValueError: bad ranks, channel mismatch, non-float dtypes, bad stride/padding, dilation or
+        groups != 1, or a window larger than the padded input; ``name`` starts the message.
+    """
     xs, ks = tuple(jnp.shape(x)), tuple(jnp.shape(kernel))
     if len(xs) != 4:
         raise ValueError(f"x must be (N, H, W, C); got shape {xs}")
@@ -195,14 +210,14 @@ def conv2d_fast(x, kernel, stride=1, padding="SAME", dilation=1, groups=1):
             f"kernel {ks}"
         )
     if int_tuple(dilation, 2, "dilation") != (1, 1):
-        raise ValueError(f"conv2d_fast supports dilation 1 only; got {dilation!r}")
+        raise ValueError(f"{name} supports dilation 1 only; got {dilation!r}")
     if isinstance(groups, bool) or groups != 1:
-        raise ValueError(f"conv2d_fast supports groups=1 only; got {groups!r}")
+        raise ValueError(f"{name} supports groups=1 only; got {groups!r}")
     x, kernel = jnp.asarray(x), jnp.asarray(kernel)
-    for name, a in (("x", x), ("kernel", kernel)):
+    for arg, a in (("x", x), ("kernel", kernel)):
         if not jnp.issubdtype(a.dtype, jnp.floating):
-            raise ValueError(f"{name} must be a floating array; got dtype {a.dtype}")
+            raise ValueError(f"{arg} must be a floating array; got dtype {a.dtype}")
     stride = int_tuple(stride, 2, "stride")
     pads = resolve_padding(padding, xs[1:3], ks[:2], stride)
     _checks.check_window_fits(xs[1:3], ks[:2], (1, 1), pads, "kernel window", "kernel")
-    return _conv2d_fast(x, kernel, stride, pads)
+    return x, kernel, stride, pads

@@ -1,7 +1,8 @@
 """Pooling: max / average / min over sliding windows, and global pooling.
 
 x: (N, *spatial, C) with 1, 2 or 3 spatial axes, e.g. (N, H, W, C); pooling acts on each
-channel separately and has no parameters. Windows are swept with ``lax.reduce_window``.
+channel separately and has no parameters. Windows are swept with ``lax.reduce_window``;
+``max_pool_2x2`` is the 2x2/2 special case with a backward pass that is cheap on CPUs.
 
 The rank of x fixes the spatial axes, so one (H, W, C) image needs its batch axis:
 ``max_pool(image[None], 2)[0]``. Without it the image would read as a batch of H 1-D signals
@@ -11,6 +12,7 @@ window as a 1-tuple, ``max_pool(signals, (2,))`` (an int is accepted only when N
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -18,7 +20,8 @@ from jax import lax
 from jaxcnn.ops._checks import check_input_rank, check_pool_args
 from jaxcnn.ops._ints import shape_of
 
-__all__ = ["max_pool", "avg_pool", "min_pool", "global_avg_pool", "global_max_pool"]
+__all__ = ["max_pool", "avg_pool", "min_pool", "global_avg_pool", "global_max_pool",
+           "max_pool_2x2"]
 
 
 def _extreme(dtype, largest: bool):
@@ -124,3 +127,54 @@ def global_max_pool(x):
     """
     axes = _global_axes(x)
     return jnp.max(jnp.asarray(x), axis=axes)
+
+
+@jax.custom_vjp
+def _pool_2x2(x):
+    n, h, w, c = x.shape
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def _pool_2x2_fwd(x):
+    y = _pool_2x2(x)
+    return y, (x, y)
+
+
+def _pool_2x2_bwd(res, g):
+    x, y = res
+    n, h, w, c = x.shape
+    v = x.reshape(n, h // 2, 2, w // 2, 2, c)
+    taken = jnp.zeros(y.shape, bool)
+    grads = []
+    for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)):  # window order: the first maximum wins
+        hit = (v[:, :, i, :, j] == y) & ~taken
+        taken = taken | hit
+        grads.append(jnp.where(hit, g, jnp.zeros((), g.dtype)))
+    dv = jnp.stack(grads, axis=-2).reshape(n, h // 2, w // 2, 2, 2, c)  # (.., i, j, c)
+    return (dv.transpose(0, 1, 3, 2, 4, 5).reshape(n, h, w, c),)
+
+
+_pool_2x2.defvjp(_pool_2x2_fwd, _pool_2x2_bwd)
+
+
+def max_pool_2x2(x):
+    """2x2 max pooling with stride 2, VALID (an odd last row/column is dropped).
+
+    The values of ``max_pool(x, 2)``; the gradient goes to the first maximum of each window in
+    row-major order, the entry XLA's own ``max_pool`` gradient (select-and-scatter) picks, so
+    ties (e.g. all-zero windows after a ReLU) get no split gradient. Written as a reshape and a
+    max with a hand-written backward pass: one elementwise pass, which on XLA:CPU is several
+    times cheaper than select-and-scatter or autodiff of the reshape-max (which counts ties).
+
+    Args:
+      x: (N, H, W, C) with H, W >= 2.
+
+    Returns:
+      (N, H // 2, W // 2, C).
+    """
+    if jnp.ndim(x) != 4:
+        raise ValueError(f"max_pool_2x2 expects x of shape (N, H, W, C); got {jnp.shape(x)}")
+    n, h, w, c = jnp.shape(x)
+    if h < 2 or w < 2:
+        raise ValueError(f"max_pool_2x2 needs H, W >= 2; got x of shape {jnp.shape(x)}")
+    return _pool_2x2(jnp.asarray(x)[:, : h // 2 * 2, : w // 2 * 2])

@@ -1,0 +1,114 @@
+"""Training-mode BatchNorm (+ optional ReLU) with a hand-written backward pass.
+
+For x of shape (N, H, W, C), per channel c over the M = N*H*W positions::
+
+    mean = sum(x) / M,   var = sum(x^2) / M - mean^2          (biased, as Flax and Keras)
+    y    = act(scale * (x - mean) / sqrt(var + eps) + bias)    (act: ReLU or identity)
+
+The function is Flax's ``nn.BatchNorm`` (``use_fast_variance=True``) followed by ``nn.relu``;
+only the gradient is computed differently. With ``a = scale * inv``, ``inv = 1/sqrt(var+eps)``
+and ``gm = g * act'(.)`` (the incoming gradient masked where the ReLU was off)::
+
+    dbias  = sum(gm)
+    dscale = inv * (sum(gm * x) - mean * sum(gm))
+    dx     = a * (gm - dbias / M - (x - mean) * inv * dscale / M)
+
+Why: on XLA:CPU these layers are memory-bound, and autodiff of the textbook formula reads and
+writes the full activation more often than needed (it materialises ``x - mean``, keeps the ReLU
+output for its mask, ...). Here the forward pass reads x twice (statistics, then output) and
+writes y once; the backward pass reads g and x twice and writes dx once, recomputing the ReLU
+mask from x instead of storing it. Statistics and sums are float32 whatever x's dtype.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = ["batch_norm_train"]
+
+_AXES = (0, 1, 2)
+
+
+def _stats(x):
+    """Per-channel (mean, biased var) of (N, H, W, C) x, in float32."""
+    xf = x.astype(jnp.float32)
+    mean = jnp.mean(xf, axis=_AXES)
+    var = jnp.maximum(jnp.mean(xf * xf, axis=_AXES) - mean * mean, 0.0)
+    return mean, var
+
+
+def _affine(x, a, b):
+    return x.astype(jnp.float32) * a + b
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _bn(x, scale, bias, eps, relu):
+    """(y, mean, var). The backward pass ignores the cotangents of mean and var: the public
+    function stops their gradient, so those cotangents are always zero."""
+    y, mean, var, _ = _bn_fwd_values(x, scale, bias, eps, relu)
+    return y, mean, var
+
+
+def _bn_fwd_values(x, scale, bias, eps, relu):
+    mean, var = _stats(x)
+    inv = lax.rsqrt(var + eps)
+    a = scale.astype(jnp.float32) * inv
+    b = bias.astype(jnp.float32) - mean * a
+    z = _affine(x, a, b)
+    y = (jnp.maximum(z, 0.0) if relu else z).astype(x.dtype)
+    return y, mean, var, inv
+
+
+def _bn_fwd(x, scale, bias, eps, relu):
+    y, mean, var, inv = _bn_fwd_values(x, scale, bias, eps, relu)
+    return (y, mean, var), (x, scale, bias, mean, inv)
+
+
+def _bn_bwd(eps, relu, res, cotangents):
+    g = cotangents[0]
+    x, scale, bias, mean, inv = res
+    a = scale.astype(jnp.float32) * inv
+    gf = g.astype(jnp.float32)
+    if relu:  # the ReLU mask, recomputed from x rather than stored
+        gf = jnp.where(_affine(x, a, bias.astype(jnp.float32) - mean * a) > 0, gf, 0.0)
+    m = x.size // x.shape[-1]
+    s1 = jnp.sum(gf, axis=_AXES)
+    s2 = jnp.sum(gf * x.astype(jnp.float32), axis=_AXES)
+    dbias = s1
+    dscale = inv * (s2 - mean * s1)
+    # dx = a*gf + c0 + c1*x: the (x - mean) term expanded so that one pass writes dx.
+    c1 = -a * inv * dscale / m
+    c0 = -a * dbias / m - c1 * mean
+    dx = (a * gf + c0 + c1 * x.astype(jnp.float32)).astype(x.dtype)
+    return dx, dscale.astype(scale.dtype), dbias.astype(bias.dtype)
+
+
+_bn.defvjp(_bn_fwd, _bn_bwd)
+
+
+def batch_norm_train(x, scale, bias, eps: float = 1e-5, relu: bool = False):
+    """BatchNorm with batch statistics (training mode), optionally followed by ReLU.
+
+    Args:
+      x: (N, H, W, C) float array (any float dtype; statistics are float32).
+      scale, bias: (C,) learned parameters.
+      eps: added to the variance.
+      relu: apply ReLU to the output (fused: one pass, and the mask is not stored).
+
+    Returns:
+      (y, mean, var): y (N, H, W, C) in x's dtype; the float32 (C,) batch mean and biased
+      variance, for the running averages (no gradient flows through them).
+    """
+    if jnp.ndim(x) != 4:
+        raise ValueError(f"batch_norm_train expects x of shape (N, H, W, C); got {jnp.shape(x)}")
+    c = jnp.shape(x)[-1]
+    if jnp.shape(scale) != (c,) or jnp.shape(bias) != (c,):
+        raise ValueError(
+            f"scale and bias must have shape ({c},); got {jnp.shape(scale)} and {jnp.shape(bias)}"
+        )
+    y, mean, var = _bn(x, scale, bias, float(eps), bool(relu))
+    return y, lax.stop_gradient(mean), lax.stop_gradient(var)

@@ -1,0 +1,300 @@
+// oneDNN 2-D convolutions (forward, input gradient, kernel gradient) as XLA FFI handlers.
+//
+// Layouts are jaxcnn's: activations NHWC, kernels HWIO, float32, cross-correlation, explicit
+// (lo, hi) padding per spatial axis, no dilation, no groups:
+//
+//   y[n, p, q, o] = sum_{i, j, c} xp[n, p*sh + i, q*sw + j, c] * w[i, j, c, o]
+//
+// Activations stay NHWC (oneDNN's AVX2/AVX-512 kernels read and write it directly). The kernel
+// is handed to oneDNN as HWIO and reordered, when the chosen implementation prefers a blocked
+// layout, into a scratch buffer (weights are small: at most a few MB). Primitives are cached
+// per shape, so after the first call of a shape only the execution remains.
+//
+// Built on first use by jaxcnn/ops/onednn/build.py (g++ against the onednn-devel headers and
+// the onednn wheel's libdnnl).
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "oneapi/dnnl/dnnl_version.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::algorithm;
+using dnnl::memory;
+using tag = dnnl::memory::format_tag;
+using dt = dnnl::memory::data_type;
+
+namespace {
+
+dnnl::engine& cpu_engine() {
+  static dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+  return eng;
+}
+
+// One convolution problem: x (N, H, W, C), w (kh, kw, C, O), y (N, Ho, Wo, O).
+// With ``bias``, the forward pass adds a (O,) bias and the kernel gradient also gives its
+// gradient (both fused into oneDNN's kernels).
+struct Problem {
+  int64_t n, h, w, c, kh, kw, o, ho, wo, sh, sw, pt, pb, pl, pr;
+  bool bias = false;
+  auto key() const {
+    return std::make_tuple(n, h, w, c, kh, kw, o, sh, sw, pt, pb, pl, pr, bias);
+  }
+};
+
+// oneDNN's logical dims are (N, C, H, W) and (O, I, kh, kw); the tag gives the memory layout.
+memory::desc src_md(const Problem& p) { return {{p.n, p.c, p.h, p.w}, dt::f32, tag::nhwc}; }
+memory::desc dst_md(const Problem& p) { return {{p.n, p.o, p.ho, p.wo}, dt::f32, tag::nhwc}; }
+memory::desc user_weights_md(const Problem& p) {
+  return {{p.o, p.c, p.kh, p.kw}, dt::f32, tag::hwio};
+}
+memory::desc any_weights_md(const Problem& p) {
+  return {{p.o, p.c, p.kh, p.kw}, dt::f32, tag::any};
+}
+memory::desc bias_md(const Problem& p) { return {{p.o}, dt::f32, tag::x}; }
+
+dnnl::primitive_attr deterministic_attr() {
+  dnnl::primitive_attr attr;
+#if DNNL_VERSION_MAJOR > 3 || (DNNL_VERSION_MAJOR == 3 && DNNL_VERSION_MINOR >= 4)
+  attr.set_deterministic(true);  // the CPU kernels are deterministic anyway; this pins it.
+#endif
+  return attr;
+}
+
+// The three primitives of one problem, created once.
+struct Primitives {
+  dnnl::convolution_forward::primitive_desc fwd_pd;
+  dnnl::convolution_forward fwd;
+  dnnl::convolution_backward_data::primitive_desc bwd_data_pd;
+  dnnl::convolution_backward_data bwd_data;
+  dnnl::convolution_backward_weights::primitive_desc bwd_weights_pd;
+  dnnl::convolution_backward_weights bwd_weights;
+
+  explicit Primitives(const Problem& p) {
+    auto& eng = cpu_engine();
+    memory::dims strides{p.sh, p.sw}, pad_l{p.pt, p.pl}, pad_r{p.pb, p.pr};
+    auto attr = deterministic_attr();
+    fwd_pd = p.bias ? dnnl::convolution_forward::primitive_desc(
+                          eng, dnnl::prop_kind::forward_training, algorithm::convolution_direct,
+                          src_md(p), any_weights_md(p), bias_md(p), dst_md(p), strides, pad_l,
+                          pad_r, attr)
+                    : dnnl::convolution_forward::primitive_desc(
+                          eng, dnnl::prop_kind::forward_training, algorithm::convolution_direct,
+                          src_md(p), any_weights_md(p), dst_md(p), strides, pad_l, pad_r, attr);
+    fwd = dnnl::convolution_forward(fwd_pd);
+    bwd_data_pd = dnnl::convolution_backward_data::primitive_desc(
+        eng, algorithm::convolution_direct, src_md(p), any_weights_md(p), dst_md(p), strides,
+        pad_l, pad_r, fwd_pd, attr);
+    bwd_data = dnnl::convolution_backward_data(bwd_data_pd);
+    bwd_weights_pd =
+        p.bias ? dnnl::convolution_backward_weights::primitive_desc(
+                     eng, algorithm::convolution_direct, src_md(p), any_weights_md(p),
+                     bias_md(p), dst_md(p), strides, pad_l, pad_r, fwd_pd, attr)
+               : dnnl::convolution_backward_weights::primitive_desc(
+                     eng, algorithm::convolution_direct, src_md(p), any_weights_md(p),
+                     dst_md(p), strides, pad_l, pad_r, fwd_pd, attr);
+    bwd_weights = dnnl::convolution_backward_weights(bwd_weights_pd);
+  }
+};
+
+Primitives& primitives_for(const Problem& p) {
+  static std::mutex mu;
+  static std::map<decltype(p.key()), std::unique_ptr<Primitives>> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  auto& slot = cache[p.key()];
+  if (!slot) slot = std::make_unique<Primitives>(p);
+  return *slot;
+}
+
+// The kernel in the layout `want`: the user's HWIO buffer itself, or a reordered copy.
+memory weights_as(const memory::desc& want, const Problem& p, float* hwio, dnnl::stream& s) {
+  auto& eng = cpu_engine();
+  memory user(user_weights_md(p), eng, hwio);
+  if (want == user.get_desc()) return user;
+  memory blocked(want, eng);
+  dnnl::reorder(user, blocked).execute(s, user, blocked);
+  return blocked;
+}
+
+ffi::Error problem_from(ffi::Span<const int64_t> x, ffi::Span<const int64_t> wt,
+                        ffi::Span<const int64_t> y, int64_t sh, int64_t sw, int64_t pt,
+                        int64_t pb, int64_t pl, int64_t pr, Problem* p) {
+  if (x.size() != 4 || wt.size() != 4 || y.size() != 4) {
+    return ffi::Error::InvalidArgument("onednn conv: x, kernel and y must be rank 4");
+  }
+  *p = Problem{x[0], x[1], x[2], x[3], wt[0], wt[1], wt[3], y[1], y[2], sh, sw, pt, pb, pl, pr};
+  if (wt[2] != x[3] || y[0] != x[0] || y[3] != wt[3]) {
+    return ffi::Error::InvalidArgument("onednn conv: inconsistent shapes");
+  }
+  if (p->ho != (p->h + pt + pb - p->kh) / sh + 1 || p->wo != (p->w + pl + pr - p->kw) / sw + 1) {
+    return ffi::Error::InvalidArgument("onednn conv: output size does not match the padding");
+  }
+  return ffi::Error::Success();
+}
+
+// y = conv(x, w) (+ b when ``b`` is not null).
+ffi::Error forward(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& w, float* b,
+                   ffi::ResultBuffer<ffi::F32>& y, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
+                   int64_t pl, int64_t pr) {
+  Problem p;
+  auto err = problem_from(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl,
+                          pr, &p);
+  if (err.failure()) return err;
+  p.bias = b != nullptr;
+  try {
+    auto& prims = primitives_for(p);
+    auto& eng = cpu_engine();
+    dnnl::stream s(eng);
+    memory src(src_md(p), eng, x.typed_data());
+    memory dst(dst_md(p), eng, y->typed_data());
+    memory wts = weights_as(prims.fwd_pd.weights_desc(), p, w.typed_data(), s);
+    std::unordered_map<int, memory> args{
+        {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wts}, {DNNL_ARG_DST, dst}};
+    if (p.bias) args.insert({DNNL_ARG_BIAS, memory(bias_md(p), eng, b)});
+    prims.fwd.execute(s, args);
+    s.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN convolution forward: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error conv_forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                        ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt,
+                        int64_t pb, int64_t pl, int64_t pr) {
+  return forward(x, w, nullptr, y, sh, sw, pt, pb, pl, pr);
+}
+
+ffi::Error conv_forward_bias(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                             ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> y, int64_t sh,
+                             int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  if (b.element_count() != static_cast<size_t>(w.dimensions()[3])) {
+    return ffi::Error::InvalidArgument("onednn conv: bias must have C_out elements");
+  }
+  return forward(x, w, b.typed_data(), y, sh, sw, pt, pb, pl, pr);
+}
+
+// dx from dy and w.
+ffi::Error conv_backward_data(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
+                              ffi::ResultBuffer<ffi::F32> dx, int64_t sh, int64_t sw,
+                              int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  Problem p;
+  auto err = problem_from(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl,
+                          pr, &p);
+  if (err.failure()) return err;
+  try {
+    auto& prims = primitives_for(p);
+    auto& eng = cpu_engine();
+    dnnl::stream s(eng);
+    memory diff_dst(dst_md(p), eng, dy.typed_data());
+    memory diff_src(src_md(p), eng, dx->typed_data());
+    memory wts = weights_as(prims.bwd_data_pd.weights_desc(), p, w.typed_data(), s);
+    prims.bwd_data.execute(
+        s, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, wts}, {DNNL_ARG_DIFF_SRC, diff_src}});
+    s.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN convolution input gradient: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+// dw (HWIO) from x and dy, and db = sum of dy over (N, Ho, Wo) when ``db`` is not null.
+ffi::Error backward_weights(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& dy,
+                            ffi::ResultBuffer<ffi::F32>& dw, float* db, int64_t sh, int64_t sw,
+                            int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  Problem p;
+  auto err = problem_from(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, pt, pb, pl,
+                          pr, &p);
+  if (err.failure()) return err;
+  p.bias = db != nullptr;
+  try {
+    auto& prims = primitives_for(p);
+    auto& eng = cpu_engine();
+    dnnl::stream s(eng);
+    memory src(src_md(p), eng, x.typed_data());
+    memory diff_dst(dst_md(p), eng, dy.typed_data());
+    memory user(user_weights_md(p), eng, dw->typed_data());
+    auto want = prims.bwd_weights_pd.diff_weights_desc();
+    memory diff_w = want == user.get_desc() ? user : memory(want, eng);
+    std::unordered_map<int, memory> args{
+        {DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_DIFF_WEIGHTS, diff_w}};
+    if (p.bias) args.insert({DNNL_ARG_DIFF_BIAS, memory(bias_md(p), eng, db)});
+    prims.bwd_weights.execute(s, args);
+    if (diff_w != user) dnnl::reorder(diff_w, user).execute(s, diff_w, user);
+    s.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN convolution kernel gradient: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error conv_backward_weights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                                 ffi::ResultBuffer<ffi::F32> dw, int64_t sh, int64_t sw,
+                                 int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  return backward_weights(x, dy, dw, nullptr, sh, sw, pt, pb, pl, pr);
+}
+
+ffi::Error conv_backward_weights_bias(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                                      ffi::ResultBuffer<ffi::F32> dw,
+                                      ffi::ResultBuffer<ffi::F32> db, int64_t sh, int64_t sw,
+                                      int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  if (db->element_count() != static_cast<size_t>(dw->dimensions()[3])) {
+    return ffi::Error::InvalidArgument("onednn conv: bias gradient must have C_out elements");
+  }
+  return backward_weights(x, dy, dw, db->typed_data(), sh, sw, pt, pb, pl, pr);
+}
+
+}  // namespace
+
+#define JAXCNN_CONV_ATTRS                                                                     \
+  .Attr<int64_t>("sh").Attr<int64_t>("sw").Attr<int64_t>("pt").Attr<int64_t>("pb")           \
+      .Attr<int64_t>("pl").Attr<int64_t>("pr")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnConvForward, conv_forward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() JAXCNN_CONV_ATTRS);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnConvForwardBias, conv_forward_bias,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() JAXCNN_CONV_ATTRS);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnConvBackwardWeightsBias, conv_backward_weights_bias,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() JAXCNN_CONV_ATTRS);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnConvBackwardData, conv_backward_data,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() JAXCNN_CONV_ATTRS);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnConvBackwardWeights, conv_backward_weights,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() JAXCNN_CONV_ATTRS);
+
+extern "C" const char* JaxcnnOnednnVersion() {
+  static std::string v = [] {
+    auto* ver = dnnl_version();
+    return std::to_string(ver->major) + "." + std::to_string(ver->minor) + "." +
+           std::to_string(ver->patch);
+  }();
+  return v.c_str();
+}

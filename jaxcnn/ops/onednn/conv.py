@@ -1,0 +1,159 @@
+"""``conv2d_onednn``: a 2-D convolution whose forward and backward passes run in oneDNN.
+
+The same function as ``lax.conv_general_dilated(x, kernel, stride, padding,
+dimension_numbers=("NHWC", "HWIO", "NHWC"))`` and its gradients, computed by oneDNN (the
+library Keras/TensorFlow and PyTorch use on CPUs) through three XLA FFI calls built from
+``conv.cc``:
+
+* forward: ``y = conv(x, w)``;
+* input gradient: ``dx = conv_backward_data(dy, w)``;
+* kernel gradient: ``dw = conv_backward_weights(x, dy)``.
+
+A ``jax.custom_vjp`` ties them together, so ``jax.grad`` and ``jit`` see one differentiable
+op. It runs on the CPU backend only and in float32 only: other dtypes, or a machine where the
+kernels are unavailable (see :mod:`jaxcnn.ops.onednn.build`), take
+:func:`jaxcnn.ops.fast_conv.conv2d_fast`, which computes the same function in pure JAX.
+Under ``vmap`` (model ensembles) the calls run one member after another.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcnn.ops.fast_conv import checked_conv_args, conv2d_fast
+from jaxcnn.ops.onednn import build
+
+__all__ = ["conv2d_onednn", "supports"]
+
+
+def supports(x_dtype, kernel_dtype) -> bool:
+    """True when oneDNN runs this convolution: float32 operands and the kernels available."""
+    return (
+        jnp.dtype(x_dtype) == jnp.float32
+        and jnp.dtype(kernel_dtype) == jnp.float32
+        and build.available()
+    )
+
+
+def _attrs(stride, pads) -> dict:
+    (sh, sw), ((pt, pb), (pl, pr)) = stride, pads
+    return {k: np.int64(v) for k, v in
+            dict(sh=sh, sw=sw, pt=pt, pb=pb, pl=pl, pr=pr).items()}
+
+
+def _call(target: str, out_shape, *args, stride, pads):
+    """One FFI call; ``out_shape`` is a shape, or a list of shapes for several results."""
+    if isinstance(out_shape, list):
+        out = [jax.ShapeDtypeStruct(s, jnp.float32) for s in out_shape]
+    else:
+        out = jax.ShapeDtypeStruct(out_shape, jnp.float32)
+    return jax.ffi.ffi_call(target, out, vmap_method="sequential")(*args, **_attrs(stride, pads))
+
+
+def _out_shape(x_shape, k_shape, stride, pads):
+    (n, h, w, _), (kh, kw, _, o) = x_shape, k_shape
+    (sh, sw), ((pt, pb), (pl, pr)) = stride, pads
+    return (n, (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1, o)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(x, kernel, stride, pads):
+    shape = _out_shape(x.shape, kernel.shape, stride, pads)
+    return _call("jaxcnn_onednn_conv_forward", shape, x, kernel, stride=stride, pads=pads)
+
+
+def _fwd(x, kernel, stride, pads):
+    return _conv(x, kernel, stride, pads), (x, kernel)
+
+
+def _bwd(stride, pads, res, g):
+    x, kernel = res
+    dx = _call("jaxcnn_onednn_conv_backward_data", x.shape, g, kernel, stride=stride, pads=pads)
+    dk = _call("jaxcnn_onednn_conv_backward_weights", kernel.shape, x, g, stride=stride,
+               pads=pads)
+    return dx, dk
+
+
+_conv.defvjp(_fwd, _bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _conv_bias(x, kernel, bias, stride, pads):
+    shape = _out_shape(x.shape, kernel.shape, stride, pads)
+    return _call("jaxcnn_onednn_conv_forward_bias", shape, x, kernel, bias, stride=stride,
+                 pads=pads)
+
+
+def _fwd_bias(x, kernel, bias, stride, pads):
+    return _conv_bias(x, kernel, bias, stride, pads), (x, kernel)
+
+
+def _bwd_bias(stride, pads, res, g):
+    x, kernel = res
+    dx = _call("jaxcnn_onednn_conv_backward_data", x.shape, g, kernel, stride=stride, pads=pads)
+    dk, db = _call("jaxcnn_onednn_conv_backward_weights_bias", [kernel.shape, kernel.shape[-1:]],
+                   x, g, stride=stride, pads=pads)
+    return dx, dk, db
+
+
+_conv_bias.defvjp(_fwd_bias, _bwd_bias)
+
+
+def conv2d_onednn(x, kernel, stride=1, padding="SAME", dilation=1, groups=1, bias=None):
+    """2-D cross-correlation run by oneDNN (float32 on CPU), else by ``conv2d_fast``.
+
+    Args:
+      x: (N, H, W, C) float array.
+      kernel: (kh, kw, C, O) float array.
+      stride: int or (sh, sw), >= 1.
+      padding: "SAME" | "VALID" | int | (ph, pw) | ((top, bottom), (left, right)).
+      dilation, groups: only 1 is supported.
+      bias: optional (O,) added to every output position (fused into oneDNN's forward pass,
+        its gradient into the kernel gradient's: no extra pass over the output).
+
+    Returns:
+      (N, Ho, Wo, O), the values (and gradients) of ``lax.conv_general_dilated`` with NHWC/HWIO
+      dimension numbers (plus ``bias``).
+
+    Raises:
+      ValueError: as :func:`jaxcnn.ops.fast_conv.conv2d_fast`.
+    """
+    x, kernel, stride, pads = checked_conv_args(x, kernel, stride, padding, dilation, groups,
+                                                "conv2d_onednn")
+    if bias is not None:
+        bias = jnp.asarray(bias)
+        if bias.shape != kernel.shape[-1:]:
+            raise ValueError(f"bias must have shape ({kernel.shape[-1]},); got {bias.shape}")
+    if jax.default_backend() != "cpu" or not supports(x.dtype, kernel.dtype) or (
+            bias is not None and bias.dtype != jnp.float32):
+        y = conv2d_fast(x, kernel, stride, pads)
+        return y if bias is None else y + bias.astype(y.dtype)
+    x, stride, pads = _exact_padding(x, kernel.shape[:2], stride, pads)
+    if bias is None:
+        return _conv(x, kernel, stride, pads)
+    return _conv_bias(x, kernel, bias, stride, pads)
+
+
+def _exact_padding(x, window, stride, pads):
+    """The same convolution with exact padding: (x cropped, stride, pads).
+
+    With a stride > 1 the last ``(H + top + bottom - kh) % sh`` rows of the padded input are
+    never read: drop that much high-side padding, then input rows (the gradient of the crop
+    puts zeros back). An axis with one output position gets stride 1 (no other window exists).
+    Both avoid degenerate problems that oneDNN 3.13's brgconv got wrong (W=3, pads (1, 0),
+    kw=3, sw=2 gave a wrong output row).
+    """
+    size = list(x.shape[1:3])
+    new_pads, new_stride = [], []
+    for axis, ((lo, hi), k, s) in enumerate(zip(pads, window, stride, strict=True)):
+        surplus = (size[axis] + lo + hi - k) % s
+        trim_pad = min(hi, surplus)
+        size[axis] -= surplus - trim_pad
+        new_pads.append((lo, hi - trim_pad))
+        single_output = size[axis] + lo + hi - trim_pad == k
+        new_stride.append(1 if single_output else s)
+    return x[:, : size[0], : size[1], :], tuple(new_stride), tuple(new_pads)

@@ -1,0 +1,107 @@
+"""jaxcnn.ops.batchnorm / layers.FusedBatchNorm against flax.linen.BatchNorm (+ relu).
+
+Reference: ``nn.BatchNorm(use_fast_variance=True)`` and autodiff, float32; and a float64 numpy
+evaluation of the forward formula. Tolerance: 1e-5 x max|reference| (DESIGN.md)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jaxcnn.models.layers import FusedBatchNorm
+from jaxcnn.ops.batchnorm import batch_norm_train
+
+RTOL = 1e-5
+
+
+def _close(got, want, what, rtol=RTOL):
+    want = np.asarray(want, np.float64)
+    err = np.abs(np.asarray(got, np.float64) - want).max() / max(np.abs(want).max(), 1e-30)
+    assert err <= rtol, f"{what}: {err:.2e} x max|ref|"
+
+
+def _data(shape, seed):
+    rng = np.random.default_rng(seed)
+    c = shape[-1]
+    x = rng.standard_normal(shape) * rng.uniform(0.5, 3, c) + rng.uniform(-2, 2, c)
+    return (jnp.asarray(x, jnp.float32), jnp.asarray(rng.uniform(0.5, 2, c), jnp.float32),
+            jnp.asarray(rng.uniform(-1, 1, c), jnp.float32),
+            jnp.asarray(rng.standard_normal(shape), jnp.float32))
+
+
+def _flax_bn_relu(x, scale, bias, relu, eps=1e-5):
+    bn = nn.BatchNorm(use_running_average=False, epsilon=eps, use_fast_variance=True)
+    stats = {"mean": jnp.zeros(x.shape[-1]), "var": jnp.ones(x.shape[-1])}
+    y, upd = bn.apply({"params": {"scale": scale, "bias": bias}, "batch_stats": stats}, x,
+                      mutable=["batch_stats"])
+    return nn.relu(y) if relu else y
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 4), h=st.integers(1, 6), w=st.integers(1, 6), c=st.integers(1, 7),
+       relu=st.booleans(), seed=st.integers(0, 1000))
+def test_values_and_gradients_match_flax(n, h, w, c, relu, seed):
+    if n * h * w < 2:
+        return
+    x, scale, bias, g = _data((n, h, w, c), seed)
+    ours = lambda x, s, b: batch_norm_train(x, s, b, 1e-5, relu)[0]  # noqa: E731
+    ref = lambda x, s, b: _flax_bn_relu(x, s, b, relu)  # noqa: E731
+    y, vjp = jax.vjp(ours, x, scale, bias)
+    y_ref, vjp_ref = jax.vjp(ref, x, scale, bias)
+    _close(y, y_ref, "output")
+    for got, want, what in zip(vjp(g), vjp_ref(g), ("dx", "dscale", "dbias"), strict=True):
+        _close(got, want, what, rtol=1e-4)  # sums of up to 144 terms, float32
+
+
+def test_forward_against_float64_numpy():
+    x, scale, bias, _ = _data((8, 5, 5, 3), 0)
+    y, mean, var = batch_norm_train(x, scale, bias, 1e-3, relu=True)
+    xd = np.asarray(x, np.float64)
+    m, v = xd.mean((0, 1, 2)), xd.var((0, 1, 2))
+    want = np.maximum((xd - m) / np.sqrt(v + 1e-3) * np.asarray(scale) + np.asarray(bias), 0)
+    _close(y, want, "output")
+    _close(mean, m, "mean")
+    _close(var, v, "var")
+
+
+def test_statistics_carry_no_gradient():
+    x, scale, bias, _ = _data((4, 3, 3, 2), 1)
+    g = jax.grad(lambda x: batch_norm_train(x, scale, bias)[1].sum())(x)
+    assert not np.any(np.asarray(g))
+
+
+def test_bad_shapes_are_named():
+    with pytest.raises(ValueError, match=r"\(N, H, W, C\)"):
+        batch_norm_train(jnp.ones((4, 3)), jnp.ones(3), jnp.zeros(3))
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        batch_norm_train(jnp.ones((2, 2, 2, 3)), jnp.ones(2), jnp.zeros(3))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_module_equals_flax_batchnorm_and_relu(train):
+    """Same variables, outputs and running statistics as nn.BatchNorm followed by nn.relu."""
+    x, scale, bias, _ = _data((6, 4, 4, 3), 2)
+    ref = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
+    ours = FusedBatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
+    v_ref, v_ours = ref.init(jax.random.key(0), x), ours.init(jax.random.key(0), x)
+    assert jax.tree.map(lambda a: (a.shape, a.dtype), v_ref) == jax.tree.map(
+        lambda a: (a.shape, a.dtype), v_ours)
+    variables = {"params": {"scale": scale, "bias": bias},
+                 "batch_stats": {"mean": jnp.full(3, 0.3), "var": jnp.full(3, 1.7)}}
+    y_ref, s_ref = ref.apply(variables, x, mutable=["batch_stats"])
+    y, s = ours.apply(variables, x, mutable=["batch_stats"])
+    _close(y, nn.relu(y_ref), "output")
+    for k in ("mean", "var"):
+        _close(s["batch_stats"][k], s_ref["batch_stats"][k], k)
+
+
+def test_bfloat16_input_keeps_dtype_and_float32_statistics():
+    x, scale, bias, _ = _data((4, 4, 4, 3), 3)
+    y, mean, var = batch_norm_train(x.astype(jnp.bfloat16), scale, bias, relu=True)
+    assert y.dtype == jnp.bfloat16 and mean.dtype == var.dtype == jnp.float32
+    _close(y.astype(jnp.float32), _flax_bn_relu(x, scale, bias, True), "bf16 output", rtol=2e-2)

@@ -1,0 +1,215 @@
+"""The optional oneDNN convolution (jaxcnn.ops.onednn) against lax, and its fallbacks.
+
+Tests marked ``needs_onednn`` skip where the kernels are unavailable (no ``jaxcnn[onednn]``, no
+compiler); the fallback and error tests run everywhere. Tolerance (DESIGN.md): float32 results
+within 1e-5 x max|reference| of ``lax.conv_general_dilated`` and its autodiff gradients.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jax import lax
+
+from jaxcnn.ops.fast_conv import conv2d_fast, resolve_padding
+from jaxcnn.ops.onednn import build, conv2d_onednn
+
+RTOL = 1e-5
+DN = ("NHWC", "HWIO", "NHWC")
+
+needs_onednn = pytest.mark.skipif(
+    not build.available(), reason=f"oneDNN kernels unavailable: {build.unavailable_reason()}"
+)
+
+
+def _lax_conv(x, k, stride, padding):
+    s = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    if not isinstance(padding, str):
+        padding = resolve_padding(padding, x.shape[1:3], k.shape[:2], s)
+    return lax.conv_general_dilated(x, k, s, padding, dimension_numbers=DN,
+                                    precision=lax.Precision.HIGHEST)
+
+
+def _assert_close(got, want, what):
+    want = np.asarray(want, np.float64)
+    scale = max(np.abs(want).max(), 1e-30)
+    err = np.abs(np.asarray(got, np.float64) - want).max() / scale
+    assert err <= RTOL, f"{what}: max error {err:.2e} x max|ref| > {RTOL}"
+
+
+def _values_and_grads(fn, x, k, g):
+    y, vjp = jax.vjp(fn, x, k)
+    return (y, *vjp(g))
+
+
+def _check_against_lax(x, k, stride, padding):
+    ref = lambda x, k: _lax_conv(x, k, stride, padding)  # noqa: E731
+    mine = jax.jit(lambda x, k, g: _values_and_grads(
+        lambda x, k: conv2d_onednn(x, k, stride, padding), x, k, g))
+    y = ref(x, k)
+    g = jnp.asarray(np.random.default_rng(1).standard_normal(y.shape), jnp.float32)
+    for got, want, what in zip(mine(x, k, g), _values_and_grads(ref, x, k, g),
+                               ("output", "input gradient", "kernel gradient"), strict=True):
+        assert got.shape == want.shape and got.dtype == jnp.float32, what
+        _assert_close(got, want, what)
+
+
+def _random(shape, seed):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+@needs_onednn
+@pytest.mark.parametrize(
+    "n,h,w,c,o,kh,kw,stride,padding",
+    [
+        (128, 32, 32, 3, 32, 3, 3, 1, "SAME"),  # cnn3's first layer
+        (16, 16, 16, 32, 64, 3, 3, 1, "SAME"),
+        (8, 8, 8, 64, 128, 3, 3, 2, "SAME"),  # resnet's strided conv
+        (8, 8, 8, 16, 32, 1, 1, 2, "VALID"),  # its 1x1 projection
+        (3, 9, 7, 5, 4, 3, 2, (2, 1), ((1, 0), (2, 1))),  # odd sizes, asymmetric padding
+    ],
+)
+def test_matches_lax_on_network_shapes(n, h, w, c, o, kh, kw, stride, padding):
+    _check_against_lax(_random((n, h, w, c), 0), _random((kh, kw, c, o), 2), stride, padding)
+
+
+@needs_onednn
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 3), h=st.integers(3, 11), w=st.integers(3, 11), c=st.integers(1, 6),
+    o=st.integers(1, 6), kh=st.integers(1, 3), kw=st.integers(1, 3), sh=st.integers(1, 3),
+    sw=st.integers(1, 3), padding=st.sampled_from(["SAME", "VALID", 1, ((0, 2), (1, 0))]),
+)
+def test_matches_lax_property(n, h, w, c, o, kh, kw, sh, sw, padding):
+    _check_against_lax(_random((n, h, w, c), h * 7 + w), _random((kh, kw, c, o), c * 5 + o),
+                       (sh, sw), padding)
+
+
+@needs_onednn
+def test_bitwise_deterministic_run_to_run():
+    x, k = _random((64, 16, 16, 32), 0), _random((3, 3, 32, 32), 1)
+    g = _random((64, 16, 16, 32), 2)
+    step = jax.jit(lambda x, k, g: _values_and_grads(conv2d_onednn, x, k, g))
+    first = [np.asarray(a) for a in step(x, k, g)]
+    for _ in range(3):
+        for a, b in zip(first, step(x, k, g), strict=True):
+            np.testing.assert_array_equal(a, np.asarray(b))
+
+
+@needs_onednn
+def test_vmap_runs_each_member():
+    """Ensembles vmap over models: a batch of kernels (and inputs) gives each member's result."""
+    x, k = _random((3, 4, 8, 8, 5), 0), _random((3, 3, 3, 5, 6), 1)
+    got = jax.jit(jax.vmap(conv2d_onednn))(x, k)
+    for i in range(3):
+        _assert_close(got[i], _lax_conv(x[i], k[i], 1, "SAME"), f"member {i}")
+
+
+@needs_onednn
+def test_cnn3_onednn_equals_fast_impl():
+    """The whole model: conv_impl="onednn" computes the function and gradients of "fast"."""
+    from jaxcnn import models
+
+    x = _random((4, 32, 32, 3), 0)
+    fast, dnn = (models.create("cnn3", num_classes=10, conv_impl=i) for i in ("fast", "onednn"))
+    variables = fast.init(jax.random.PRNGKey(0), x)
+
+    def loss(model):
+        def f(params):
+            out, _ = model.apply({**variables, "params": params}, x, train=True,
+                                 mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(1)})
+            return jnp.sum(out**2)
+        return jax.jit(jax.value_and_grad(f))(variables["params"])
+
+    (l_fast, g_fast), (l_dnn, g_dnn) = loss(fast), loss(dnn)
+    _assert_close(l_dnn, l_fast, "loss")
+    # One scale for all leaves: the conv biases before BatchNorm have a zero gradient in exact
+    # arithmetic, so theirs are rounding noise of either implementation.
+    scale = max(float(jnp.abs(a).max()) for a in jax.tree_util.tree_leaves(g_fast))
+    leaves_dnn = jax.tree_util.tree_leaves(g_dnn)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g_fast), leaves_dnn, strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-3, atol=1e-4 * scale,
+                                   err_msg=str(path))
+
+
+def test_bfloat16_falls_back_to_fast_conv():
+    x, k = _random((2, 8, 8, 3), 0).astype(jnp.bfloat16), _random((3, 3, 3, 4), 1)
+    k = k.astype(jnp.bfloat16)
+    np.testing.assert_array_equal(np.asarray(jax.jit(conv2d_onednn)(x, k), np.float32),
+                                  np.asarray(jax.jit(conv2d_fast)(x, k), np.float32))
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="conv2d_onednn supports dilation 1 only"):
+        conv2d_onednn(jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 2)), dilation=2)
+    with pytest.raises(ValueError, match="input channels"):
+        conv2d_onednn(jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 3, 2)))
+
+
+@pytest.fixture
+def fresh_build_state(monkeypatch, tmp_path):
+    """An empty load cache and cache folder, restored afterwards (the real state is kept)."""
+    monkeypatch.setattr(build, "_state", {})
+    monkeypatch.setenv("JAXCNN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("JAXCNN_ONEDNN", raising=False)
+    return tmp_path
+
+
+def test_turned_off_falls_back_and_says_why(fresh_build_state, monkeypatch):
+    monkeypatch.setenv("JAXCNN_ONEDNN", "0")
+    assert not build.available()
+    assert "JAXCNN_ONEDNN=0" in build.unavailable_reason()
+    x, k = _random((2, 6, 6, 3), 0), _random((3, 3, 3, 4), 1)
+    _assert_close(jax.jit(conv2d_onednn)(x, k), _lax_conv(x, k, 1, "SAME"), "fallback output")
+    from jaxcnn.models.layers import resolve_conv_impl
+
+    if jax.default_backend() == "cpu":
+        assert resolve_conv_impl("auto") == "fast"
+
+
+def test_missing_onednn_names_the_fix(fresh_build_state, monkeypatch):
+    monkeypatch.setattr(build, "_candidate_prefixes", lambda: [fresh_build_state])
+    with pytest.raises(build.OnednnUnavailable, match=r'pip install "jaxcnn\[onednn\]"'):
+        build.load()
+    # The failure is remembered: no second search, same message.
+    with pytest.raises(build.OnednnUnavailable, match="not found under"):
+        build.load()
+
+
+@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="no C++ compiler")
+def test_compiler_failure_leaves_no_library(fresh_build_state, monkeypatch):
+    """A failing compiler gives its error output and leaves nothing half-written."""
+    root = fresh_build_state / "fake"
+    (root / "include/oneapi/dnnl").mkdir(parents=True)
+    (root / "include/oneapi/dnnl/dnnl.hpp").write_text("#error this is not oneDNN\n")
+    (root / "lib").mkdir()
+    (root / "lib/libdnnl.so.3").write_bytes(b"")
+    monkeypatch.setattr(build, "_candidate_prefixes", lambda: [root])
+    with pytest.raises(build.OnednnUnavailable, match="this is not oneDNN"):
+        build.load()
+    cache = fresh_build_state / "cache"
+    assert not [p for p in cache.rglob("*") if p.is_file()]
+
+
+@needs_onednn
+def test_build_is_cached_and_reused(fresh_build_state, monkeypatch):
+    """The first load compiles into the cache folder; a later process reuses that file."""
+    monkeypatch.setattr(build, "_state", {})
+    build.load()
+    built = list((fresh_build_state / "cache").rglob(build.LIBRARY_NAME))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+
+    def no_compiler(*a, **k):
+        raise AssertionError("compiled again")
+
+    monkeypatch.setattr(build, "_state", {})
+    monkeypatch.setattr(build, "compile_library", no_compiler)
+    build.load()
+    assert built[0].stat().st_mtime_ns == stamp
