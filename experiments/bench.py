@@ -329,22 +329,16 @@ RSS_SCOPE = "the whole bench process (every model and batch size, the input pipe
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size so far, MiB: ``VmHWM`` of ``/proc/self/status``
-    on Linux, else ``ru_maxrss`` (KiB on Linux, bytes on macOS). Not ``ru_maxrss`` first:
-    Linux keeps it across ``execve``, so a process started by a bigger one would report at
-    least its parent's RSS at the fork (the baseline scripts, started by the bench, do the
-    same)."""
-    import resource
+    """This process's peak resident set size so far, MiB (``VmHWM``), measured the way the
+    baseline scripts measure theirs: ``experiments/baselines/peak_rss.py``, loaded by path
+    (the baselines folder is not a package)."""
+    import importlib.util
 
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 2**10  # kB
-    except OSError:
-        pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+    spec = importlib.util.spec_from_file_location("_baseline_peak_rss",
+                                                  BASELINES_DIR / "peak_rss.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.peak_rss_mb()
 
 
 def parse_model_options(items: list[str] | None) -> dict[str, dict]:

@@ -53,6 +53,7 @@ DIRECTIONS = ("fwd", "dx", "dk")
 REST_LABEL = "BatchNorm, pooling, dropout mask, dense layers, optimizer, augmentation"
 PART_LABELS = {
     "batchnorm": "BatchNorm+ReLU fwd+bwd",
+    "batchnorm_pool": "BatchNorm+ReLU+max-pool fwd+bwd",
     "maxpool": "max-pool fwd+bwd",
     "dropout": "dropout (mask + apply) fwd+bwd",
     "dense": "dense layers fwd+bwd",
@@ -215,9 +216,15 @@ def _conv_shape(module, x_shape, y_shape) -> ConvShape | None:
 
 
 def _module_part(module) -> tuple[str, tuple] | None:
-    """``(kind, distinguishing attributes)`` of a BatchNorm / Dropout / Dense call, else None."""
+    """``(kind, distinguishing attributes)`` of a BatchNorm / Dropout / Dense call, else None.
+    ``layers.FusedBatchNorm`` includes its ReLU, and with ``pool`` its max pool
+    ("batchnorm_pool")."""
     import flax.linen as nn
 
+    from jaxcnn.models.layers import FusedBatchNorm
+
+    if isinstance(module, FusedBatchNorm):
+        return ("batchnorm_pool" if module.pool else "batchnorm"), (module.relu,)
     if isinstance(module, nn.BatchNorm):
         return "batchnorm", ()
     if isinstance(module, nn.Dropout) and module.rate > 0:
@@ -430,7 +437,8 @@ def part_fwd_bwd(part: Part, seed: int = 0) -> tuple[Callable, tuple]:
             return part.layer(x), {}
         y, new = part.layer.apply({"params": params, **state}, x, rngs={"dropout": key},
                                   mutable=list(state))
-        return (nn.relu(y) if part.kind == "batchnorm" else y), new
+        # nn.BatchNorm is followed by a ReLU in the nets; FusedBatchNorm applies its own.
+        return (nn.relu(y) if isinstance(part.layer, nn.BatchNorm) else y), new
 
     g = jnp.asarray(rng.standard_normal(jax.eval_shape(forward, params, x, key)[0].shape,
                                         dtype=np.float32))
@@ -761,7 +769,7 @@ def _add_layers(sub) -> None:
                    help="comma-separated model names (jaxcnn.models.available())")
     p.add_argument("--conv-impl", choices=(*CONV_IMPLS, "auto"), default="auto",
                    help="conv implementation of the per-layer timings and of the models' "
-                   "train step (auto: fast on CPU, lax on GPU/TPU)")
+                   "train step (auto: onednn where installed, else fast, on CPU; lax on GPU/TPU)")
     p.add_argument("--batch-size", type=positive_int, default=128,
                    help="batch of every layer and of the train step")
     p.add_argument("--repeats", type=positive_int, default=5,

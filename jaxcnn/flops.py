@@ -42,7 +42,10 @@ def function_flops(fn: Callable, *args) -> float:
 
     ``args`` may be arrays or ``jax.ShapeDtypeStruct``s (nothing is executed).
     """
-    lowered = jax.jit(fn).lower(*args)
+    from jaxcnn.ops.onednn import pure_jax
+
+    with pure_jax():  # XLA counts no FLOPs inside the oneDNN FFI calls: trace the JAX twin
+        lowered = jax.jit(fn).lower(*args)
     try:
         return cost_flops(lowered.compile().cost_analysis())
     except (ValueError, NotImplementedError, TypeError):

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxcnn.models.layers import FusedBatchNorm
-from jaxcnn.ops.batchnorm import batch_norm_train
+from jaxcnn.ops.batchnorm import batch_norm_relu_pool_train, batch_norm_train
 
 RTOL = 1e-5
 
@@ -105,3 +105,47 @@ def test_bfloat16_input_keeps_dtype_and_float32_statistics():
     y, mean, var = batch_norm_train(x.astype(jnp.bfloat16), scale, bias, relu=True)
     assert y.dtype == jnp.bfloat16 and mean.dtype == var.dtype == jnp.float32
     _close(y.astype(jnp.float32), _flax_bn_relu(x, scale, bias, True), "bf16 output", rtol=2e-2)
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 3), h2=st.integers(1, 4), w2=st.integers(1, 4), c=st.integers(1, 6),
+       seed=st.integers(0, 1000))
+def test_bn_relu_pool_matches_flax_bn_relu_max_pool(n, h2, w2, c, seed):
+    """Values and gradients of max_pool(relu(BatchNorm(x))), ties after the ReLU included."""
+    x, scale, bias, _ = _data((n, 2 * h2, 2 * w2, c), seed)
+    ours = lambda x, s, b: batch_norm_relu_pool_train(x, s, b)[0]  # noqa: E731
+
+    def ref(x, s, b):
+        return nn.max_pool(_flax_bn_relu(x, s, b, relu=True), (2, 2), strides=(2, 2))
+
+    y, vjp = jax.vjp(ours, x, scale, bias)
+    y_ref, vjp_ref = jax.vjp(ref, x, scale, bias)
+    g = jnp.asarray(np.random.default_rng(seed + 1).standard_normal(y.shape), jnp.float32)
+    _close(y, y_ref, "output")
+    for got, want, what in zip(vjp(g), vjp_ref(g), ("dx", "dscale", "dbias"), strict=True):
+        if np.abs(np.asarray(want)).max() > 0:
+            _close(got, want, what, rtol=1e-4)
+        else:
+            assert not np.any(np.asarray(got)), what
+
+
+def test_bn_relu_pool_needs_even_sizes():
+    with pytest.raises(ValueError, match="even H and W"):
+        batch_norm_relu_pool_train(jnp.ones((1, 3, 4, 2)), jnp.ones(2), jnp.zeros(2))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_module_with_pool_equals_flax(train):
+    x, scale, bias, _ = _data((4, 6, 4, 3), 4)
+    variables = {"params": {"scale": scale, "bias": bias},
+                 "batch_stats": {"mean": jnp.full(3, 0.2), "var": jnp.full(3, 1.3)}}
+    ref = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
+    ours = FusedBatchNorm(use_running_average=not train, pool=True)
+    y_ref, s_ref = ref.apply(variables, x, mutable=["batch_stats"])
+    y, s = ours.apply(variables, x, mutable=["batch_stats"])
+    assert y.shape == (4, 3, 2, 3)
+    _close(y, nn.max_pool(nn.relu(y_ref), (2, 2), strides=(2, 2)), "output")
+    for k in ("mean", "var"):
+        _close(s["batch_stats"][k], s_ref["batch_stats"][k], k)
+    with pytest.raises(ValueError, match="pool=True needs relu=True"):
+        FusedBatchNorm(relu=False, pool=True).init(jax.random.key(0), x)

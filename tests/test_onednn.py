@@ -8,6 +8,7 @@ within 1e-5 x max|reference| of ``lax.conv_general_dilated`` and its autodiff gr
 from __future__ import annotations
 
 import shutil
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -174,12 +175,38 @@ def test_turned_off_falls_back_and_says_why(fresh_build_state, monkeypatch):
 
 
 def test_missing_onednn_names_the_fix(fresh_build_state, monkeypatch):
+    """Not installed: a clear reason, and no warning (pure JAX is the expected path)."""
     monkeypatch.setattr(build, "_candidate_prefixes", lambda: [fresh_build_state])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not build.available()
     with pytest.raises(build.OnednnUnavailable, match=r'pip install "jaxcnn\[onednn\]"'):
         build.load()
     # The failure is remembered: no second search, same message.
     with pytest.raises(build.OnednnUnavailable, match="not found under"):
         build.load()
+
+
+@needs_onednn
+def test_first_layer_input_gradient_is_not_computed():
+    """The data needs no gradient: XLA drops that oneDNN call from cnn3's compiled step."""
+    import re
+
+    from jaxcnn import models
+
+    model = models.create("cnn3", num_classes=10, conv_impl="onednn")
+    x = jnp.ones((2, 32, 32, 3))
+    variables = model.init(jax.random.key(0), x)
+
+    def loss(params):
+        out, _ = model.apply({**variables, "params": params}, x, train=True,
+                             mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)})
+        return out.sum()
+
+    hlo = jax.jit(jax.grad(loss)).lower(variables["params"]).compile().as_text()
+    calls = {kind: len(re.findall(rf'custom_call_target="jaxcnn_onednn_conv_{kind}"', hlo))
+             for kind in ("forward_bias", "backward_data", "backward_weights_bias")}
+    assert calls == {"forward_bias": 6, "backward_data": 5, "backward_weights_bias": 6}
 
 
 @pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="no C++ compiler")
@@ -195,6 +222,12 @@ def test_compiler_failure_leaves_no_library(fresh_build_state, monkeypatch):
         build.load()
     cache = fresh_build_state / "cache"
     assert not [p for p in cache.rglob("*") if p.is_file()]
+    # Installed but unusable: one warning with the reason, then silence.
+    with pytest.warns(RuntimeWarning, match=r"(?s)installed but unusable.*this is not oneDNN"):
+        assert not build.available()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not build.available()
 
 
 @needs_onednn
@@ -213,3 +246,14 @@ def test_build_is_cached_and_reused(fresh_build_state, monkeypatch):
     monkeypatch.setattr(build, "compile_library", no_compiler)
     build.load()
     assert built[0].stat().st_mtime_ns == stamp
+
+
+@needs_onednn
+def test_flop_count_sees_through_the_ffi_calls():
+    """jaxcnn.flops traces the pure-JAX twin: oneDNN convs count as lax's (not zero)."""
+    from jaxcnn.flops import function_flops
+
+    x, k = jax.ShapeDtypeStruct((2, 8, 8, 4), jnp.float32), jax.ShapeDtypeStruct(
+        (3, 3, 4, 5), jnp.float32)
+    ours = function_flops(lambda x, k: conv2d_onednn(x, k), x, k)
+    assert ours == function_flops(lambda x, k: _lax_conv(x, k, 1, "SAME"), x, k) > 0

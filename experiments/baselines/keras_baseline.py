@@ -47,9 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -58,6 +56,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from peak_rss import peak_rss_mb  # noqa: E402  (this folder: the script's sys.path[0])
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -129,22 +128,6 @@ def build_resnet20(augment: bool = False, num_classes: int = 10,
 
 
 BUILDERS = {"cnn3": build_cnn3, "resnet20": build_resnet20}
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set size, MiB: ``VmHWM`` of ``/proc/self/status`` on Linux,
-    else ``ru_maxrss`` (KiB on Linux, bytes on macOS). Not ``ru_maxrss`` first: Linux keeps it
-    across ``execve``, so a process started by a bigger one (the bench) would report at least
-    its parent's RSS at the fork."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 2**10  # kB
-    except OSError:
-        pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
 class WindowTimer(keras.callbacks.Callback):

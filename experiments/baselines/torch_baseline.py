@@ -50,12 +50,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
-import sys
 import time
 
 import torch
+from peak_rss import peak_rss_mb  # this folder: the script's sys.path[0]
 from torch import nn
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -137,22 +136,6 @@ def augment(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
     batch = torch.arange(n)[:, None, None, None]
     chans = torch.arange(x.shape[1])[None, :, None, None]
     return x[batch, chans, rows, cols]
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set size, MiB: ``VmHWM`` of ``/proc/self/status`` on Linux,
-    else ``ru_maxrss`` (KiB on Linux, bytes on macOS). Not ``ru_maxrss`` first: Linux keeps it
-    across ``execve``, so a process started by a bigger one (the bench) would report at least
-    its parent's RSS at the fork."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 2**10  # kB
-    except OSError:
-        pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
 class Trainer:

@@ -258,17 +258,28 @@ class BatchNormNet(nn.Module):
             name=name,
         )
 
-    def bn_relu(self, train: bool, name: str, fused: bool) -> Callable:
-        """``relu(BatchNorm(x))`` with BatchNorm submodule ``name``. ``fused=True`` uses
-        :class:`FusedBatchNorm` (same parameters, statistics and function as ``nn.BatchNorm``;
-        a hand-written backward pass that is faster on XLA:CPU); else ``nn.BatchNorm`` then
-        ``nn.relu``."""
+    def bn_relu(self, train: bool, name: str, fused: bool, relu: bool = True,
+                zero_scale: bool = False, pool: bool = False) -> Callable:
+        """BatchNorm submodule ``name``, then ReLU (``relu=True``), then 2x2 max pooling
+        (``pool=True``, needs ``relu``), as one callable.
+
+        ``fused=True`` uses :class:`FusedBatchNorm` (the variables and function of
+        ``nn.BatchNorm``; a hand-written backward pass that is faster on XLA:CPU); else
+        ``nn.BatchNorm``, ``nn.relu`` and ``nn.max_pool``. ``zero_scale`` starts the scale at 0.
+        """
+        if pool and not relu:
+            raise ValueError("bn_relu: pool=True needs relu=True")
         if not fused:
-            layer = self.bn(train, name)
+            layer = self.bn(train, name, zero_scale=zero_scale)
+            if not relu:
+                return layer
+            if pool:
+                return lambda x: nn.max_pool(nn.relu(layer(x)), (2, 2), strides=(2, 2))
             return lambda x: nn.relu(layer(x))
         return FusedBatchNorm(
-            use_running_average=not train, relu=True, momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype, name=name,
+            use_running_average=not train, relu=relu, pool=pool, zero_scale=zero_scale,
+            momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
+            param_dtype=self.param_dtype, name=name,
         )
 
     def shared_options(self) -> dict:
@@ -289,6 +300,11 @@ class FusedBatchNorm(nn.Module):
     Attributes:
       use_running_average: normalise with the running statistics (evaluation).
       relu: apply ReLU to the output.
+      pool: then 2x2 max pooling with stride 2 (needs ``relu`` and even H, W): the output is
+        (N, H/2, W/2, C), the gradient goes to each window's first maximum, and in training
+        :func:`jaxcnn.ops.batchnorm.batch_norm_relu_pool_train` never writes the
+        full-resolution activation.
+      zero_scale: initialise the scale to 0 (else 1).
       momentum: running = momentum * running + (1 - momentum) * batch.
       epsilon: added to the variance.
       dtype: dtype of the output (statistics are float32); param_dtype: of scale and bias.
@@ -296,6 +312,8 @@ class FusedBatchNorm(nn.Module):
 
     use_running_average: bool = False
     relu: bool = True
+    pool: bool = False
+    zero_scale: bool = False
     momentum: float = 0.9
     epsilon: float = 1e-5
     dtype: Any = None
@@ -303,20 +321,28 @@ class FusedBatchNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        """x: (N, H, W, C) -> same shape."""
-        from jaxcnn.ops.batchnorm import batch_norm_train
+        """x: (N, H, W, C) -> same shape, or (N, H/2, W/2, C) with ``pool``."""
+        from jaxcnn.ops.batchnorm import batch_norm_relu_pool_train, batch_norm_train
 
+        if self.pool and not self.relu:
+            raise ValueError("FusedBatchNorm: pool=True needs relu=True")
         c = jnp.shape(x)[-1]
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
         ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
-        scale = self.param("scale", nn.initializers.ones_init(), (c,), self.param_dtype)
+        init = nn.initializers
+        scale_init = init.zeros_init() if self.zero_scale else init.ones_init()
+        scale = self.param("scale", scale_init, (c,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros_init(), (c,), self.param_dtype)
         x = jnp.asarray(x, self.dtype or jnp.result_type(x, scale))
         if self.use_running_average:
             a = scale.astype(jnp.float32) * lax.rsqrt(ra_var.value + self.epsilon)
             y = x.astype(jnp.float32) * a + (bias.astype(jnp.float32) - ra_mean.value * a)
-            return (jnp.maximum(y, 0.0) if self.relu else y).astype(x.dtype)
-        y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, self.relu)
+            y = (jnp.maximum(y, 0.0) if self.relu else y).astype(x.dtype)
+            return pool_2x2_first_max(y) if self.pool else y
+        if self.pool:
+            y, mean, var = batch_norm_relu_pool_train(x, scale, bias, self.epsilon)
+        else:
+            y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, self.relu)
         if not self.is_initializing():
             m = self.momentum
             ra_mean.value = m * ra_mean.value + (1.0 - m) * mean

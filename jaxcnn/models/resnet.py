@@ -96,10 +96,11 @@ class BasicBlock(BatchNormNet):
             impl=resolve_conv_impl(self.conv_impl),
         )
         s = self.strides
+        fused = conv_kw["impl"] != "lax"  # the hand-written BatchNorm backward on the CPU paths
         y = Conv(self.features, (3, 3), (s, s), padding=PAD1, name="conv1", **conv_kw)(x)
-        y = nn.relu(self.bn(train, "bn1")(y))
+        y = self.bn_relu(train, "bn1", fused)(y)
         y = Conv(self.features, (3, 3), padding=PAD1, name="conv2", **conv_kw)(y)
-        y = self.bn(train, "bn2", zero_scale=self.zero_init_residual)(y)
+        y = self.bn_relu(train, "bn2", fused, relu=False, zero_scale=self.zero_init_residual)(y)
         if not self.residual:
             return nn.relu(y)
         if s == 1 and x.shape[-1] == self.features:
@@ -108,7 +109,7 @@ class BasicBlock(BatchNormNet):
             residual = shortcut_a(x, self.features, s)
         else:
             residual = Conv(self.features, (1, 1), (s, s), name="proj_conv", **conv_kw)(x)
-            residual = self.bn(train, "proj_bn")(residual)
+            residual = self.bn_relu(train, "proj_bn", fused, relu=False)(residual)
         return nn.relu(y + residual)
 
 
@@ -164,7 +165,7 @@ class CifarResNet(BatchNormNet):
             self.widths[0], (3, 3), padding=PAD1, use_bias=False, kernel_init=he_normal,
             impl=impl, name="stem_conv", dtype=self.dtype, param_dtype=self.param_dtype,
         )(x)
-        x = nn.relu(self.bn(train, "stem_bn")(x))
+        x = self.bn_relu(train, "stem_bn", fused=impl != "lax")(x)
         for s, width in enumerate(self.widths, 1):
             for b in range(1, self.blocks_per_stage + 1):
                 x = BasicBlock(

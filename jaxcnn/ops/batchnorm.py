@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["batch_norm_train"]
+__all__ = ["batch_norm_relu_pool_train", "batch_norm_train"]
 
 _AXES = (0, 1, 2)
 
@@ -111,4 +111,101 @@ def batch_norm_train(x, scale, bias, eps: float = 1e-5, relu: bool = False):
             f"scale and bias must have shape ({c},); got {jnp.shape(scale)} and {jnp.shape(bias)}"
         )
     y, mean, var = _bn(x, scale, bias, float(eps), bool(relu))
+    return y, lax.stop_gradient(mean), lax.stop_gradient(var)
+
+
+# ------------------------------------------------------------------ BatchNorm + ReLU + 2x2 pool
+
+_WINDOW = ((0, 0), (0, 1), (1, 0), (1, 1))  # row-major: the first maximum gets the gradient
+
+
+def _window_views(t):
+    """The four (N, H/2, W/2, C) entries of every 2x2 window of (N, H, W, C) t, row-major."""
+    n, h, w, c = t.shape
+    v = t.reshape(n, h // 2, 2, w // 2, 2, c)
+    return [v[:, :, i, :, j] for i, j in _WINDOW]
+
+
+def _from_window_views(parts):
+    """Inverse of :func:`_window_views`: four (N, h, w, C) arrays -> (N, 2h, 2w, C)."""
+    n, h, w, c = parts[0].shape
+    v = jnp.stack(parts, axis=3).reshape(n, h, w, 2, 2, c)  # (.., i, j, c)
+    return v.transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, c)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _bn_relu_pool(x, scale, bias, eps):
+    y, mean, var, _, _ = _bn_relu_pool_values(x, scale, bias, eps)
+    return y, mean, var
+
+
+def _bn_relu_pool_values(x, scale, bias, eps):
+    """(y, mean, var, inv, route): ``route`` (N, H/2, W/2, C) int8 is the window position
+    (0-3, row-major) of each window's first maximum, or 4 where the ReLU is off (y == 0)."""
+    mean, var = _stats(x)
+    inv = lax.rsqrt(var + eps)
+    a = scale.astype(jnp.float32) * inv
+    b = bias.astype(jnp.float32) - mean * a
+    z = jnp.stack([_affine(v, a, b) for v in _window_views(x)], axis=-1)  # (.., C, 4)
+    # The routing is decided here, from the very values pooled: recomputing z in the backward
+    # pass and testing equality is not safe (XLA may contract x*a+b into an FMA in one place
+    # and not the other, e.g. once the batch is sharded over devices).
+    zmax = jnp.max(z, axis=-1)
+    y = jnp.maximum(zmax, 0.0).astype(x.dtype)  # relu(max(z)) == max(relu(z))
+    route = jnp.where(zmax > 0, jnp.argmax(z, axis=-1), 4).astype(jnp.int8)
+    return y, mean, var, inv, route
+
+
+def _bn_relu_pool_fwd(x, scale, bias, eps):
+    y, mean, var, inv, route = _bn_relu_pool_values(x, scale, bias, eps)
+    return (y, mean, var), (x, scale, mean, inv, route)
+
+
+def _bn_relu_pool_bwd(eps, res, cotangents):
+    g = cotangents[0].astype(jnp.float32)
+    x, scale, mean, inv, route = res
+    a = scale.astype(jnp.float32) * inv
+    xs = [v.astype(jnp.float32) for v in _window_views(x)]
+    gms = [jnp.where(route == k, g, 0.0) for k in range(len(_WINDOW))]
+    s1 = sum(jnp.sum(gm, axis=_AXES) for gm in gms)
+    s2 = sum(jnp.sum(gm * xv, axis=_AXES) for gm, xv in zip(gms, xs, strict=True))
+    m = x.size // x.shape[-1]
+    dscale = inv * (s2 - mean * s1)
+    c1 = -a * inv * dscale / m
+    c0 = -a * s1 / m - c1 * mean
+    dx = _from_window_views([a * gm + c0 + c1 * xv for gm, xv in zip(gms, xs, strict=True)])
+    return dx.astype(x.dtype), dscale.astype(scale.dtype), s1.astype(scale.dtype)
+
+
+_bn_relu_pool.defvjp(_bn_relu_pool_fwd, _bn_relu_pool_bwd)
+
+
+def batch_norm_relu_pool_train(x, scale, bias, eps: float = 1e-5):
+    """``max_pool_2x2(relu(BatchNorm(x)))`` in training mode, as one op.
+
+    The values of :func:`batch_norm_train` with ``relu=True`` followed by
+    :func:`jaxcnn.ops.pool.max_pool_2x2` (gradient to each window's first maximum), without
+    writing the full-resolution BatchNorm output or its gradient: the forward pass reads x twice
+    and writes the pooled output and an int8 map of where each window's gradient goes; the
+    backward pass reads x, that map and the pooled gradient twice and writes dx.
+
+    Args:
+      x: (N, H, W, C) float array with even H and W.
+      scale, bias: (C,) learned parameters. eps: added to the variance.
+
+    Returns:
+      (y, mean, var): y (N, H/2, W/2, C) in x's dtype; float32 (C,) batch mean and biased
+      variance (no gradient flows through them).
+    """
+    if jnp.ndim(x) != 4 or jnp.shape(x)[1] % 2 or jnp.shape(x)[2] % 2:
+        raise ValueError(
+            f"batch_norm_relu_pool_train expects x of shape (N, H, W, C) with even H and W; "
+            f"got {jnp.shape(x)}"
+        )
+    c = jnp.shape(x)[-1]
+    if jnp.shape(scale) != (c,) or jnp.shape(bias) != (c,):
+        raise ValueError(
+            f"scale and bias must have shape ({c},); got {jnp.shape(scale)} and {jnp.shape(bias)}"
+        )
+    y, mean, var = _bn_relu_pool(x, scale, bias, float(eps))
     return y, lax.stop_gradient(mean), lax.stop_gradient(var)

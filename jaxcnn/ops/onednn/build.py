@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,6 +162,7 @@ def _build_and_register() -> ctypes.CDLL:
     import jax.ffi
 
     tc = find_toolchain()
+    _state["installed"] = True  # from here on a failure is worth a warning (see available())
     _point_opencl_at_cpu_runtime(tc.lib_dir)
     path = cache_root() / "onednn" / _build_key(tc, jax.ffi.include_dir()) / LIBRARY_NAME
     if not path.is_file():
@@ -169,6 +171,10 @@ def _build_and_register() -> ctypes.CDLL:
         lib = ctypes.CDLL(str(path))
     except OSError as err:
         raise OnednnUnavailable(f"loading {path} failed: {err}; delete it to rebuild") from err
+    lib.JaxcnnOnednnSelfTest.restype = ctypes.c_char_p
+    problem = lib.JaxcnnOnednnSelfTest().decode()
+    if problem:
+        raise OnednnUnavailable(f"oneDNN ({tc.lib_dir}) does not run here: {problem}")
     for target, symbol in TARGETS.items():
         if target not in _registered:
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
@@ -192,10 +198,18 @@ def _point_opencl_at_cpu_runtime(lib_dir: Path) -> None:
 
 
 def available() -> bool:
-    """True when the oneDNN kernels are built (or build now) and registered."""
+    """True when the oneDNN kernels are built (or build now) and registered.
+
+    When oneDNN is installed but cannot be used (the build or its self-test failed), warns once
+    with the reason: the caller then runs the slower pure-JAX convolutions.
+    """
     try:
         load()
-    except OnednnUnavailable:
+    except OnednnUnavailable as err:
+        if _state.get("installed") and not _state.get("warned"):
+            _state["warned"] = True
+            warnings.warn(f"jaxcnn: oneDNN is installed but unusable, so convolutions run in "
+                          f"pure JAX (slower on CPUs): {err}", RuntimeWarning, stacklevel=2)
         return False
     return True
 

@@ -290,6 +290,30 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnConvBackwardWeights, conv_backward_wei
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>() JAXCNN_CONV_ATTRS);
 
+// Creates the CPU engine and runs one tiny convolution (3x3 ones over a 4x4 image of ones,
+// SAME: the centre outputs must be 9). Returns an empty string on success, else the error, so
+// that a broken runtime is found when the library loads rather than inside a jitted step.
+extern "C" const char* JaxcnnOnednnSelfTest() {
+  static std::string result;
+  try {
+    Problem p{1, 4, 4, 1, 3, 3, 1, 4, 4, 1, 1, 1, 1, 1, 1};
+    auto& prims = primitives_for(p);
+    auto& eng = cpu_engine();
+    dnnl::stream s(eng);
+    float x[16], w[9], y[16];
+    for (float& v : x) v = 1.0f;
+    for (float& v : w) v = 1.0f;
+    memory src(src_md(p), eng, x), dst(dst_md(p), eng, y);
+    memory wts = weights_as(prims.fwd_pd.weights_desc(), p, w, s);
+    prims.fwd.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wts}, {DNNL_ARG_DST, dst}});
+    s.wait();
+    result = y[5] == 9.0f && y[0] == 4.0f ? "" : "a test convolution gave wrong values";
+  } catch (const std::exception& e) {
+    result = e.what();
+  }
+  return result.c_str();
+}
+
 extern "C" const char* JaxcnnOnednnVersion() {
   static std::string v = [] {
     auto* ver = dnnl_version();

@@ -18,6 +18,8 @@ Under ``vmap`` (model ensembles) the calls run one member after another.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from functools import partial
 
 import jax
@@ -27,7 +29,23 @@ import numpy as np
 from jaxcnn.ops.fast_conv import checked_conv_args, conv2d_fast
 from jaxcnn.ops.onednn import build
 
-__all__ = ["conv2d_onednn", "supports"]
+__all__ = ["conv2d_onednn", "pure_jax", "supports"]
+
+# True inside ``pure_jax()``: conv2d_onednn traces its pure-JAX twin instead of FFI calls.
+_PURE_JAX = contextvars.ContextVar("jaxcnn_onednn_pure_jax", default=False)
+
+
+@contextlib.contextmanager
+def pure_jax():
+    """Within this context (while tracing), ``conv2d_onednn`` computes with
+    :func:`jaxcnn.ops.fast_conv.conv2d_fast` (the same function in pure JAX). For tools that
+    read the traced program, such as XLA's FLOP count (:mod:`jaxcnn.flops`), which cannot
+    see inside an FFI call."""
+    token = _PURE_JAX.set(True)
+    try:
+        yield
+    finally:
+        _PURE_JAX.reset(token)
 
 
 def supports(x_dtype, kernel_dtype) -> bool:
@@ -128,8 +146,8 @@ def conv2d_onednn(x, kernel, stride=1, padding="SAME", dilation=1, groups=1, bia
         bias = jnp.asarray(bias)
         if bias.shape != kernel.shape[-1:]:
             raise ValueError(f"bias must have shape ({kernel.shape[-1]},); got {bias.shape}")
-    if jax.default_backend() != "cpu" or not supports(x.dtype, kernel.dtype) or (
-            bias is not None and bias.dtype != jnp.float32):
+    if _PURE_JAX.get() or jax.default_backend() != "cpu" or not supports(
+            x.dtype, kernel.dtype) or (bias is not None and bias.dtype != jnp.float32):
         y = conv2d_fast(x, kernel, stride, pads)
         return y if bias is None else y + bias.astype(y.dtype)
     x, stride, pads = _exact_padding(x, kernel.shape[:2], stride, pads)
