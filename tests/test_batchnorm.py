@@ -42,7 +42,7 @@ def _flax_bn_relu(x, scale, bias, relu, eps=1e-5):
     return nn.relu(y) if relu else y
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(n=st.integers(1, 4), h=st.integers(1, 6), w=st.integers(1, 6), c=st.integers(1, 7),
        relu=st.booleans(), seed=st.integers(0, 1000))
 def test_values_and_gradients_match_flax(n, h, w, c, relu, seed):
@@ -107,7 +107,7 @@ def test_bfloat16_input_keeps_dtype_and_float32_statistics():
     _close(y.astype(jnp.float32), _flax_bn_relu(x, scale, bias, True), "bf16 output", rtol=2e-2)
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(n=st.integers(1, 3), h2=st.integers(1, 4), w2=st.integers(1, 4), c=st.integers(1, 6),
        seed=st.integers(0, 1000))
 def test_bn_relu_pool_matches_flax_bn_relu_max_pool(n, h2, w2, c, seed):

@@ -40,9 +40,9 @@ def test_cnn3_convs_and_parts_are_traced():
     counts = {}
     for p in parts:
         counts.setdefault(p.kind, []).append((p.in_shape[1:], p.count))
-    # conv_impl "fast": the first BatchNorm of a block fuses its ReLU, the second also the pool.
-    assert counts["batchnorm"] == [((32, 32, 32), 1), ((16, 16, 64), 1), ((8, 8, 128), 1)]
-    assert counts["batchnorm_pool"] == [((32, 32, 32), 1), ((16, 16, 64), 1), ((8, 8, 128), 1)]
+    # conv_impl "fast": FusedBatchNorm (BatchNorm+ReLU), then layers.max_pool_2x2.
+    assert counts["batchnorm"] == [((32, 32, 32), 2), ((16, 16, 64), 2), ((8, 8, 128), 2)]
+    assert counts["maxpool"] == [((32, 32, 32), 1), ((16, 16, 64), 1), ((8, 8, 128), 1)]
     assert [c for _, c in counts["dropout"]] == [1, 1, 1, 1]
     assert counts["dense"] == [((2048,), 1), ((128,), 1)]
 
@@ -165,8 +165,8 @@ def test_tiny_cli_run_prints_the_table_and_writes_json(tmp_path, capsys):
     assert m["conv_ms"] + m["rest_ms"] == pytest.approx(m["step_ms"])
     assert m["conv_share"] + m["rest_share"] == pytest.approx(1.0)
     assert sum(row["step_share"] for row in m["layers"]) == pytest.approx(m["conv_share"])
-    assert set(m["rest_parts"]) == {"batchnorm", "batchnorm_pool", "dropout", "dense",
-                                    "optimizer", "augment", "host"}
+    assert set(m["rest_parts"]) == {"batchnorm", "maxpool", "dropout", "dense", "optimizer",
+                                    "augment", "host"}
     parts_ms = sum(p["ms"] for p in m["rest_parts"].values())
     assert m["unaccounted_ms"] == pytest.approx(m["rest_ms"] - parts_ms)
     assert m["recipe"] == {"optimizer": "sgd", "augment": True}

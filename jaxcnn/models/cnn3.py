@@ -5,7 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.models.layers import BatchNormNet, Conv, resolve_conv_impl
+from jaxcnn.models.layers import BatchNormNet, Conv, max_pool_2x2, resolve_conv_impl
 from jaxcnn.models.registry import register
 
 
@@ -34,12 +34,12 @@ class CNN3(BatchNormNet):
       dense: width of the hidden dense layer; head_dropout: dropout before ``head``.
       dtype: compute dtype (e.g. ``jnp.bfloat16``); param_dtype: float32 by default.
       conv_impl: how the layers are differentiated: ``"fast"`` (hand-written GEMM kernel
-        gradient; BatchNorm+ReLU and BatchNorm+ReLU+max-pool as single ops with hand-written
-        backward passes, ``layers.FusedBatchNorm``: much faster on XLA:CPU), ``"onednn"`` (the
-        same, with the convolutions in oneDNN, ``jaxcnn[onednn]``), ``"lax"`` (``nn.Conv``,
-        ``nn.BatchNorm``, ``nn.max_pool``: XLA's own gradients) or ``"auto"`` (onednn where
-        installed, else fast, on the CPU backend; lax on GPU/TPU). All compute the same
-        function with the same parameters.
+        gradient; BatchNorm+ReLU as one op and the max pool, with hand-written backward
+        passes, ``layers.FusedBatchNorm`` and ``layers.max_pool_2x2``: faster on XLA:CPU),
+        ``"onednn"`` (the same, with the convolutions in oneDNN, ``jaxcnn[onednn]``),
+        ``"lax"`` (``nn.Conv``, ``nn.BatchNorm``, ``nn.max_pool``: XLA's own gradients) or
+        ``"auto"`` (onednn where installed, else fast, on the CPU backend; lax on GPU/TPU).
+        All compute the same function with the same parameters.
     """
 
     num_classes: int = 10
@@ -64,13 +64,14 @@ class CNN3(BatchNormNet):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         impl = resolve_conv_impl(self.conv_impl)
         x = jnp.asarray(x, self.dtype)
-        fused = impl != "lax"  # hand-written BatchNorm(+ReLU+pool) backward on the CPU paths
+        fused = impl != "lax"  # hand-written BatchNorm+ReLU backward on the CPU paths
         for b, (width, rate) in enumerate(zip(self.filters, self.dropouts, strict=True), start=1):
             for c in (1, 2):
                 x = Conv(width, (3, 3), padding="SAME", impl=impl, name=f"block{b}_conv{c}",
                          **kw)(x)
-                # The block's second BatchNorm also applies its ReLU and 2x2 max pool.
-                x = self.bn_relu(train, f"block{b}_bn{c}", fused, pool=c == 2)(x)
+                x = self.bn_relu(train, f"block{b}_bn{c}", fused)(x)
+            # Not FusedBatchNorm(pool=True): measured slower on XLA:CPU (visuals/bench).
+            x = max_pool_2x2(x, impl)
             x = nn.Dropout(rate, deterministic=not train, name=f"block{b}_dropout")(x)
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(nn.Dense(self.dense, name="fc", **kw)(x))
