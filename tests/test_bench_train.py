@@ -107,9 +107,12 @@ def fake_baselines(tmp_path, monkeypatch):
 
 
 def test_baseline_scripts_exist_with_model_choice():
+    shared = (bench.BASELINES_DIR / "peak_rss.py").read_text()
+    assert '"--model"' in shared  # add_common_options: the options both scripts take
     for script in bench.BASELINE_SCRIPTS.values():
         text = (bench.BASELINES_DIR / script).read_text()
-        assert '"--model"' in text and "resnet20" in text and "peak_rss_mb" in text
+        assert "add_common_options(p, tuple(PARAMS))" in text
+        assert "resnet20" in text and "peak_rss_mb" in text
         assert "eval_images_per_s" in text and "import jaxcnn" not in text
 
 

@@ -56,7 +56,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from peak_rss import peak_rss_mb  # noqa: E402  (this folder: the script's sys.path[0])
+from peak_rss import add_common_options, peak_rss_mb  # noqa: E402  (this folder: the script's sys.path[0])
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -155,11 +155,7 @@ class WindowTimer(keras.callbacks.Callback):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", choices=tuple(PARAMS), default="cnn3")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--steps", type=int, default=20,
-                   help="train (and eval) steps per timed window")
-    p.add_argument("--repeats", type=int, default=3, help="timed windows (median reported)")
+    add_common_options(p, tuple(PARAMS))
     p.add_argument("--augment", action="store_true", help="random flip + pad-and-crop layers")
     p.add_argument("--pool", type=int, default=10, help="distinct random batches in memory")
     p.add_argument("--seed", type=int, default=0)

@@ -1,4 +1,5 @@
-"""``peak_rss_mb()``: this process's peak resident set size, MiB (standard library only).
+"""What the baseline scripts share (standard library only): ``peak_rss_mb()``, this process's
+peak resident set size in MiB, and ``add_common_options``, their common command-line options.
 
 Shared by the baseline scripts (run in their own environment, they import it from this folder)
 and ``experiments.bench`` (which loads this file by path), so that every process in the speed
@@ -7,6 +8,7 @@ table reports its memory the same way.
 
 from __future__ import annotations
 
+import argparse
 import resource
 import sys
 
@@ -24,3 +26,12 @@ def peak_rss_mb() -> float:
         pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def add_common_options(p: argparse.ArgumentParser, models: tuple[str, ...]) -> None:
+    """The options both baselines take: --model, --batch-size, --steps, --repeats."""
+    p.add_argument("--model", choices=models, default="cnn3")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=20,
+                   help="train (and eval) steps per timed window")
+    p.add_argument("--repeats", type=int, default=3, help="timed windows (median reported)")

@@ -54,7 +54,7 @@ import statistics
 import time
 
 import torch
-from peak_rss import peak_rss_mb  # this folder: the script's sys.path[0]
+from peak_rss import add_common_options, peak_rss_mb  # this folder: the script's sys.path[0]
 from torch import nn
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -202,11 +202,7 @@ class Trainer:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", choices=tuple(PARAMS), default="cnn3")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--steps", type=int, default=20,
-                   help="train (and eval) steps per timed window")
-    p.add_argument("--repeats", type=int, default=3, help="timed windows (median reported)")
+    add_common_options(p, tuple(PARAMS))
     p.add_argument("--warmup", type=int, default=3,
                    help="untimed train and eval steps per model first")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")

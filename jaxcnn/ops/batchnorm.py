@@ -41,6 +41,14 @@ def _stats(x):
     return mean, var
 
 
+def _check_params(x, scale, bias):
+    c = jnp.shape(x)[-1]
+    if jnp.shape(scale) != (c,) or jnp.shape(bias) != (c,):
+        raise ValueError(
+            f"scale and bias must have shape ({c},); got {jnp.shape(scale)} and {jnp.shape(bias)}"
+        )
+
+
 def _affine(x, a, b):
     return x.astype(jnp.float32) * a + b
 
@@ -105,11 +113,7 @@ def batch_norm_train(x, scale, bias, eps: float = 1e-5, relu: bool = False):
     """
     if jnp.ndim(x) != 4:
         raise ValueError(f"batch_norm_train expects x of shape (N, H, W, C); got {jnp.shape(x)}")
-    c = jnp.shape(x)[-1]
-    if jnp.shape(scale) != (c,) or jnp.shape(bias) != (c,):
-        raise ValueError(
-            f"scale and bias must have shape ({c},); got {jnp.shape(scale)} and {jnp.shape(bias)}"
-        )
+    _check_params(x, scale, bias)
     y, mean, var = _bn(x, scale, bias, float(eps), bool(relu))
     return y, lax.stop_gradient(mean), lax.stop_gradient(var)
 
@@ -202,10 +206,6 @@ def batch_norm_relu_pool_train(x, scale, bias, eps: float = 1e-5):
             f"batch_norm_relu_pool_train expects x of shape (N, H, W, C) with even H and W; "
             f"got {jnp.shape(x)}"
         )
-    c = jnp.shape(x)[-1]
-    if jnp.shape(scale) != (c,) or jnp.shape(bias) != (c,):
-        raise ValueError(
-            f"scale and bias must have shape ({c},); got {jnp.shape(scale)} and {jnp.shape(bias)}"
-        )
+    _check_params(x, scale, bias)
     y, mean, var = _bn_relu_pool(x, scale, bias, float(eps))
     return y, lax.stop_gradient(mean), lax.stop_gradient(var)
