@@ -82,21 +82,14 @@ def build_parser():
                         f"{', '.join(models.available())} (default: "
                         f"{','.join(DEFAULT_MODELS)} for compare; {','.join(VANISHING_MODELS)} "
                         "otherwise)")
-    p.add_argument("--train-split", type=_cli.tfds_split, default="train",
-                   help="TFDS split to train on, e.g. 'train' or 'train[:45000]'")
-    p.add_argument("--eval-split", type=_cli.tfds_split, default="test",
-                   help="TFDS split to report accuracy on (never trained on), e.g. 'test' or "
-                        "'train[45000:]' when only the train split is available")
+    _cli.add_cifar10_training(
+        p, epochs_help="epochs per model, the same for all (default: "
+                       f"{DEFAULT_EPOCHS['compare']} compare, {DEFAULT_EPOCHS['vanishing']} "
+                       "vanishing)")
     p.add_argument("--limit-train", type=_cli.positive_int, default=None,
                    help="use only the first N images of the train split (smoke runs)")
     p.add_argument("--limit-eval", type=_cli.positive_int, default=None,
                    help="use only the first N images of the eval split (smoke runs)")
-    p.add_argument("--epochs", type=_cli.positive_int, default=None,
-                   help="epochs per model, the same for all (default: "
-                        f"{DEFAULT_EPOCHS['compare']} compare, {DEFAULT_EPOCHS['vanishing']} "
-                        "vanishing)")
-    p.add_argument("--batch-size", type=_cli.positive_int, default=128,
-                   help="global batch size, split over all local devices")
     p.add_argument("--lr", type=_cli.positive_float, default=None,
                    help="peak learning rate for every model (default: per model: "
                         + ", ".join(f"{n} {r.lr:g}" for n, r in RECIPES.items())
@@ -111,12 +104,7 @@ def build_parser():
                         "(the first N of the train split)")
     p.add_argument("--eval-batch-size", type=_cli.positive_int, default=500,
                    help="batch size for evaluation (capped at the eval set's size)")
-    p.add_argument("--no-resume", dest="resume", action="store_false",
-                   help="start from scratch even when a checkpoint exists in --workdir")
-    p.add_argument("--no-figures", dest="figures", action="store_false",
-                   help="skip writing figures")
-    _cli.add_progress(p)
-    return p
+    return _cli.add_run_flags(p)
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,19 +297,12 @@ def run_compare(names, args) -> dict:
             "train_images": len(train),
             "params": models.count_params(variables["params"]),
             "flops_per_image": flops_per_image(model, variables, train.image_shape),
-            "epochs": len(history) if history else recipe.epochs,
-            "train_seconds": seconds,
-            "images_per_s": float(np.median([h["images_per_s"] for h in history]))
-            if history else float("nan"),
-            "recipe": recipe.to_dict(),
-            "batch_size": args.batch_size,
+            **_cli.training_summary(history, recipe, seconds, args.batch_size),
         }
         results = _cli.update_results(results_path, name, row)
         histories[name] = history
         print(f"{name}: {100 * row['test_accuracy']:.2f}% on {args.eval_split}")
-    print()
-    print(format_table(results, names))
-    print(f"\nresults: {results_path}")
+    _cli.print_table(format_table(results, names), results_path)
     if args.figures:
         from jaxcnn.viz import results as rfig
 

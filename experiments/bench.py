@@ -366,6 +366,31 @@ def parse_model_options(items: list[str] | None) -> dict[str, dict]:
     return out
 
 
+def add_model_flags(p: argparse.ArgumentParser, default_models: tuple[str, ...],
+                    example: str) -> None:
+    """``--models`` (comma-separated, default ``default_models``) and ``--model-option``
+    (:func:`parse_model_options`; ``example``: one in the help) of a subcommand that benchmarks
+    registered models; read them back with :func:`model_args`."""
+    p.add_argument("--models", type=_csv(str), default=default_models,
+                   help="comma-separated model names (jaxcnn.models.available())")
+    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="option for jaxcnn.models.create, repeatable: key=value goes to every "
+                   "model that accepts key, model.key=value to one model (e.g. "
+                   f"{example}); values are Python literals or strings")
+
+
+def model_args(args: argparse.Namespace) -> dict[str, dict]:
+    """The parsed ``--model-option``s of ``args`` (:func:`add_model_flags`), after checking that
+    every name in ``--models`` is a registered model (ValueError otherwise)."""
+    from jaxcnn.models import available
+
+    unknown = [m for m in args.models if m not in available()]
+    if unknown:
+        raise ValueError(f"--models: unknown model(s) {unknown}; available: "
+                         f"{', '.join(available())}")
+    return parse_model_options(args.model_option)
+
+
 def options_for(name: str, model_options: dict[str, dict]) -> dict:
     """The ``jaxcnn.models.create`` options of model ``name`` (see :func:`parse_model_options`):
     global options the model accepts, then its own. Dtype names become ``jnp`` dtypes."""
@@ -783,13 +808,7 @@ def _csv(kind: Callable) -> Callable:
 def _cmd_train(args: argparse.Namespace) -> int:
     if args.xla_flags and not os.environ.get(_REEXEC_ENV):
         return _reexec_with_xla_flags(args)
-    from jaxcnn.models import available
-
-    unknown = [m for m in args.models if m not in available()]
-    if unknown:
-        raise ValueError(f"--models: unknown model(s) {unknown}; available: "
-                         f"{', '.join(available())}")
-    model_options = parse_model_options(args.model_option)
+    model_options = model_args(args)
     r = bench_train(models=args.models, batch_sizes=args.batch_sizes, steps=args.steps,
                     repeats=args.repeats, warmup=args.warmup, model_options=model_options,
                     dtype=args.dtype, dataset_size=args.dataset_size,
@@ -832,8 +851,7 @@ def _add_train(sub) -> None:
         "'baseline:torch:resnet20'.",
         formatter_class=_cli.HelpFormatter,
     )
-    p.add_argument("--models", type=_csv(str), default=TRAIN_MODELS,
-                   help="comma-separated model names (jaxcnn.models.available())")
+    add_model_flags(p, TRAIN_MODELS, example="cnn3.conv_impl=fast")
     p.add_argument("--batch-sizes", type=_csv(positive_int), default=TRAIN_BATCH_SIZES,
                    help="comma-separated global batch sizes; the first is the plain JSON key")
     p.add_argument("--steps", type=positive_int, default=20, help="steps per timed window")
@@ -841,10 +859,6 @@ def _add_train(sub) -> None:
                    help="timed windows per case (median reported)")
     p.add_argument("--warmup", type=positive_int, default=2,
                    help="untimed train and eval steps per case after compilation")
-    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="option for jaxcnn.models.create, repeatable: key=value goes to every "
-                   "model that accepts key, model.key=value to one model (e.g. "
-                   "cnn3.conv_impl=fast); values are Python literals or strings")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="compute dtype: sets the models' dtype option and the preprocessed "
                    "input dtype, as experiments.cifar10 --dtype does")

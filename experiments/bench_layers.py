@@ -725,14 +725,8 @@ def format_layers(r: dict) -> str:
 
 
 def _cmd_layers(args: argparse.Namespace) -> int:
-    from jaxcnn.models import available
-
     bench = _bench()
-    unknown = [m for m in args.models if m not in available()]
-    if unknown:
-        raise ValueError(f"--models: unknown model(s) {unknown}; available: "
-                         f"{', '.join(available())}")
-    model_options = bench.parse_model_options(args.model_option)
+    model_options = bench.model_args(args)
     if any("conv_impl" in opts for opts in model_options.values()):
         raise ValueError("--model-option conv_impl: use --conv-impl instead")
     bench._check_global_options(list(args.models), model_options)
@@ -752,7 +746,8 @@ def _cmd_layers(args: argparse.Namespace) -> int:
 def _add_layers(sub) -> None:
     from jaxcnn.models.layers import CONV_IMPLS
 
-    csv = _bench()._csv
+    bench = _bench()
+    csv = bench._csv
     p = sub.add_parser(
         "layers",
         help="per-conv-layer fwd / input-grad / kernel-grad times, GFLOP/s, %% of peak and "
@@ -765,8 +760,8 @@ def _add_layers(sub) -> None:
         "augmentation, host input) broken down by timing those parts alone.",
         formatter_class=_cli.HelpFormatter,
     )
-    p.add_argument("--models", type=csv(str), default=LAYER_MODELS,
-                   help="comma-separated model names (jaxcnn.models.available())")
+    bench.add_model_flags(p, LAYER_MODELS,
+                          example="resnet20.shortcut=B for its 1x1 projection convs")
     p.add_argument("--conv-impl", choices=(*CONV_IMPLS, "auto"), default="auto",
                    help="conv implementation of the per-layer timings and of the models' "
                    "train step (auto: onednn where installed, else fast, on CPU; lax on GPU/TPU)")
@@ -780,9 +775,6 @@ def _add_layers(sub) -> None:
                    help="untimed train steps (compilation included) before the windows")
     p.add_argument("--gemm-sizes", type=csv(positive_int), default=GEMM_SIZES,
                    help="n of the square float32 jnp.dot GEMMs whose best GFLOP/s is the peak")
-    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="option for jaxcnn.models.create, repeatable, as in 'bench train' "
-                   "(e.g. resnet20.shortcut=B for its 1x1 projection convs)")
     p.add_argument("--seed", type=int, default=0, help="seed for data, init and inputs")
     p.add_argument("--json", metavar="PATH", default=None,
                    help="also write the results as one JSON object to PATH ('-': print only "

@@ -8,7 +8,11 @@
 Each model trains with :func:`jaxcnn.train.fit` (data parallel over every local device,
 checkpoints in ``<workdir>/<model>/``, resumed when present), is evaluated on ``--eval-split``,
 exported as a bundle to ``<workdir>/<model>/bundle/``, and reported in
-``<workdir>/results.json`` and a printed table. Figures go to ``<workdir>/figures/``;
+``<workdir>/results.json`` and a printed table. With ``--tta`` (default ``flip``) each model
+trained here is also evaluated with test-time augmentation (:func:`jaxcnn.evaluate.tta_logits`:
+the image and its mirror, logits averaged): ``test_accuracy_tta`` in its own column, while
+``test_accuracy`` stays the plain one; its bundle stores the mode, so it predicts like that
+column. Figures go to ``<workdir>/figures/``;
 ``--visuals-dir visuals/cifar10`` rewrites the README's committed ones instead. The train and
 eval splits are checked for overlap (a warning: accuracy on training images means little).
 
@@ -30,6 +34,8 @@ Measured accuracies and times, each with its command and machine, are in
 this row alone; its learning rate is ``--transfer-lr``, not ``--lr``). Its bundle is an
 ``efficientnet_lite0`` with 10 classes that predicts from 32x32 uint8 images (resized inside).
 ``train_seconds`` includes the feature extraction; ``images_per_s`` is the extraction rate.
+It gets no TTA column: its evaluation runs the head on features cached from the plain images, not
+the image forward that TTA wraps, and its bundle predicts without TTA.
 """
 
 from __future__ import annotations
@@ -56,20 +62,16 @@ def accepted_models() -> list[str]:
 
 
 def build_parser():
+    from jaxcnn.evaluate import TTA_MODES
+
     p = _cli.make_parser("cifar10", __doc__.split("\n")[0])
     _cli.add_common(p, "cifar10", data_dir=True)
     p.add_argument("--models", default=",".join(DEFAULT_MODELS),
                    help="comma-separated model names, any of: " + ", ".join(accepted_models()))
-    p.add_argument("--train-split", type=_cli.tfds_split, default="train",
-                   help="TFDS split to train on, e.g. 'train' or 'train[:45000]'")
-    p.add_argument("--eval-split", type=_cli.tfds_split, default="test",
-                   help="TFDS split to report accuracy on (never trained on), e.g. 'test' or "
-                        "'train[45000:]' when only the train split is available")
-    p.add_argument("--epochs", type=_cli.positive_int, default=None,
-                   help="epochs per model, lite0_transfer's head included (default: the "
-                        "model's recipe: 30 cnn3, 20 mlp, 30 lite0_transfer)")
-    p.add_argument("--batch-size", type=_cli.positive_int, default=128,
-                   help="global batch size, split over all local devices; also the "
+    _cli.add_cifar10_training(
+        p, epochs_help="epochs per model, lite0_transfer's head included (default: the "
+                       "model's recipe: 30 cnn3, 20 mlp, 30 lite0_transfer)",
+        batch_size_help="global batch size, split over all local devices; also the "
                         "lite0_transfer head's batch")
     p.add_argument("--lr", type=_cli.positive_float, default=None,
                    help="peak learning rate of the models trained from scratch (default: the "
@@ -106,18 +108,22 @@ def build_parser():
                         f"{TRANSFER_EPOCHS})")
     p.add_argument("--transfer-lr", type=_cli.positive_float, default=1e-3,
                    help="lite0_transfer: peak AdamW learning rate of the head")
+    p.add_argument("--tta", choices=TTA_MODES, default="flip",
+                   help="test-time augmentation for the models trained here (not "
+                        "lite0_transfer, whose head runs on features cached from the plain "
+                        "images): their accuracy with it is an extra column, "
+                        "test_accuracy_tta in results.json (test_accuracy stays without TTA), "
+                        "and their bundles store it, so a bundle predicts like that column. "
+                        "none: no extra column, bundles without TTA; flip: image + mirror, "
+                        "logits averaged (2 passes); flip_translate: also one-pixel diagonal "
+                        "shifts (airbench's level 2, 6 passes)")
     p.add_argument("--eval-batch-size", type=_cli.positive_int, default=500,
                    help="batch size for evaluation")
     p.add_argument("--eval-only", action="store_true",
                    help="do not train: evaluate the last saved checkpoint of each model (the "
                         "final model; 'best' is chosen on the eval split, so reporting it "
                         "would select on the data the accuracy is measured on)")
-    p.add_argument("--no-resume", dest="resume", action="store_false",
-                   help="start from scratch even when a checkpoint exists in --workdir")
-    p.add_argument("--no-figures", dest="figures", action="store_false",
-                   help="skip writing figures")
-    _cli.add_progress(p)
-    return p
+    return _cli.add_run_flags(p)
 
 
 def recipe_for(model_name: str, args):
@@ -235,33 +241,50 @@ def member_variables(state, index: int | None):
     return jax.device_get(variables)
 
 
-def evaluate_members(model, state, evaluation, preprocess, args, ensemble: int):
-    """Eval-split logits per ensemble member: list of (N, K) float32 arrays."""
+def evaluate_members(model, state, evaluation, preprocess, args, ensemble: int,
+                     tta: str = "none"):
+    """Eval-split logits per ensemble member: list of (N, K) float32 arrays; with ``tta``
+    averaged over its views (one batched pass over the split per view)."""
     from jaxcnn.evaluate import predict_logits
 
     indices = [None] if ensemble == 1 else list(range(ensemble))
     return [
         predict_logits(model.apply, member_variables(state, i), evaluation.images,
                        mean=preprocess.mean, std=preprocess.std,
-                       batch_size=args.eval_batch_size)
+                       batch_size=args.eval_batch_size, tta=tta)
         for i in indices
     ]
 
 
+def _accuracy_cell(r: dict, key: str) -> str:
+    """``r[key]`` as a percentage, with ``+-`` the ensemble's spread when the row has it."""
+    if key not in r:
+        return "-"
+    if f"{key}_std" in r:
+        return f"{100 * r[key]:.2f}+-{100 * r[f'{key}_std']:.2f}%"
+    return f"{100 * r[key]:.2f}%"
+
+
 def format_table(results: dict, names) -> str:
-    """The printed summary: one line per model of ``names`` that has a row in ``results``."""
-    columns = [("model", 15), ("accuracy", 16), ("params", 11), ("epochs", 6),
-               ("train min", 9), ("img/s", 8)]
+    """The printed summary: one line per model of ``names`` that has a row in ``results``; a
+    TTA accuracy column (``-`` for rows without it) when any of them has one."""
+    shown = [results[n] for n in names if n in results]
+    modes = sorted({r["tta"] for r in shown if "test_accuracy_tta" in r})
+    tta_header = f"{modes[0]} TTA" if len(modes) == 1 else "TTA accuracy"
+    columns = [("model", 15), ("accuracy", 16)]
+    if modes:
+        columns.append((tta_header, max(16, len(tta_header))))
+    columns += [("params", 11), ("epochs", 6), ("train min", 9), ("img/s", 8)]
     rows = []
     for name in names:
         r = results.get(name)
         if r is None:
             continue
-        acc = f"{100 * r['test_accuracy']:.2f}%"
-        if "test_accuracy_std" in r:
-            acc = f"{100 * r['test_accuracy']:.2f}+-{100 * r['test_accuracy_std']:.2f}%"
         minutes = r.get("train_seconds", float("nan")) / 60
-        rows.append([name, acc, f"{r['params']:,}", f"{r.get('epochs', 0)}", f"{minutes:.1f}",
+        cells = [name, _accuracy_cell(r, "test_accuracy")]
+        if modes:
+            cells.append(_accuracy_cell(r, "test_accuracy_tta"))
+        rows.append([*cells, f"{r['params']:,}", f"{r.get('epochs', 0)}", f"{minutes:.1f}",
                      f"{r.get('images_per_s', float('nan')):.0f}"])
     return _cli.format_table(columns, rows)
 
@@ -371,17 +394,20 @@ def main(argv=None) -> dict:
         member_logits = evaluate_members(model, state, evaluation, preprocess, args, ensemble)
         accs = [float((lg.argmax(-1) == evaluation.labels).mean()) for lg in member_logits]
         variables = member_variables(state, None if ensemble == 1 else 0)
-        row = {
-            "test_accuracy": float(np.mean(accs)),
+        row = {"test_accuracy": float(np.mean(accs))}
+        if args.tta != "none":
+            tta_accs = [float((lg.argmax(-1) == evaluation.labels).mean()) for lg in
+                        evaluate_members(model, state, evaluation, preprocess, args, ensemble,
+                                         tta=args.tta)]
+            row["test_accuracy_tta"] = float(np.mean(tta_accs))
+            if ensemble > 1:
+                row["test_accuracy_tta_std"] = float(np.std(tta_accs))
+            row["tta"] = args.tta
+        row.update({
             "eval_split": args.eval_split,
             "params": models.count_params(variables["params"]),
-            "epochs": len(history) if history else config.epochs,
-            "train_seconds": seconds,
-            "images_per_s": float(np.median([h["images_per_s"] for h in history]))
-            if history else float("nan"),
-            "recipe": config.to_dict(),
-            "batch_size": args.batch_size,
-        }
+            **_cli.training_summary(history, config, seconds, args.batch_size),
+        })
         if ensemble > 1:
             row["test_accuracy_std"] = float(np.std(accs))
             row["member_accuracies"] = accs
@@ -397,13 +423,14 @@ def main(argv=None) -> dict:
             preprocessing=dict(input_size=train.image_shape[:2], mean=preprocess.mean,
                                std=preprocess.std),
             metrics={k: v for k, v in row.items() if k != "recipe"},
+            tta=args.tta,  # the bundle predicts like the TTA column (plain when --tta none)
         )
         outcomes[name] = dict(logits=member_logits[0], accuracy=accs[0], history=history,
                               variables=variables, model=model, preprocess=preprocess)
-        print(f"{name}: {100 * row['test_accuracy']:.2f}% on {args.eval_split}")
-    print()
-    print(format_table(results, names))
-    print(f"\nresults: {args.workdir / 'results.json'}")
+        tta_note = (f", {100 * row['test_accuracy_tta']:.2f}% with {args.tta} TTA"
+                    if "test_accuracy_tta" in row else "")
+        print(f"{name}: {100 * row['test_accuracy']:.2f}% on {args.eval_split}{tta_note}")
+    _cli.print_table(format_table(results, names), args.workdir / "results.json")
     if args.figures:
         figures = _cli.figures_dir(args)
         write_figures(figures, train, evaluation, outcomes, args)

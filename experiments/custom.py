@@ -50,22 +50,9 @@ def build_parser():
                         "exceeds --weight-threshold")
     p.add_argument("--weight-threshold", type=_cli.positive_float, default=1.5,
                    help="imbalance ratio (largest / smallest class) above which auto weights")
-    p.add_argument("--head-epochs", type=_cli.positive_int, default=60,
-                   help="phase 1: epochs of the head on cached features")
-    p.add_argument("--head-lr", type=_cli.positive_float, default=1e-3,
-                   help="phase 1: AdamW learning rate")
-    p.add_argument("--fine-tune-epochs", type=_cli.non_negative_int, default=3,
-                   help="phase 2: epochs of fine-tuning (0 skips phase 2)")
-    p.add_argument("--trainable-blocks", type=_cli.positive_int, default=2,
-                   help="phase 2: modules below the head that are unfrozen")
-    p.add_argument("--fine-tune-lr", type=_cli.positive_float, default=1e-4,
-                   help="phase 2: peak AdamW learning rate")
+    _cli.add_transfer_training(p, zero_epochs_skip=True)
     p.add_argument("--batch-size", type=_cli.positive_int, default=32,
                    help="phase 2 batch size, capped at the number of training images")
-    p.add_argument("--no-cache-activations", dest="cache_activations", action="store_false",
-                   help="phase 2: run the whole network every step instead of caching the "
-                        "frozen modules' output once (in <workdir>/cache/) and training the top "
-                        "part on it (slower; see jaxcnn.transfer.fine_tune)")
     _cli.add_progress(p)
     return p
 

@@ -5,7 +5,7 @@
 
 Modes:
 
-* ``scratch``: a registry CNN (default cnn3 at 96x96) trained from random weights with
+* ``scratch``: a registry CNN (default cnn3 at 64x64, 30 epochs) trained from random weights with
   :func:`jaxcnn.train.fit` (random crop + flip on device).
 * ``feature_extraction``: EfficientNet-Lite0 with its ImageNet weights, frozen and in inference
   mode; its pooled 1280-d features are computed once (cached in ``<workdir>/cache/``) and a new
@@ -55,37 +55,21 @@ def build_parser():
                         "input size, so no detail of the 227 px photos is thrown away)")
     p.add_argument("--input-size", type=_cli.positive_int, default=224,
                    help="side the pretrained network sees (224 = its ImageNet size; 160 costs "
-                        "about half the compute)")
-    p.add_argument("--head-epochs", type=_cli.positive_int, default=60,
-                   help="epochs of the Dense head on cached features (phase 1)")
-    p.add_argument("--head-lr", type=_cli.positive_float, default=1e-3,
-                   help="AdamW learning rate of the head")
-    p.add_argument("--trainable-blocks", type=_cli.positive_int, default=3,
-                   help="fine_tuning: modules below the head that are unfrozen (head_conv and "
-                        "the last MBConv blocks)")
-    p.add_argument("--fine-tune-epochs", type=_cli.positive_int, default=5,
-                   help="fine_tuning: epochs of phase 2")
-    p.add_argument("--fine-tune-lr", type=_cli.positive_float, default=1e-4,
-                   help="fine_tuning: peak AdamW learning rate of phase 2")
+                        "about half the time and measured 1.2-1.4 points less, see "
+                        "visuals/flowers/README.md)")
+    _cli.add_transfer_training(p)
     p.add_argument("--train-bn", action="store_true",
                    help="fine_tuning: update BatchNorm statistics (default: frozen; implies "
                         "the full forward pass per step, as --no-cache-activations)")
-    p.add_argument("--no-cache-activations", dest="cache_activations", action="store_false",
-                   help="fine_tuning: run the whole network every step instead of caching the "
-                        "frozen modules' output once (in <workdir>/cache/) and training the top "
-                        "part on it; slower, but the only way to add image augmentation "
-                        "beyond flips")
     p.add_argument("--scratch-model", default="cnn3",
                    help="scratch: model from jaxcnn.models.available()")
-    p.add_argument("--scratch-size", type=_cli.positive_int, default=96,
+    p.add_argument("--scratch-size", type=_cli.positive_int, default=64,
                    help="scratch: image side the model trains at")
-    p.add_argument("--scratch-epochs", type=_cli.positive_int, default=40,
+    p.add_argument("--scratch-epochs", type=_cli.positive_int, default=30,
                    help="scratch: training epochs")
     p.add_argument("--batch-size", type=_cli.positive_int, default=32,
                    help="batch size of scratch training and fine-tuning")
-    p.add_argument("--no-figures", dest="figures", action="store_false",
-                   help="skip writing figures")
-    _cli.add_progress(p)
+    _cli.add_run_flags(p, resume=False)
     return p
 
 
@@ -308,9 +292,8 @@ def main(argv=None) -> dict:
             sys.argv[1:] if argv is None else argv))
         results = _cli.update_results(args.workdir / "results.json", name, row)
         print(f"{name}: {100 * row['val_accuracy']:.2f}% held-out accuracy")
-    print()
-    print(format_table([o["row"] for o in outcomes.values()]))
-    print(f"\nresults: {args.workdir / 'results.json'}")
+    _cli.print_table(format_table([o["row"] for o in outcomes.values()]),
+                     args.workdir / "results.json")
     if args.figures and outcomes:
         figures = _cli.figures_dir(args)
         write_figures(figures, ds, val_idx, outcomes)

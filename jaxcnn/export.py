@@ -6,7 +6,9 @@ A bundle is a directory with two files:
     format version, model name and options (enough to rebuild the module through
     ``jaxcnn.models.create``), number and names of the classes, preprocessing (input size
     ``(H, W)``, channels, per-channel ``mean``/``std`` on the [0, 1] scale), training metrics,
-    the jaxcnn version and the creation time (UTC, ISO 8601).
+    the jaxcnn version and the creation time (UTC, ISO 8601), and ``tta``: the test-time
+    augmentation ``predict`` applies (one of ``jaxcnn.evaluate.TTA_MODES``; a bundle written
+    before the key existed reads as ``"none"``).
 ``variables.msgpack``
     ``flax.serialization.to_bytes`` of the variables (``params`` and, where BatchNorm is used,
     ``batch_stats``) as host numpy arrays; floating leaves are stored as float32.
@@ -16,7 +18,7 @@ Usage::
     from jaxcnn import export
     export.save("runs/cnn3/bundle", model_name="cnn3", model_options={}, variables=variables,
                 class_names=names, preprocessing=dict(input_size=(32, 32), mean=MEAN, std=STD),
-                metrics={"test_accuracy": 0.88})
+                metrics={"test_accuracy": 0.88}, tta="flip")
     bundle = export.load("runs/cnn3/bundle")
     probs = bundle.predict(images_uint8)          # (N, num_classes), rows sum to 1
     bundle.top_k("cat.jpg", k=3)                  # [[("cat", 0.91), ("dog", 0.05), ...]]
@@ -31,7 +33,9 @@ or image file paths (read by :func:`load_image`). They are converted to the mode
 (RGBA drops alpha, gray is repeated to RGB, RGB becomes luminance for 1-channel models),
 resized to the bundle's input size when they differ, normalised on device and run through a
 jitted forward in fixed-size batches (the last one padded), so each bundle compiles its forward
-pass once.
+pass once. The forward applies the bundle's TTA (:func:`jaxcnn.evaluate.tta_logits`: mirrored
+and shifted views, logits averaged), so the bundle alone reproduces the accuracy measured with
+it.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from flax import traverse_util
 
 from jaxcnn import evaluate
 from jaxcnn.evaluate.prediction import _as_stats, _build_forward
+from jaxcnn.evaluate.tta import check_tta_mode
 
 __all__ = [
     "BUNDLE_JSON",
@@ -244,6 +249,7 @@ def save(
     class_names: Sequence[str],
     preprocessing: dict,
     metrics: dict | None = None,
+    tta: str = "none",
 ) -> Path:
     """Write a self-contained model bundle directory at ``path`` (atomically).
 
@@ -257,15 +263,20 @@ def save(
       preprocessing: ``dict(input_size=(H, W), mean=(...), std=(...))`` (mean/std per channel on
         the [0, 1] scale; optional ``channels``, default ``len(mean)``); extra keys are kept.
       metrics: optional JSON-friendly dict of figures of merit (e.g. test accuracy).
+      tta: the test-time augmentation the loaded bundle's ``predict`` applies, one of
+        ``jaxcnn.evaluate.TTA_MODES`` (``"none"``, ``"flip"``, ``"flip_translate"``); store the
+        mode the reported accuracy was measured with, so the bundle reproduces it.
 
     Returns:
       The bundle directory as a ``Path``.
 
     Raises:
       ValueError: unknown model, unserialisable options, variables that do not fit the model,
-        bad preprocessing or class names, or ``path`` holding something that is not a bundle.
+        bad preprocessing, class names or TTA mode, or ``path`` holding something that is not
+        a bundle.
     """
     path = Path(path)
+    check_tta_mode(tta)
     if not isinstance(model_name, str) or not model_name:
         raise ValueError(f"model_name must be a registered model name, got {model_name!r}")
     options = dict(model_options or {})
@@ -290,6 +301,7 @@ def save(
         "class_names": names,
         "preprocessing": prep,
         "metrics": metrics or {},
+        "tta": tta,
         "jaxcnn_version": jaxcnn.__version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
@@ -333,21 +345,25 @@ def save(
     return path
 
 
-def load(path, *, batch_size: int = _DEFAULT_BATCH_SIZE) -> Bundle:
+def load(path, *, batch_size: int = _DEFAULT_BATCH_SIZE, tta: str | None = None) -> Bundle:
     """Read a bundle written by ``save`` and rebuild its model.
 
     Args:
       path: the bundle directory (or its ``bundle.json``).
       batch_size: fixed batch size of the bundle's jitted forward.
+      tta: None: predict with the TTA mode stored in the bundle (``"none"`` for bundles
+        without one); a mode of ``jaxcnn.evaluate.TTA_MODES`` overrides it.
 
     Returns:
       A ``Bundle`` ready to ``predict``.
 
     Raises:
       FileNotFoundError: the directory, ``bundle.json`` or ``variables.msgpack`` is missing.
-      ValueError: unreadable files, a different format version, or variables that do not fit
-        the model described in ``bundle.json``.
+      ValueError: unreadable files, a different format version, variables that do not fit
+        the model described in ``bundle.json``, or an unknown TTA mode.
     """
+    if tta is not None:
+        check_tta_mode(tta)
     path = Path(path)
     if path.is_file() and path.name == BUNDLE_JSON:
         path = path.parent
@@ -388,6 +404,11 @@ def load(path, *, batch_size: int = _DEFAULT_BATCH_SIZE) -> Bundle:
         options = _decode_option(info.get("model_options", {}))
     except KeyError as err:
         raise ValueError(f"{json_path} lacks the field {err}; re-export the bundle") from err
+    stored_tta = info.get("tta", "none")  # bundles written before TTA existed: none
+    try:
+        check_tta_mode(stored_tta)
+    except ValueError as err:
+        raise ValueError(f"{json_path}: {err}; re-export the bundle") from err
     if info.get("num_classes", len(names)) != len(names):
         raise ValueError(
             f"{json_path}: num_classes={info['num_classes']} but {len(names)} class names"
@@ -412,6 +433,7 @@ def load(path, *, batch_size: int = _DEFAULT_BATCH_SIZE) -> Bundle:
         preprocessing=prep,
         model_options=options,
         batch_size=batch_size,
+        tta=stored_tta if tta is None else tta,
     )
 
 
@@ -486,6 +508,8 @@ class Bundle:
       mean, std: normalisation on the [0, 1] scale; preprocessing: the full dict.
       metrics: the figures of merit stored at export; info: the whole ``bundle.json``.
       batch_size: the fixed batch size of the jitted forward.
+      tta: the test-time augmentation ``predict`` applies (``jaxcnn.evaluate.TTA_MODES``): the
+        bundle's stored mode unless ``load(..., tta=...)`` overrode it.
     """
 
     def __init__(
@@ -499,7 +523,9 @@ class Bundle:
         preprocessing: dict,
         model_options: dict,
         batch_size: int = _DEFAULT_BATCH_SIZE,
+        tta: str = "none",
     ):
+        check_tta_mode(tta)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self.path = Path(path)
@@ -516,7 +542,8 @@ class Bundle:
         self.channels = int(preprocessing["channels"])
         self.mean = tuple(preprocessing["mean"])
         self.std = tuple(preprocessing["std"])
-        self._forward = _build_forward(model.apply, self.mean, self.std)
+        self.tta = tta
+        self._forward = _build_forward(model.apply, self.mean, self.std, tta)
 
     @property
     def num_classes(self) -> int:
@@ -525,7 +552,7 @@ class Bundle:
     def __repr__(self) -> str:
         return (
             f"Bundle({self.model_name!r}, classes={self.num_classes}, "
-            f"input={self.input_size + (self.channels,)}, path='{self.path}')"
+            f"input={self.input_size + (self.channels,)}, tta={self.tta!r}, path='{self.path}')"
         )
 
     def prepare(self, images) -> np.ndarray:
@@ -560,7 +587,8 @@ class Bundle:
         return _resize(np.ascontiguousarray(arr), self.input_size)
 
     def predict_logits(self, images) -> np.ndarray:
-        """Logits float32 ``(N, num_classes)`` for images in any form ``prepare`` accepts."""
+        """Logits float32 ``(N, num_classes)`` for images in any form ``prepare`` accepts,
+        averaged over the views of the bundle's TTA mode (``self.tta``)."""
         batch = self.prepare(images)
         return evaluate.run_batched(self._forward, self.variables, batch, self.batch_size)
 

@@ -3,8 +3,9 @@
     python -m jaxcnn.predict runs/flowers/feature_extraction/bundle photo1.jpg photo2.png
     python -m jaxcnn.predict BUNDLE *.jpg --top-k 3 --figure visuals/custom/predictions.png
 
-Prints, for each image, the ``--top-k`` classes with their probabilities; ``--figure`` also
-writes a figure with each image next to bars of its top-k confidences.
+Prints the bundle's model and test-time augmentation (TTA, stored in the bundle at export;
+``--tta`` overrides it), then, for each image, the ``--top-k`` classes with their probabilities;
+``--figure`` also writes a figure with each image next to bars of its top-k confidences.
 
 An image that is missing or cannot be decoded (not an image, corrupt, or truncated: every pixel
 is decoded) is named on stderr as ``skipped PATH: reason`` and the others are classified.
@@ -17,6 +18,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+# jaxcnn.evaluate.TTA_MODES, spelled out so that --help does not import jax (a test keeps the
+# two equal).
+TTA_CHOICES = ("none", "flip", "flip_translate")
 
 __all__ = ["main", "predict_files", "predictions_figure"]
 
@@ -112,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure", type=Path, default=None,
                    help="also write a PNG of the images with confidence bars to this path "
                         "(default: no figure)")
+    p.add_argument("--tta", choices=TTA_CHOICES, default=None,
+                   help="test-time augmentation, overriding the bundle's: none (one pass), flip "
+                        "(image + mirror, logits averaged) or flip_translate (also one-pixel "
+                        "shifts; 6 passes) (default: the mode stored in the bundle, none for "
+                        "bundles without one)")
     return p
 
 
@@ -120,7 +130,7 @@ def main(argv=None) -> int:
     from jaxcnn import export
 
     try:
-        bundle = export.load(args.bundle)
+        bundle = export.load(args.bundle, tta=args.tta)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -133,6 +143,8 @@ def main(argv=None) -> int:
         print(f"error: cannot read any of the {len(args.images)} image(s); nothing to classify",
               file=sys.stderr)
         return 2
+    source = "--tta" if args.tta is not None else "stored in the bundle"
+    print(f"{bundle.model_name}, {bundle.num_classes} classes, TTA {bundle.tta} ({source})")
     width = max(len(c) for c in bundle.class_names)
     for p, _, top in results:
         print(p)

@@ -100,6 +100,33 @@ def test_module_equals_flax_batchnorm_and_relu(train):
         _close(s["batch_stats"][k], s_ref["batch_stats"][k], k)
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_module_without_scale_equals_flax_batchnorm_without_scale(train):
+    """use_scale=False, relu=False: the variables (no scale), outputs, running statistics and
+    bias gradient of nn.BatchNorm(use_scale=False)."""
+    x, _, bias, _ = _data((6, 4, 4, 3), 5)
+    ref = nn.BatchNorm(use_running_average=not train, use_scale=False, momentum=0.4)
+    ours = FusedBatchNorm(use_running_average=not train, use_scale=False, relu=False,
+                          momentum=0.4)
+    v_ref, v_ours = ref.init(jax.random.key(0), x), ours.init(jax.random.key(0), x)
+    assert jax.tree.map(lambda a: (a.shape, a.dtype), v_ref) == jax.tree.map(
+        lambda a: (a.shape, a.dtype), v_ours)
+    stats = {"mean": jnp.full(3, 0.3), "var": jnp.full(3, 1.7)}
+
+    def run(module, b):
+        return module.apply({"params": {"bias": b}, "batch_stats": stats}, x,
+                            mutable=["batch_stats"])
+
+    (y_ref, s_ref), (y, s) = run(ref, bias), run(ours, bias)
+    _close(y, y_ref, "output")
+    for k in ("mean", "var"):
+        _close(s["batch_stats"][k], s_ref["batch_stats"][k], k)
+    grad = [jax.grad(lambda b, m=m: jnp.sum(jnp.sin(run(m, b)[0])))(bias) for m in (ref, ours)]
+    _close(grad[1], grad[0], "dbias")
+    with pytest.raises(ValueError, match="zero_scale=True needs use_scale=True"):
+        FusedBatchNorm(use_scale=False, zero_scale=True).init(jax.random.key(0), x)
+
+
 def test_bfloat16_input_keeps_dtype_and_float32_statistics():
     x, scale, bias, _ = _data((4, 4, 4, 3), 3)
     y, mean, var = batch_norm_train(x.astype(jnp.bfloat16), scale, bias, relu=True)

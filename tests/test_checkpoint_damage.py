@@ -28,8 +28,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from tiny_data import random_dataset
 
-from jaxcnn.data import ArrayDataset
 from jaxcnn.train import FitConfig, checkpoint, fit
 from jaxcnn.train.checkpoint import CheckpointUnreadable, CheckpointWarning
 
@@ -53,13 +53,7 @@ EPOCHS = 4
 CFG = FitConfig(epochs=EPOCHS, batch_size=16, eval_batch_size=10, lr=0.05, log_every=4)
 
 
-def data(n, seed):
-    rs = np.random.RandomState(seed)
-    images = rs.randint(0, 256, (n, 8, 8, 3)).astype(np.uint8)
-    return ArrayDataset(images, rs.randint(0, 3, n), ("a", "b", "c"))
-
-
-TRAIN, EVAL = data(64, 0), data(20, 1)
+TRAIN, EVAL = random_dataset(64, 0), random_dataset(20, 1)
 
 
 def run(workdir, **kwargs):

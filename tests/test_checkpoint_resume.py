@@ -8,22 +8,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny_data import random_dataset, tiny_cnn3
 
 from jaxcnn import models
-from jaxcnn.data import ArrayDataset
 from jaxcnn.train import FitConfig, TrainingDiverged, checkpoint, evaluate_dataset, fit
 
 CFG = FitConfig(epochs=2, batch_size=16, eval_batch_size=8, lr=0.05, log_every=2)
 
 
-def data(n, seed):
-    rs = np.random.RandomState(seed)
-    images = rs.randint(0, 256, (n, 8, 8, 3)).astype(np.uint8)
-    return ArrayDataset(images, rs.randint(0, 3, n), ("a", "b", "c"))
-
-
-TRAIN, EVAL = data(64, 0), data(20, 1)
-MODEL = models.create("cnn3", num_classes=3, filters=(4,), dropouts=(0.1,), dense=8)
+TRAIN, EVAL = random_dataset(64, 0), random_dataset(20, 1)
+MODEL = tiny_cnn3()
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import argparse
 import hashlib
 import sys
 
-import numpy as np
 import pytest
+from tiny_data import tiny_cifar
 
 from experiments import (
     _cli,
@@ -21,7 +21,6 @@ from experiments import (
     flowers,
     from_scratch,
 )
-from jaxcnn.data import ArrayDataset
 
 EXPERIMENTS = (architectures, bench, cifar10, conv_math, custom, flowers, from_scratch)
 
@@ -273,16 +272,9 @@ def test_architectures_figures_lesson_default_writes_under_workdir(tmp_path, vis
     assert len(out["figures"]) == 2
 
 
-def _tiny_cifar(n, seed):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 10, n).astype(np.int32)
-    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-    return ArrayDataset(images, labels, tuple(f"c{i}" for i in range(10)))
-
-
 def test_cifar10_default_writes_figures_under_workdir(tmp_path, monkeypatch, visuals_untouched,
                                                       capsys):
-    data = (_tiny_cifar(64, 0), _tiny_cifar(32, 1))
+    data = (tiny_cifar(64, 0), tiny_cifar(32, 1))
     monkeypatch.setattr(cifar10, "load_data", lambda args: data)
     cifar10.main(["--workdir", str(tmp_path), "--models", "mlp", "--epochs", "1",
                   "--batch-size", "32"])

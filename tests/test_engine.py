@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from tiny_data import random_dataset, tiny_cnn3
 
-from jaxcnn import models
 from jaxcnn.data import ArrayDataset
 from jaxcnn.train import (
     DEFAULT_PARAM_GROUPS,
@@ -31,18 +31,7 @@ from jaxcnn.train import (
     with_ema_params,
 )
 
-
-def data(n, seed):
-    rs = np.random.RandomState(seed)
-    images = rs.randint(0, 256, (n, 8, 8, 3)).astype(np.uint8)
-    return ArrayDataset(images, rs.randint(0, 3, n), ("a", "b", "c"))
-
-
-def tiny():
-    return models.create("cnn3", num_classes=3, filters=(4,), dropouts=(0.1,), dense=8)
-
-
-TRAIN, EVAL = data(32, 0), data(12, 1)
+TRAIN, EVAL = random_dataset(32, 0), random_dataset(12, 1)
 CFG = FitConfig(epochs=2, batch_size=16, eval_batch_size=12, lr=0.05, log_every=2,
                 data_on_device=False)
 
@@ -155,7 +144,7 @@ def test_one_step_onecycle_run_with_ema_evaluation(tmp_path):
     assert 0 < float(schedule(0)) <= 0.1
     cfg = dataclasses.replace(CFG, epochs=1, schedule="onecycle", ema_decay=0.5, eval_ema=True)
     one_batch = ArrayDataset(TRAIN.images[:16], TRAIN.labels[:16], TRAIN.class_names)
-    result = fit(tiny(), one_batch, EVAL, config=cfg, workdir=tmp_path, progress=False,
+    result = fit(tiny_cnn3(), one_batch, EVAL, config=cfg, workdir=tmp_path, progress=False,
                  verbose=False)
     assert int(result.state.step) == 1 and len(result.history) == 1
     ev = evaluate_dataset(with_ema_params(result.state), EVAL, result.preprocess, batch_size=12)
@@ -208,7 +197,7 @@ def scale_first_conv(variables, images, rng):
 
 def test_init_hook_output_is_the_start_and_in_the_checkpoint(tmp_path):
     cfg = dataclasses.replace(CFG, init_fn=scale_first_conv, ema_decay=0.9)
-    model = tiny()
+    model = tiny_cnn3()
     plain = build(model, dataclasses.replace(cfg, init_fn=None), TRAIN)
     HOOK_CALLS.clear()
     engine = build(model, cfg, TRAIN)
@@ -248,7 +237,7 @@ def test_init_hook_must_keep_the_structure():
         return {"params": {"only": jnp.zeros(3)}}
 
     with pytest.raises(ValueError, match="another structure"):
-        build(tiny(), dataclasses.replace(CFG, init_fn=bad), TRAIN)
+        build(tiny_cnn3(), dataclasses.replace(CFG, init_fn=bad), TRAIN)
 
 
 # ------------------------------------------------------------------------ recipes and overrides
@@ -265,7 +254,7 @@ def test_recipes_keep_their_values_and_flags_override_them():
                                                                        1e-4)
     assert (mlp.augment, mlp.epochs, mlp.label_smoothing) == (False, 20, 0.0)
     assert recipes.for_model("resnet20") == cnn3
-    with pytest.raises(ValueError, match="available: cnn3, mlp"):
+    with pytest.raises(ValueError, match="available: airbench94, cnn3, mlp"):
         recipes.get("nope")
     args = argparse.Namespace(lr=0.2, epochs=None, cutout_size=8, workdir="runs", seed=3)
     cfg = recipes.with_overrides(cnn3, args)
@@ -275,12 +264,12 @@ def test_recipes_keep_their_values_and_flags_override_them():
 
 
 def test_old_checkpoint_config_is_the_clear_resume_error(tmp_path):
-    engine = build(tiny(), CFG, TRAIN)
+    engine = build(tiny_cnn3(), CFG, TRAIN)
     old = {k: v for k, v in CFG.to_dict().items() if k not in ("param_groups", "init_fn")}
     old["preprocess"] = {"mean": [0.5] * 3, "std": [0.25] * 3, "augment": True}
     checkpoint.save(tmp_path, engine.state, epoch=1, meta={"config": old, "history": []})
     with pytest.raises(ValueError, match=r"cannot resume .*different configuration"):
-        fit(tiny(), TRAIN, EVAL, config=CFG, workdir=tmp_path, progress=False, verbose=False)
+        fit(tiny_cnn3(), TRAIN, EVAL, config=CFG, workdir=tmp_path, progress=False, verbose=False)
 
 
 # -------------------------------------------------------------------------- compiled programs
@@ -296,7 +285,7 @@ def test_second_build_with_the_same_config_compiles_nothing():
     from jaxcnn.train import shard_batch
 
     def run_once():
-        engine = build(tiny(), CFG, TRAIN)  # a new but equal model, a new optimizer call
+        engine = build(tiny_cnn3(), CFG, TRAIN)  # a new but equal model, a new optimizer call
         x, y = shard_batch(engine.mesh, TRAIN.images[:16], TRAIN.labels[:16])
         state, m = engine.train_step(engine.state, x, y)
         jax.block_until_ready(m)
@@ -314,7 +303,7 @@ def test_second_build_with_the_same_config_compiles_nothing():
 @pytest.mark.slow  # 5 s; the single-model hook test runs by default
 def test_ensemble_members_each_get_the_hook_with_their_own_key():
     cfg = dataclasses.replace(CFG, ensemble=2, init_fn=scale_first_conv, ema_decay=0.9)
-    model = tiny()
+    model = tiny_cnn3()
     engine = build(model, cfg, TRAIN)
     plain = build(model, dataclasses.replace(cfg, init_fn=None), TRAIN)
     kernels = np.asarray(engine.state.params["block1_conv1"]["kernel"])

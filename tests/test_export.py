@@ -98,6 +98,53 @@ def test_round_trip_identical_logits(saved):
     assert top[0][0][1] >= top[0][1][1]
 
 
+def test_tta_is_stored_and_applied(tmp_path):
+    """A bundle saved with tta="flip" predicts tta_logits of the preprocessed images."""
+    from jaxcnn.evaluate import tta_logits
+
+    model, variables = _variables()
+    flip = _save(tmp_path / "flip", variables, tta="flip")
+    assert json.loads((flip / "bundle.json").read_text())["tta"] == "flip"
+    bundle = export.load(flip, batch_size=4)
+    assert bundle.tta == "flip" and "tta='flip'" in repr(bundle)
+    images = np.random.default_rng(4).integers(0, 256, (6, *SIZE, 3), dtype=np.uint8)
+    x = jnp.asarray((images / 255.0 - np.array(MEAN)) / np.array(STD), jnp.float32)
+    want = tta_logits(lambda v: model.apply(variables, v, train=False), x, "flip")
+    got = bundle.predict_logits(images)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(bundle.predict(images), jax.nn.softmax(want), atol=1e-6)
+
+    plain = export.load(_save(tmp_path / "plain", variables), batch_size=4)
+    assert plain.tta == "none"
+    np.testing.assert_allclose(plain.predict_logits(images), _reference_logits(
+        model, variables, images), rtol=1e-6, atol=1e-6)
+    assert np.abs(plain.predict_logits(images) - got).max() > 1e-3
+    # load(tta=...) overrides the stored mode
+    np.testing.assert_allclose(export.load(flip, tta="none").predict_logits(images),
+                               plain.predict_logits(images), atol=1e-6)
+    with pytest.raises(ValueError, match="unknown TTA mode"):
+        export.load(flip, tta="mirror")
+
+
+def test_bundle_without_tta_key_loads_as_none_and_bad_modes_fail(saved, tmp_path):
+    model, variables, path = saved
+    info = json.loads((path / "bundle.json").read_text())
+    del info["tta"]  # as written before TTA existed
+    (path / "bundle.json").write_text(json.dumps(info))
+    bundle = export.load(path)
+    assert bundle.tta == "none"
+    images = np.random.default_rng(5).integers(0, 256, (3, *SIZE, 3), dtype=np.uint8)
+    np.testing.assert_allclose(bundle.predict_logits(images),
+                               _reference_logits(model, variables, images), atol=1e-6)
+    info["tta"] = "sideways"
+    (path / "bundle.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="bundle.json.*unknown TTA mode 'sideways'"):
+        export.load(path)
+    with pytest.raises(ValueError, match="unknown TTA mode 'flips'.*'flip_translate'"):
+        _save(tmp_path / "bad", variables, tta="flips")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_resizes_other_sizes_and_converts_channels(saved, tmp_path):
     _, _, path = saved
     bundle = export.load(path)

@@ -8,21 +8,13 @@ import sys
 import jax
 import numpy as np
 import pytest
+from tiny_data import random_dataset, tiny_cnn3
 
-from jaxcnn import models
-from jaxcnn.data import ArrayDataset
 from jaxcnn.train import FitConfig, fit, resolve_data_on_device
 from jaxcnn.train import loop as loop_module
 
-
-def data(n, seed):
-    rs = np.random.RandomState(seed)
-    images = rs.randint(0, 256, (n, 8, 8, 3)).astype(np.uint8)
-    return ArrayDataset(images, rs.randint(0, 3, n), ("a", "b", "c"))
-
-
-TRAIN, EVAL = data(48, 0), data(10, 1)
-MODEL = models.create("cnn3", num_classes=3, filters=(4,), dropouts=(0.1,), dense=8)
+TRAIN, EVAL = random_dataset(48, 0), random_dataset(10, 1)
+MODEL = tiny_cnn3()
 CFG = FitConfig(epochs=2, batch_size=16, lr=0.05, log_every=2, data_on_device=False)
 
 

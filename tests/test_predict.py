@@ -44,6 +44,25 @@ def test_cli_prints_top_k_and_writes_figure(tiny_bundle, images, tmp_path, capsy
     assert f"{top[0][1]:.2%}" in out.split("b.png")[0]
 
 
+def test_cli_shows_the_bundle_tta_and_overrides_it(tiny_bundle, images, tmp_path, capsys):
+    from jaxcnn.evaluate import TTA_MODES
+
+    assert predict.TTA_CHOICES == TTA_MODES
+    assert predict.main([str(tiny_bundle), str(images[0])]) == 0
+    out = capsys.readouterr().out
+    assert "TTA none (stored in the bundle)" in out
+    assert predict.main([str(tiny_bundle), str(images[0]), "--tta", "flip", "--top-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "TTA flip (--tta)" in out
+    # the printed probabilities are those of the bundle loaded with TTA flip
+    top = export.load(tiny_bundle, tta="flip").top_k([export.load_image(images[0])], k=3)[0]
+    assert all(f"{q:.2%}" in out for _, q in top)
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main([str(tiny_bundle), str(images[0]), "--tta", "sideways"])
+    assert exit_info.value.code == 2
+    assert "--tta: invalid choice" in capsys.readouterr().err
+
+
 def test_predict_files_matches_bundle(tiny_bundle, images):
     bundle = export.load(tiny_bundle)
     res = predict.predict_files(bundle, images, k=3)

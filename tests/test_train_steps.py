@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from tiny_data import tiny_cnn3
 
-from jaxcnn import models
 from jaxcnn.train import (
     Preprocess,
     batch_sharding,
@@ -29,10 +29,6 @@ from jaxcnn.train import (
 from jaxcnn.train.mesh import check_batch_size, jit_indexed_train_step, padded_batch_size
 
 PP = Preprocess(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-
-
-def tiny(dtype=jnp.float32):
-    return models.create("cnn3", num_classes=3, filters=(4,), dropouts=(0.1,), dense=8, dtype=dtype)
 
 
 def batch(n=16, seed=0):
@@ -84,7 +80,7 @@ def test_cross_entropy_label_smoothing():
 def test_train_step_reduces_loss_and_eval_is_deterministic():
     mesh = make_mesh()
     tx = make_optimizer("sgd", 0.05, schedule="constant", total_steps=20)
-    state = replicate(create_train_state(tiny(), tx, jax.random.key(0), (1, 8, 8, 3)), mesh)
+    state = replicate(create_train_state(tiny_cnn3(), tx, jax.random.key(0), (1, 8, 8, 3)), mesh)
     step = jit_train_step(make_train_step(PP), mesh)
     images, labels = batch()
     x, y = shard_batch(mesh, images, labels)
@@ -114,7 +110,7 @@ def test_train_step_reduces_loss_and_eval_is_deterministic():
 def test_bf16_compute_runs_with_float32_params_and_logits():
     pp = Preprocess(mean=(0.5,) * 3, std=(0.25,) * 3, augment=True, dtype="bfloat16")
     tx = make_optimizer("adamw", 1e-3, schedule="cosine", total_steps=4, weight_decay=1e-4)
-    state = create_train_state(tiny(jnp.bfloat16), tx, jax.random.key(0), (1, 8, 8, 3))
+    state = create_train_state(tiny_cnn3(dtype=jnp.bfloat16), tx, jax.random.key(0), (1, 8, 8, 3))
     images, labels = batch(8)
     state, m = jax.jit(make_train_step(pp, label_smoothing=0.1))(state, images, labels)
     assert m["loss"].dtype == jnp.float32 and np.isfinite(float(m["loss"]))
@@ -132,7 +128,7 @@ def test_bad_inputs_raise_value_errors():
         Preprocess(mean=(0.5,), std=(0.2,), dtype="int8")
     tx = make_optimizer("sgd", 0.1, total_steps=10)
     with pytest.raises(ValueError, match="input_shape"):
-        create_train_state(tiny(), tx, jax.random.key(0), (8, 8, 3))
+        create_train_state(tiny_cnn3(), tx, jax.random.key(0), (8, 8, 3))
     with pytest.raises(ValueError, match="label_smoothing"):
         make_train_step(PP, label_smoothing=1.5)
     with pytest.raises(ValueError, match="not divisible by the 2 devices"):
@@ -148,7 +144,7 @@ def test_indexed_step_equals_host_batches():
     idx = np.random.RandomState(2).permutation(40)[:36].reshape(3, 12).astype(np.int32)
 
     def fresh():
-        return replicate(create_train_state(tiny(), tx, jax.random.key(0), (1, 8, 8, 3)), mesh)
+        return replicate(create_train_state(tiny_cnn3(), tx, jax.random.key(0), (1, 8, 8, 3)), mesh)
 
     host_step = jit_train_step(make_train_step(pp), mesh)
     state, host_losses = fresh(), []
@@ -210,7 +206,7 @@ def test_cross_entropy_class_weights_match_a_float64_reference(smoothing):
 
 def test_train_step_class_weights_weight_the_batch_loss():
     tx = make_optimizer("sgd", 0.05, schedule="constant", total_steps=5)
-    state = create_train_state(tiny(), tx, jax.random.key(0), (1, 8, 8, 3))
+    state = create_train_state(tiny_cnn3(), tx, jax.random.key(0), (1, 8, 8, 3))
     images, labels = batch()
     w = np.array([1.0, 4.0, 0.5], np.float32)
     pp = Preprocess(mean=(0.5,) * 3, std=(0.25,) * 3)
@@ -231,7 +227,7 @@ def test_steps_take_ready_inputs():
     """preprocess=None: float inputs enter apply_fn as they are; the same numbers as the
     on-device normalisation of the uint8 images."""
     tx = make_optimizer("adamw", 1e-2, schedule="constant", total_steps=5)
-    state = create_train_state(tiny(), tx, jax.random.key(0), (1, 8, 8, 3))
+    state = create_train_state(tiny_cnn3(), tx, jax.random.key(0), (1, 8, 8, 3))
     images, labels = batch()
     x = PP.eval(images)
     a, ma = jax.jit(make_train_step(PP))(state, images, labels)
@@ -253,7 +249,7 @@ def test_train_bn_false_keeps_statistics_and_frozen_cuts_gradients():
     """train_bn=False: inference-mode BatchNorm (the loss is that of train=False logits) and
     bitwise unchanged running statistics; frozen leaves get no gradient (plain SGD leaves them
     bitwise unchanged) while the others move."""
-    state = create_train_state(tiny(), optax.sgd(0.1), jax.random.key(0), (1, 8, 8, 3))
+    state = create_train_state(tiny_cnn3(), optax.sgd(0.1), jax.random.key(0), (1, 8, 8, 3))
     state = state.replace(batch_stats=jax.tree.map(lambda a: a + 0.3, state.batch_stats))
     images, labels = batch()
     x = PP.eval(images)

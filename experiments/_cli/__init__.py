@@ -13,12 +13,15 @@ command line never shows a traceback while a Python caller of ``main`` still get
 
 The package's parts, all re-exported here (``from experiments import _cli``):
 
-* this module: the parser, ``--help`` formatting, the shared flags, argparse value types, the
-  batch-size check and :func:`run`;
+* this module: the parser, ``--help`` formatting, the shared flags (:func:`add_common`,
+  :func:`add_cifar10_training`, :func:`add_transfer_training`,
+  :func:`add_run_flags`), argparse value types, the batch-size
+  check and :func:`run`;
 * :mod:`experiments._cli.tfds_splits`: TFDS split strings (``--train-split`` /
   ``--eval-split``) and the train/eval overlap warning;
 * :mod:`experiments._cli.results`: what lessons write and print: ``results.json`` (written
-  atomically), plain-text tables, and CIFAR-10 loading for the lessons that train on it.
+  atomically), the columns of a trained model's row, plain-text tables, and CIFAR-10 loading
+  for the lessons that train on it.
 
 Lessons do not import each other: what two of them share lives here; training recipes are
 ``FitConfig``s in the library (:mod:`jaxcnn.train.recipes`).
@@ -35,6 +38,8 @@ from pathlib import Path
 from experiments._cli.results import (
     format_table,
     load_cifar10,
+    print_table,
+    training_summary,
     update_results,
     write_json,
 )
@@ -51,8 +56,11 @@ __all__ = [
     "TFDS_DATA_DIR_HELP",
     "ArgumentParser",
     "HelpFormatter",
+    "add_cifar10_training",
     "add_common",
     "add_progress",
+    "add_run_flags",
+    "add_transfer_training",
     "check_batch_size",
     "figures_dir",
     "format_table",
@@ -62,10 +70,12 @@ __all__ = [
     "non_negative_int",
     "positive_float",
     "positive_int",
+    "print_table",
     "run",
     "smoothing",
     "splits_overlap",
     "tfds_split",
+    "training_summary",
     "unit_interval",
     "update_results",
     "warn_split_overlap",
@@ -185,6 +195,69 @@ def add_progress(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no progress bars, even on a terminal")
     parser.set_defaults(progress=_stderr_is_terminal())
+    return parser
+
+
+def add_run_flags(parser: argparse.ArgumentParser, *,
+                  resume: bool = True) -> argparse.ArgumentParser:
+    """The flags of a lesson that trains: ``--no-resume`` (dest ``resume``; left out with
+    ``resume=False``), ``--no-figures`` (dest ``figures``) and :func:`add_progress`'s."""
+    if resume:
+        parser.add_argument("--no-resume", dest="resume", action="store_false",
+                            help="start from scratch even when a checkpoint exists in --workdir")
+    parser.add_argument("--no-figures", dest="figures", action="store_false",
+                        help="skip writing figures")
+    return add_progress(parser)
+
+
+def add_transfer_training(parser: argparse.ArgumentParser, *,
+                          zero_epochs_skip: bool = False) -> argparse.ArgumentParser:
+    """The two-phase transfer-learning flags shared by ``flowers`` and ``custom`` (one place, so
+    both lessons keep the same measured defaults): ``--head-epochs``, ``--head-lr`` (phase 1: a
+    Dense head on cached features), ``--trainable-blocks``, ``--fine-tune-epochs``,
+    ``--fine-tune-lr`` and ``--no-cache-activations`` (phase 2: fine-tuning the top modules).
+    ``zero_epochs_skip``: ``--fine-tune-epochs 0`` is allowed and skips phase 2."""
+    parser.add_argument("--head-epochs", type=positive_int, default=60,
+                        help="phase 1: epochs of the Dense head on cached features")
+    parser.add_argument("--head-lr", type=positive_float, default=1e-3,
+                        help="phase 1: AdamW learning rate of the head")
+    parser.add_argument("--trainable-blocks", type=positive_int, default=3,
+                        help="phase 2: modules below the head that are unfrozen (head_conv and "
+                             "the last MBConv blocks)")
+    parser.add_argument("--fine-tune-epochs",
+                        type=non_negative_int if zero_epochs_skip else positive_int, default=5,
+                        help="phase 2: epochs of fine-tuning"
+                             + (" (0 skips phase 2)" if zero_epochs_skip else ""))
+    parser.add_argument("--fine-tune-lr", type=positive_float, default=3e-4,
+                        help="phase 2: peak AdamW learning rate (warm-up, then cosine)")
+    parser.add_argument("--no-cache-activations", dest="cache_activations",
+                        action="store_false",
+                        help="phase 2: run the whole network every step instead of caching the "
+                             "frozen modules' output once (in <workdir>/cache/) and training the "
+                             "top part on it; slower, but the only way to add image "
+                             "augmentation beyond flips (see jaxcnn.transfer.fine_tune)")
+    return parser
+
+
+def add_cifar10_training(
+    parser: argparse.ArgumentParser,
+    *,
+    epochs_help: str,
+    batch_size: int | None = 128,
+    batch_size_help: str = "global batch size, split over all local devices",
+) -> argparse.ArgumentParser:
+    """The flags of a lesson that trains on CIFAR-10 (:func:`load_cifar10` reads the splits):
+    ``--train-split``, ``--eval-split``, ``--epochs`` (default None: the lesson's recipe, which
+    ``epochs_help`` states) and ``--batch-size`` (default ``batch_size``; None: the recipe's,
+    which ``batch_size_help`` then states)."""
+    parser.add_argument("--train-split", type=tfds_split, default="train",
+                        help="TFDS split to train on, e.g. 'train' or 'train[:45000]'")
+    parser.add_argument("--eval-split", type=tfds_split, default="test",
+                        help="TFDS split to report accuracy on (never trained on), e.g. 'test' "
+                             "or 'train[45000:]' when only the train split is available")
+    parser.add_argument("--epochs", type=positive_int, default=None, help=epochs_help)
+    parser.add_argument("--batch-size", type=positive_int, default=batch_size,
+                        help=batch_size_help)
     return parser
 
 

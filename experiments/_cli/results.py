@@ -36,6 +36,23 @@ def update_results(path: str | os.PathLike, name: str, row: dict) -> dict:
     return results
 
 
+def training_summary(history: Sequence[dict], config, seconds: float, batch_size: int) -> dict:
+    """The columns a lesson reports for every model it trained with ``fit``: ``epochs`` (those in
+    ``history``, else ``config.epochs``), ``train_seconds`` (``seconds``), ``images_per_s`` (the
+    median of the epochs' ``images_per_s``; NaN without history), ``recipe`` (``config``, a
+    ``FitConfig``, as a dict) and ``batch_size``."""
+    import numpy as np
+
+    return {
+        "epochs": len(history) if history else config.epochs,
+        "train_seconds": seconds,
+        "images_per_s": float(np.median([h["images_per_s"] for h in history]))
+        if history else float("nan"),
+        "recipe": config.to_dict(),
+        "batch_size": batch_size,
+    }
+
+
 def format_table(columns: Sequence[tuple[str, int]], rows: Iterable[Sequence[str]]) -> str:
     """A plain-text table: the header line, a rule as wide as it, then one line per row.
 
@@ -50,6 +67,15 @@ def format_table(columns: Sequence[tuple[str, int]], rows: Iterable[Sequence[str
 
     head = line([h for h, _ in columns])
     return "\n".join([head, "-" * len(head), *(line(r) for r in rows)])
+
+
+def print_table(table: str, results_path: str | os.PathLike | None = None) -> None:
+    """Print a lesson's closing ``table`` after a blank line, then (given ``results_path``)
+    where its results were written."""
+    print()
+    print(table)
+    if results_path is not None:
+        print(f"\nresults: {results_path}")
 
 
 def load_cifar10(args, *, need_eval: bool = True):

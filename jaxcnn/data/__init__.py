@@ -7,16 +7,25 @@
   (:mod:`~jaxcnn.data.official`), fetched by :func:`~jaxcnn.data.download.fetch` (sha256-checked,
   atomic, cached, failing fast).
 * :mod:`~jaxcnn.data.augment` -- jit-compiled, batched: :func:`normalize`, :func:`random_crop`,
-  :func:`random_flip`, :func:`cutout`, :func:`augment`.
+  :func:`random_flip`, :func:`flip_rows` (mirror by a mask), :func:`cutout`, :func:`augment`.
 * :mod:`~jaxcnn.data.batching` -- :func:`epoch_batches` (deterministic shuffles, per-process
-  slices), :func:`pad_batch`, :func:`prefetch`.
+  slices, optional alternating flips), :func:`alternating_flip_mask`, :func:`pad_batch`,
+  :func:`prefetch`.
 * :mod:`~jaxcnn.data.image_folder` -- your own ``PATH/<class>/*.jpg`` folders:
   :func:`scan_image_folder` (counts, imbalance, skipped files), :func:`load_image_folder`,
   :func:`class_weights`.
 """
 
-from jaxcnn.data.augment import augment, cutout, normalize, random_crop, random_flip
+from jaxcnn.data.augment import (
+    augment,
+    cutout,
+    flip_rows,
+    normalize,
+    random_crop,
+    random_flip,
+)
 from jaxcnn.data.batching import (
+    alternating_flip_mask,
     epoch_batches,
     epoch_permutation,
     num_batches,
@@ -49,6 +58,7 @@ __all__ = [
     "DataNotFoundError",
     "DownloadError",
     "FolderScan",
+    "alternating_flip_mask",
     "augment",
     "channel_stats",
     "class_weights",
@@ -56,6 +66,7 @@ __all__ = [
     "epoch_batches",
     "epoch_permutation",
     "fetch",
+    "flip_rows",
     "load_image_folder",
     "load_tfds",
     "normalize",

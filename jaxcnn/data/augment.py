@@ -19,6 +19,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 _PAD_MODES = ("reflect", "symmetric", "edge", "constant", "wrap")
@@ -138,6 +139,24 @@ def random_flip(rng: jax.Array, images) -> jax.Array:
     return jnp.where(mask[:, None, None, None], images[:, :, ::-1, :], images)
 
 
+def flip_rows(images, flips):
+    """Mirror left-right (along W) the images whose ``flips`` entry is True (no randomness:
+    the mask decides, e.g. :func:`~jaxcnn.data.alternating_flip_mask`).
+
+    Args:
+      images: (N, H, W, C) any dtype, numpy or jax.
+      flips: (N,) bool.
+
+    Returns:
+      (N, H, W, C), same dtype: row i is ``images[i, :, ::-1]`` where ``flips[i]``; numpy in,
+      numpy out (the host feed), otherwise a jax array (inside a step). Both give the same bits.
+    """
+    _check_batch(images, "flip_rows")
+    if isinstance(images, np.ndarray) and isinstance(flips, np.ndarray):
+        return np.where(flips[:, None, None, None], images[:, :, ::-1], images)
+    return jnp.where(flips[:, None, None, None], images[:, :, ::-1], images)
+
+
 def cutout_centres(rng: jax.Array, n: int, height: int, width: int) -> jax.Array:
     """(n, 2) int32 random (row, col) centres, uniform over the image, as used by cutout."""
     ky, kx = jax.random.split(rng)
@@ -207,7 +226,7 @@ def augment(rng: jax.Array, images, *, crop_pad: int = 4, flip: bool = True,
       rng: a ``jax.random`` key; split into one key per step.
       images: (N, H, W, C) uint8 or float.
       crop_pad: padding for :func:`random_crop` (0 disables the crop).
-      flip: apply :func:`random_flip`.
+      flip: apply :func:`random_flip` (mirroring by a fixed mask instead: :func:`flip_rows`).
       cutout_size: side of the :func:`cutout` square (0 disables it).
       pad_mode: padding mode of the crop.
 

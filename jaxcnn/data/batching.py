@@ -5,6 +5,10 @@ to the devices and augments them there (:mod:`jaxcnn.data.augment`). When the wh
 kept on the device instead (``FitConfig.data_on_device``), :func:`epoch_indices` gives the same
 batches as row indices, taken from the same permutation.
 
+Alternating flips (airbench, ``FitConfig.flip="alternate"``): :func:`alternating_flip_mask`
+says which rows a batch of a given epoch shows mirrored; :func:`epoch_batches` mirrors them on
+the host (``alternate_flip=True``), the device path passes the mask to its indexed step.
+
 Multi-host: every process computes the same global permutation (it depends only on
 ``(seed, epoch)``) and takes its own contiguous slice of each global batch, so the slices of all
 processes are disjoint and together form the global batch. On one process nothing changes.
@@ -20,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxcnn.data.augment import flip_rows
 from jaxcnn.data.dataset import CIFAR10_MEAN, CIFAR10_STD, ArrayDataset
 
 
@@ -28,6 +33,40 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     if n < 0 or seed < 0 or epoch < 0:
         raise ValueError(f"n, seed and epoch must be >= 0, got n={n}, seed={seed}, epoch={epoch}")
     return np.random.default_rng([int(seed), int(epoch)]).permutation(int(n))
+
+
+# Stream of the per-example flip bits (apart from the shuffles' (seed, epoch) streams).
+FLIP_STREAM = 0xF11F
+
+
+def alternating_flip_mask(rows, epoch: int, num_examples: int, seed: int) -> np.ndarray:
+    """Which of ``rows`` are shown mirrored in ``epoch`` under alternating flips (airbench).
+
+    Every training example gets one fixed random bit, ``np.random.default_rng([seed,
+    FLIP_STREAM]).random(num_examples) < 0.5``: examples whose bit is set are mirrored in even
+    epochs, the others in odd epochs. So each image is seen mirrored and unmirrored in
+    consecutive epochs (every other epoch the same way), and about half of every batch is
+    mirrored. A pure function of its arguments.
+
+    Args:
+      rows: int array of any shape (e.g. a batch's (B,) or an epoch's (steps, B) indices), each
+        in ``[0, num_examples)``.
+      epoch: the epoch (>= 0).
+      num_examples: the size of the training set.
+      seed: the run's seed (>= 0).
+
+    Returns:
+      bool array of ``rows``' shape.
+    """
+    if num_examples < 0 or seed < 0 or epoch < 0:
+        raise ValueError(
+            f"num_examples, seed and epoch must be >= 0, got {num_examples}, {seed}, {epoch}"
+        )
+    rows = np.asarray(rows)
+    if rows.size and (rows.min() < 0 or rows.max() >= num_examples):
+        raise ValueError(f"rows must be in [0, {num_examples}), got {rows.min()}..{rows.max()}")
+    bits = np.random.default_rng([int(seed), FLIP_STREAM]).random(int(num_examples)) < 0.5
+    return bits[rows] ^ bool(epoch % 2)
 
 
 def num_batches(n: int, batch_size: int, drop_remainder: bool = True) -> int:
@@ -84,6 +123,7 @@ def epoch_batches(
     drop_remainder: bool = True,
     process_index: int | None = None,
     process_count: int | None = None,
+    alternate_flip: bool = False,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield the batches of one epoch as host numpy arrays.
 
@@ -97,6 +137,9 @@ def epoch_batches(
         yields it, smaller (evaluation; see :func:`pad_batch` to keep one shape).
       process_index, process_count: this process's slice; default ``jax.process_index()`` and
         ``jax.process_count()``.
+      alternate_flip: mirror (left-right) the rows that :func:`alternating_flip_mask` picks for
+        ``(epoch, seed)`` (airbench's alternating flips; the device path applies the same mask
+        after its gather).
 
     Yields:
       ``(images, labels)``: (B, H, W, C) uint8 and (B,) int32 with
@@ -116,13 +159,18 @@ def epoch_batches(
     n = len(labels)
     order = epoch_permutation(n, seed, epoch) if shuffle else np.arange(n)
     local = batch_size // pc
+    flips = alternating_flip_mask(order, epoch, n, seed) if alternate_flip else None
     for b in range(num_batches(n, batch_size, drop_remainder)):
-        idx = order[b * batch_size : (b + 1) * batch_size]
-        if len(idx) == batch_size:
-            idx = idx[pi * local : (pi + 1) * local]
+        pos = np.arange(b * batch_size, min((b + 1) * batch_size, n))
+        if len(pos) == batch_size:
+            pos = pos[pi * local : (pi + 1) * local]
         else:
-            idx = np.array_split(idx, pc)[pi]
-        yield images[idx], labels[idx]
+            pos = np.array_split(pos, pc)[pi]
+        idx = order[pos]
+        if flips is None:
+            yield images[idx], labels[idx]
+        else:
+            yield flip_rows(np.asarray(images[idx]), flips[pos]), labels[idx]
 
 
 def pad_batch(

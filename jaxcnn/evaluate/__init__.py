@@ -2,6 +2,9 @@
 
   make_forward, run_batched, predict_logits,
   normalize_on_device, softmax                     jaxcnn.evaluate.prediction
+  TTA_MODES, tta_logits, tta_views,
+  check_tta_mode                                   jaxcnn.evaluate.tta (test-time augmentation;
+                                                   re-exported by prediction)
   accuracy, top_k_accuracy, confusion_matrix,
   per_class_accuracy, precision_recall_f1,
   classification_report, most_confident_mistakes,
@@ -12,7 +15,7 @@ Metrics take host arrays (numpy or jax) and return numpy values; the only device
 ``predict_logits`` (and ``conv_activations``), which normalise uint8 images on the device.
 """
 
-from jaxcnn.evaluate import inspection, metrics, prediction
+from jaxcnn.evaluate import inspection, metrics, prediction, tta  # noqa: F401 (submodules)
 from jaxcnn.evaluate.inspection import *  # noqa: F403 (the names of inspection.__all__)
 from jaxcnn.evaluate.metrics import *  # noqa: F403 (the names of metrics.__all__)
 from jaxcnn.evaluate.prediction import *  # noqa: F403 (the names of prediction.__all__)

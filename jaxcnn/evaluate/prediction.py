@@ -7,6 +7,9 @@ works on 1, 2, 4 or 8 devices); data-parallel evaluation over every device is
 
 Normalisation (the same as training): ``x = (images / 255 - mean) / std`` per channel, with
 ``mean`` and ``std`` on the [0, 1] scale, e.g. CIFAR-10's ``(0.4914, 0.4822, 0.4465)``.
+Optional test-time augmentation (``tta="flip"`` / ``"flip_translate"``, see
+:mod:`jaxcnn.evaluate.tta`) averages the logits of mirrored/shifted views inside the same jitted
+forward, after normalisation.
 """
 
 from __future__ import annotations
@@ -18,12 +21,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcnn.evaluate.tta import TTA_MODES, check_tta_mode, tta_logits, tta_views
+
 __all__ = [
+    "TTA_MODES",  # re-exported: test-time augmentation is part of batched prediction
+    "check_tta_mode",
     "make_forward",
     "normalize_on_device",
     "predict_logits",
     "run_batched",
     "softmax",
+    "tta_logits",
+    "tta_views",
 ]
 
 
@@ -63,47 +72,58 @@ def normalize_on_device(images, mean, std, dtype=jnp.float32):
 
 
 @functools.lru_cache(maxsize=32)
-def _cached_forward(apply_fn, mean: tuple, std: tuple):
-    return _build_forward(apply_fn, mean, std)
+def _cached_forward(apply_fn, mean: tuple, std: tuple, tta: str):
+    return _build_forward(apply_fn, mean, std, tta)
 
 
-def _build_forward(apply_fn, mean: tuple, std: tuple):
+def _build_forward(apply_fn, mean: tuple, std: tuple, tta: str = "none"):
     mean_arr, std_arr = _stats_arrays(mean, std)
+    check_tta_mode(tta)
 
     @jax.jit
     def forward(variables, images):
         x = normalize_on_device(images, mean_arr, std_arr)
-        return jnp.asarray(apply_fn(variables, x, train=False), jnp.float32)
+
+        def logits_fn(v):
+            return jnp.asarray(apply_fn(variables, v, train=False), jnp.float32)
+
+        return tta_logits(logits_fn, x, tta)
 
     return forward
 
 
-def make_forward(apply_fn: Callable, mean, std) -> Callable:
+def make_forward(apply_fn: Callable, mean, std, tta: str = "none") -> Callable:
     """A jitted ``forward(variables, images_uint8 (B, H, W, C)) -> logits float32 (B, K)``.
 
     ``apply_fn`` is called as ``apply_fn(variables, x, train=False)`` with the normalised float32
-    ``x`` (``model.apply`` of every jaxcnn model fits). Forwards are cached per
-    ``(apply_fn, mean, std)`` when ``apply_fn`` is hashable, so repeated calls reuse one compile.
+    ``x`` (``model.apply`` of every jaxcnn model fits); with ``tta`` other than ``"none"`` once
+    per view of :func:`jaxcnn.evaluate.tta_logits`, whose averaged logits are returned. Forwards
+    are cached per ``(apply_fn, mean, std, tta)`` when ``apply_fn`` is hashable, so repeated
+    calls reuse one compile.
     """
     mean_t, std_t = _as_stats(mean, "mean"), _as_stats(std, "std")
+    check_tta_mode(tta)
     if not callable(apply_fn):
         raise ValueError(f"apply_fn must be callable (e.g. model.apply), got {apply_fn!r}")
     try:
-        return _cached_forward(apply_fn, mean_t, std_t)
+        return _cached_forward(apply_fn, mean_t, std_t, tta)
     except TypeError:  # unhashable apply_fn: no cache
-        return _build_forward(apply_fn, mean_t, std_t)
+        return _build_forward(apply_fn, mean_t, std_t, tta)
 
 
 def run_batched(forward: Callable, variables, images: np.ndarray, batch_size: int) -> np.ndarray:
     """Run ``forward(variables, batch)`` over ``images`` in fixed-size batches.
 
-    Every call of ``forward`` sees the shape ``(batch_size, H, W, C)``: the last batch is padded
-    with zeros and the padded rows are dropped from the result, so ``forward`` compiles once.
+    Every call of ``forward`` sees the shape ``(B, H, W, C)``: the last batch is padded with
+    zeros and the padded rows are dropped from the result, so ``forward`` compiles once per
+    ``B``. ``B`` is ``batch_size``, or for a set smaller than that the next power of two at or
+    above ``N`` (a few images are not padded up to a large batch; calls with varying small
+    ``N`` compile at most ``log2(batch_size)`` shapes).
 
     Args:
       forward: ``(variables, (B, H, W, C)) -> (B, K)``.
       images: ``(N, H, W, C)`` host array.
-      batch_size: the fixed batch size ``B`` (positive int).
+      batch_size: the largest batch (positive int).
 
     Returns:
       ``(N, K)`` float32 numpy array.
@@ -113,6 +133,7 @@ def run_batched(forward: Callable, variables, images: np.ndarray, batch_size: in
     n = images.shape[0]
     if n == 0:
         raise ValueError("images is empty (N == 0); pass at least one image")
+    batch_size = min(batch_size, 1 << (n - 1).bit_length())
     outputs = []
     for start in range(0, n, batch_size):
         batch = images[start : start + batch_size]
@@ -132,6 +153,7 @@ def predict_logits(
     mean,
     std,
     batch_size: int = 256,
+    tta: str = "none",
 ) -> np.ndarray:
     """Logits of a model on uint8 images, normalised on device, in fixed-shape batches.
 
@@ -142,10 +164,14 @@ def predict_logits(
       images_uint8: uint8 ``(N, H, W, C)``.
       mean, std: per-channel normalisation on the [0, 1] scale, ``(C,)``.
       batch_size: fixed batch size; the last batch is padded so the forward compiles once.
+      tta: test-time augmentation, one of ``jaxcnn.evaluate.TTA_MODES``: ``"none"`` (one
+        pass), ``"flip"`` (2 views) or ``"flip_translate"`` (6 views); the logits are averaged
+        (:func:`jaxcnn.evaluate.tta_logits`), each view one batched pass.
 
     Returns:
       float32 numpy ``(N, K)``.
     """
+    check_tta_mode(tta)
     images = np.asarray(images_uint8)
     if images.ndim != 4:
         raise ValueError(
@@ -165,7 +191,7 @@ def predict_logits(
                 f"{name} has {len(stats)} values but images have {channels} channels; "
                 f"pass one value per channel"
             )
-    forward = make_forward(apply_fn, mean_t, std_t)
+    forward = make_forward(apply_fn, mean_t, std_t, tta)
     return run_batched(forward, variables, images, batch_size)
 
 

@@ -26,10 +26,12 @@ for _info in _pkgutil.iter_modules(__path__):
     if not _info.name.startswith("_") and _info.name not in ("registry", "summary"):
         _importlib.import_module(f"{__name__}.{_info.name}")
 
+from jaxcnn.models.airbench import AirBench94  # noqa: E402
 from jaxcnn.models.cnn3 import CNN3  # noqa: E402
 from jaxcnn.models.mlp import MLP  # noqa: E402
 
 __all__ = [
+    "AirBench94",
     "CNN3",
     "MLP",
     "accepted_options",

@@ -10,8 +10,8 @@
   ``lax`` (``impl="lax"``).
 * ``max_pool_2x2``: 2x2 / stride 2 max pooling written as a reshape and a max, whose gradient
   is a cheap elementwise mask instead of XLA's select-and-scatter.
-* ``FusedBatchNorm``: ``nn.BatchNorm`` (+ ReLU) with the same variables and a hand-written
-  backward pass (``jaxcnn.ops.batchnorm``): fewer passes over the activation.
+* ``FusedBatchNorm``: ``nn.BatchNorm`` (+ ReLU) with the same variables (``use_scale`` too) and a
+  hand-written backward pass (``jaxcnn.ops.batchnorm``): fewer passes over the activation.
 
 And what the networks share:
 
@@ -291,11 +291,13 @@ class BatchNormNet(nn.Module):
 class FusedBatchNorm(nn.Module):
     """BatchNorm (+ ReLU) over NHWC inputs with the variables of ``nn.BatchNorm``.
 
-    Parameters ``scale`` and ``bias`` and ``batch_stats`` ``mean`` and ``var`` have the names,
-    shapes and meaning of ``nn.BatchNorm``'s (checkpoints are interchangeable); in training the
-    output and the running averages equal ``nn.BatchNorm(use_fast_variance=True)``'s, and the
-    gradient comes from :func:`jaxcnn.ops.batchnorm.batch_norm_train` (fewer passes over the
-    activation). With ``use_running_average`` it normalises with the running statistics.
+    Parameters ``scale`` (unless ``use_scale=False``) and ``bias`` and ``batch_stats`` ``mean``
+    and ``var`` have the names, shapes and meaning of ``nn.BatchNorm``'s (checkpoints are
+    interchangeable); in training the output and the running averages equal
+    ``nn.BatchNorm(use_fast_variance=True)``'s, and the gradient comes from
+    :func:`jaxcnn.ops.batchnorm.batch_norm_train` (fewer passes over the activation). With
+    ``use_running_average`` it normalises with the running statistics, as ``nn.BatchNorm``
+    does: ``(x - mean) * scale / sqrt(var + epsilon) + bias``.
 
     Attributes:
       use_running_average: normalise with the running statistics (evaluation).
@@ -304,7 +306,9 @@ class FusedBatchNorm(nn.Module):
         (N, H/2, W/2, C), the gradient goes to each window's first maximum, and in training
         :func:`jaxcnn.ops.batchnorm.batch_norm_relu_pool_train` never writes the
         full-resolution activation.
-      zero_scale: initialise the scale to 0 (else 1).
+      use_scale: learn a scale; ``False`` fixes it at 1, with no ``scale`` parameter (the
+        variables of ``nn.BatchNorm(use_scale=False)``).
+      zero_scale: initialise the scale to 0 (else 1); needs ``use_scale``.
       momentum: running = momentum * running + (1 - momentum) * batch.
       epsilon: added to the variance.
       dtype: dtype of the output (statistics are float32); param_dtype: of scale and bias.
@@ -313,6 +317,7 @@ class FusedBatchNorm(nn.Module):
     use_running_average: bool = False
     relu: bool = True
     pool: bool = False
+    use_scale: bool = True
     zero_scale: bool = False
     momentum: float = 0.9
     epsilon: float = 1e-5
@@ -326,19 +331,26 @@ class FusedBatchNorm(nn.Module):
 
         if self.pool and not self.relu:
             raise ValueError("FusedBatchNorm: pool=True needs relu=True")
+        if self.zero_scale and not self.use_scale:
+            raise ValueError("FusedBatchNorm: zero_scale=True needs use_scale=True")
         c = jnp.shape(x)[-1]
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
         ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
         init = nn.initializers
-        scale_init = init.zeros_init() if self.zero_scale else init.ones_init()
-        scale = self.param("scale", scale_init, (c,), self.param_dtype)
-        bias = self.param("bias", nn.initializers.zeros_init(), (c,), self.param_dtype)
-        x = jnp.asarray(x, self.dtype or jnp.result_type(x, scale))
+        if self.use_scale:
+            scale_init = init.zeros_init() if self.zero_scale else init.ones_init()
+            scale = self.param("scale", scale_init, (c,), self.param_dtype)
+        bias = self.param("bias", init.zeros_init(), (c,), self.param_dtype)
+        x = jnp.asarray(x, self.dtype or jnp.result_type(x, bias))
         if self.use_running_average:
-            a = scale.astype(jnp.float32) * lax.rsqrt(ra_var.value + self.epsilon)
-            y = x.astype(jnp.float32) * a + (bias.astype(jnp.float32) - ra_mean.value * a)
+            a = lax.rsqrt(ra_var.value + self.epsilon)
+            if self.use_scale:
+                a = scale.astype(jnp.float32) * a
+            y = (x.astype(jnp.float32) - ra_mean.value) * a + bias.astype(jnp.float32)
             y = (jnp.maximum(y, 0.0) if self.relu else y).astype(x.dtype)
             return pool_2x2_first_max(y) if self.pool else y
+        if not self.use_scale:  # a constant 1: its gradient is computed and dropped
+            scale = jnp.ones((c,), bias.dtype)
         if self.pool:
             y, mean, var = batch_norm_relu_pool_train(x, scale, bias, self.epsilon)
         else:

@@ -11,8 +11,8 @@
 * :class:`TrainState` / :func:`create_train_state` -- step, params, batch_stats, opt_state, rng.
 * :func:`make_optimizer` / :func:`make_schedule` / :class:`ParamGroup` -- SGD-Nesterov or AdamW
   with decoupled weight decay; per-group learning-rate scale, weight decay and training window
-  (default: no decay on biases/BatchNorm); one-cycle, cosine or constant schedules; optional
-  EMA of the weights (:mod:`jaxcnn.train.ema`).
+  (default: no decay on biases/BatchNorm); one-cycle, cosine, constant or triangle schedules;
+  optional lookahead and EMA of the weights (:mod:`jaxcnn.train.ema`).
 * :class:`Preprocess`, :func:`make_train_step`, :func:`make_eval_step` -- pure steps with
   on-device augmentation and normalisation.
 * :mod:`jaxcnn.train.mesh` -- a ("data",) Mesh: batch sharded, state replicated; BatchNorm
@@ -25,7 +25,13 @@
 from jaxcnn.train import checkpoint, recipes
 from jaxcnn.train.builder import Engine, build, make_fit_optimizer, make_preprocess
 from jaxcnn.train.config import FitConfig
-from jaxcnn.train.ema import ema_params, with_ema, with_ema_params
+from jaxcnn.train.ema import (
+    ema_params,
+    lookahead_params,
+    with_ema,
+    with_ema_params,
+    with_lookahead,
+)
 from jaxcnn.train.ensemble import (
     create_ensemble_state,
     ensemble_size,
@@ -98,6 +104,7 @@ __all__ = [
     "jit_indexed_train_step",
     "jit_train_step",
     "learning_rate_at",
+    "lookahead_params",
     "make_ensemble_eval_step",
     "make_ensemble_train_step",
     "make_eval_step",
@@ -119,4 +126,5 @@ __all__ = [
     "shard_batch",
     "with_ema",
     "with_ema_params",
+    "with_lookahead",
 ]

@@ -11,8 +11,8 @@ state and the compiled steps out. :func:`jaxcnn.train.fit` trains with what it b
 
 What it puts together, all from the config: the :class:`Preprocess` (normalisation + the
 config's augmentation), the optimizer (:func:`make_optimizer`: schedule, parameter groups,
-EMA), the state (one model, or an ensemble on a leading axis; then the ``init_fn`` hook, or
-the arrays of a checkpoint), and the jitted steps for the ("data",) mesh.
+lookahead, EMA), the state (one model, or an ensemble on a leading axis; then the ``init_fn``
+hook, or the arrays of a checkpoint), and the jitted steps for the ("data",) mesh.
 
 Compiled programs are reused across calls in one process: the steps are memoised on their
 static configuration, the optimizer on its settings (the same optax object for the same
@@ -76,7 +76,10 @@ class Engine:
       eval_step: jitted ``(state, images, labels, mask) -> {"loss_sum", "correct", "count",
         "logits"}`` (plus ``ensemble_*`` for an ensemble).
       indexed_step: jitted ``(state, images_all, labels_all, idx) -> (state, metrics)``: K
-        steps on batches gathered on the device (``FitConfig.data_on_device``).
+        steps on batches gathered on the device (``FitConfig.data_on_device``); with
+        alternating flips (``preprocess.alternating_flips``) it takes a fifth argument, the
+        ``(K, B)`` bool mask of the rows to mirror
+        (:func:`~jaxcnn.data.alternating_flip_mask`).
       preprocess: normalisation and the config's augmentation, as the steps apply them.
       schedule: ``step -> learning rate`` of the schedule (before any group's scale).
       tx: the optax optimizer in ``state.tx``.
@@ -142,7 +145,8 @@ def resolve_normalization(normalization, train_ds) -> tuple:
 
 def make_preprocess(config: FitConfig, mean, std) -> Preprocess:
     """The steps' :class:`Preprocess`: normalisation ``(x / 255 - mean) / std`` and the
-    config's augmentation and dtype."""
+    config's augmentation and dtype (``flip="alternate"``: no random flip in the step, the
+    feeds mirror the batches)."""
     return Preprocess(
         mean=tuple(mean),
         std=tuple(std),
@@ -165,15 +169,18 @@ def make_fit_optimizer(
         if config.warmup_epochs is None
         else min(int(round(config.warmup_epochs * steps_per_epoch)), total_steps - 1)
     )
-    schedule = make_schedule(
-        config.schedule, config.lr, total_steps=total_steps, warmup_steps=warmup
+    # The optimizer builds the same schedule from the same arguments.
+    schedule_args = dict(
+        total_steps=total_steps,
+        warmup_steps=warmup,
+        initial_lr_scale=config.initial_lr_scale,
+        final_lr_scale=config.final_lr_scale,
     )
+    schedule = make_schedule(config.schedule, config.lr, **schedule_args)
     tx = make_optimizer(
         config.optimizer,
         config.lr,
         schedule=config.schedule,
-        total_steps=total_steps,
-        warmup_steps=warmup,
         momentum=config.momentum,
         nesterov=config.nesterov,
         weight_decay=config.weight_decay,
@@ -181,6 +188,9 @@ def make_fit_optimizer(
         param_groups=config.param_groups,
         steps_per_epoch=steps_per_epoch,
         ema_decay=config.ema_decay,
+        lookahead_every=config.lookahead_every,
+        lookahead_decay=config.lookahead_decay,
+        **schedule_args,
     )
     return tx, schedule
 
@@ -316,7 +326,8 @@ def jitted_train_steps(preprocess, label_smoothing, num_classes, mesh, ensemble:
     indexed = make_indexed_train_step(
         train, batch_sharding=batch_sharding(mesh), unroll=_on_cpu(mesh)
     )
-    return jit_train_step(train, mesh), jit_indexed_train_step(indexed, mesh)
+    flips = preprocess is not None and preprocess.alternating_flips
+    return jit_train_step(train, mesh), jit_indexed_train_step(indexed, mesh, flips=flips)
 
 
 def jitted_eval_step(preprocess: Preprocess, num_classes, mesh, ensemble: bool):

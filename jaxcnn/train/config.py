@@ -14,7 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from jaxcnn.train.optim import DEFAULT_PARAM_GROUPS, OPTIMIZERS, SCHEDULES, ParamGroup
+from jaxcnn.train.optim import (
+    DEFAULT_PARAM_GROUPS,
+    OPTIMIZERS,
+    SCHEDULES,
+    ParamGroup,
+    check_lookahead,
+)
 
 
 @dataclass(frozen=True)
@@ -27,8 +33,14 @@ class FitConfig:
         raises a ValueError naming valid sizes before compiling anything (128 suits 1, 2, 4
         and 8 devices).
       optimizer: ``"sgd"`` (Nesterov, decoupled decay) or ``"adamw"``.
-      lr: peak learning rate. schedule: ``"onecycle"``, ``"cosine"`` or ``"constant"``.
-      warmup_epochs: warm-up length in epochs (None: the schedule's default).
+      lr: peak learning rate. schedule: ``"onecycle"``, ``"cosine"``, ``"constant"`` or
+        ``"triangle"`` (see :func:`~jaxcnn.train.make_schedule`).
+      warmup_epochs: warm-up length in epochs (None: the schedule's default: 30% of the run
+        for one-cycle, 5% for cosine, 23% for triangle, none for constant).
+      initial_lr_scale, final_lr_scale: used by ``schedule="triangle"`` only (the others ignore
+        them): the learning rate rises linearly from ``lr * initial_lr_scale`` at step 0 to
+        ``lr`` at the end of the warm-up, then falls linearly to ``lr * final_lr_scale`` at the
+        last step. Numbers >= 0; defaults 0.2 and 0.07 (airbench).
       momentum, nesterov, weight_decay, clip_norm: see :func:`~jaxcnn.train.make_optimizer`.
       param_groups: per-parameter-group learning-rate scale, weight decay and training window
         (:class:`~jaxcnn.train.ParamGroup` rules, the first match wins). Default: no weight
@@ -38,15 +50,27 @@ class FitConfig:
       ema_decay: keep an exponential moving average of the weights with this decay (e.g.
         0.999) in the optimizer state (:mod:`jaxcnn.train.ema`); None: no average.
       eval_ema: evaluate (and pick ``best``) on the averaged weights; needs ``ema_decay``.
+      lookahead_every: airbench's lookahead (:func:`~jaxcnn.train.ema.with_lookahead`): the
+        optimizer state keeps slow weights; after every ``lookahead_every``-th update t, and
+        after the last one, they become ``d * slow + (1 - d) * params`` with ``d =
+        lookahead_decay ** lookahead_every * (t / total_steps) ** 3``, and the params are
+        reset to them. 0 (default): off. Groups with ``lr_scale`` 0 stay bitwise unchanged.
+      lookahead_decay: the lookahead's per-step decay, in [0, 1] (default 0.95).
       label_smoothing: cross-entropy label smoothing.
       seed: init, dropout, augmentation and shuffle seed (ensemble member k uses seed + k).
       dtype: compute dtype of the preprocessed input (``"float32"``/``"bfloat16"``); build the
         model with the same ``dtype`` option for bf16 compute.
       ensemble: K > 1 trains K members in one vmapped step.
       augment: on-device augmentation in the train step (never in evaluation), made of:
-        crop_pad (reflect-padding of the random crop, 0: none), flip (random horizontal flip),
-        cutout_size (side of a zeroed square, 0: none). The step's
-        :class:`~jaxcnn.train.Preprocess` is built from these fields and the normalisation.
+        crop_pad (reflect-padding of the random crop, 0: none), flip, cutout_size (side of a
+        zeroed square, 0: none). The step's :class:`~jaxcnn.train.Preprocess` is built from
+        these fields and the normalisation.
+      flip: horizontal mirroring when ``augment``: True: each image of each step with
+        probability 1/2 (on device, from the step key); False: none; ``"alternate"``
+        (airbench): a fixed random half of the training examples (from ``seed``) is mirrored
+        in even epochs and the other half in odd epochs, so each image is seen mirrored and
+        unmirrored in consecutive epochs (:func:`~jaxcnn.data.alternating_flip_mask`; applied
+        by the batch feeds, host and device paths alike, before the random crop).
       init_fn: data-dependent initialisation, ``init_fn(variables, train_images, rng) ->
         variables``, run once on the freshly initialised model before training (not on
         resume: the checkpoint holds its result), e.g. to whiten the first convolution from
@@ -88,13 +112,17 @@ class FitConfig:
     param_groups: tuple[ParamGroup, ...] = DEFAULT_PARAM_GROUPS
     ema_decay: float | None = None
     eval_ema: bool = False
+    initial_lr_scale: float = 0.2
+    final_lr_scale: float = 0.07
+    lookahead_every: int = 0
+    lookahead_decay: float = 0.95
     label_smoothing: float = 0.0
     seed: int = 0
     dtype: str = "float32"
     ensemble: int = 1
     augment: bool = True
     crop_pad: int = 4
-    flip: bool = True
+    flip: bool | str = True
     cutout_size: int = 0
     init_fn: Callable | None = None
     eval_batch_size: int = 500
@@ -111,6 +139,10 @@ class FitConfig:
         "data_on_device",
         "steps_per_dispatch",
     )
+
+    # Fields added after checkpoints were first written: a saved configuration without one was
+    # made with its default (whose numbers it reproduces), so resuming such a run still works.
+    LATER_FIELDS = ("initial_lr_scale", "final_lr_scale", "lookahead_every", "lookahead_decay")
 
     def __post_init__(self):
         def positive_int(name):
@@ -143,6 +175,18 @@ class FitConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"FitConfig.{name} must be an int >= 0, got {v!r}")
+        if not (isinstance(self.flip, bool) or self.flip == "alternate"):
+            raise ValueError(
+                f"FitConfig.flip must be True, False or 'alternate', got {self.flip!r}"
+            )
+        for name in ("initial_lr_scale", "final_lr_scale"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not v >= 0:
+                raise ValueError(f"FitConfig.{name} must be a number >= 0, got {v!r}")
+        try:
+            check_lookahead(self.lookahead_every, self.lookahead_decay)
+        except ValueError as err:
+            raise ValueError(f"FitConfig.{err}") from None
         if not (isinstance(self.data_on_device, bool) or self.data_on_device == "auto"):
             raise ValueError(
                 "FitConfig.data_on_device must be True, False or 'auto', got "
@@ -169,6 +213,12 @@ class FitConfig:
             raise ValueError(
                 f"FitConfig.init_fn must be a callable or None, got {type(self.init_fn).__name__}"
             )
+
+    @property
+    def alternating_flips(self) -> bool:
+        """Whether the batch feeds mirror images by :func:`~jaxcnn.data.alternating_flip_mask`
+        (``augment`` and ``flip == "alternate"``)."""
+        return bool(self.augment) and self.flip == "alternate"
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as JSON-ready values (groups as dicts, ``init_fn`` as its name)."""

@@ -16,7 +16,9 @@ is gathered in numpy (:func:`~jaxcnn.data.epoch_batches`) and copied to the devi
 every device once and each step gathers its batch there from row indices
 (:func:`~jaxcnn.data.batching.epoch_indices`: the same seeded permutation, hence the same
 batches in the same order and the same numbers), optionally ``steps_per_dispatch`` steps per
-call with ``lax.scan``. The device path is single-process: with several processes ``fit`` uses
+call with ``lax.scan``. With ``FitConfig.flip="alternate"`` both paths mirror the same rows
+(:func:`~jaxcnn.data.alternating_flip_mask`: numpy on the host, after the gather on the
+device). The device path is single-process: with several processes ``fit`` uses
 the host path, whose per-process slices are the multi-host contract.
 
 Any device count: the train batch must split evenly over the devices (a clear ValueError naming
@@ -117,6 +119,8 @@ def _run_config(config, model, preprocess, train_ds) -> dict[str, Any]:
 
 def _check_resume_config(saved: dict, current: dict, workdir) -> None:
     skip = set(FitConfig.RESUMABLE_CHANGES)
+    defaults = FitConfig().to_dict()
+    saved = {**{k: defaults[k] for k in FitConfig.LATER_FIELDS if k not in saved}, **saved}
     keys = sorted((set(saved) | set(current)) - skip)
     diffs = [k for k in keys if saved.get(k) != current.get(k)]
     if diffs:
@@ -169,19 +173,24 @@ def resolve_data_on_device(setting, dataset, mesh=None) -> bool:
 
 class HostFeed:
     """Host path: each step's batch gathered in numpy (``epoch_batches``, this process's slice)
-    and copied to the devices (``shard_batch``), one jitted step per batch."""
+    and copied to the devices (``shard_batch``), one jitted step per batch. ``alternate_flip``:
+    the rows that :func:`~jaxcnn.data.alternating_flip_mask` picks are mirrored in numpy
+    first."""
 
     on_device = False
 
-    def __init__(self, train_step, dataset, batch_size: int, mesh, seed: int):
+    def __init__(
+        self, train_step, dataset, batch_size: int, mesh, seed: int, alternate_flip: bool = False
+    ):
         self.step, self.dataset, self.batch_size = train_step, dataset, batch_size
-        self.mesh, self.seed = mesh, seed
+        self.mesh, self.seed, self.alternate_flip = mesh, seed, bool(alternate_flip)
 
     def epoch(self, state, epoch: int):
         """Yield ``(state, metrics, steps)`` per dispatch; metrics are per-step scalars."""
         from jaxcnn.data import epoch_batches
 
-        batches = epoch_batches(self.dataset, self.batch_size, seed=self.seed, epoch=epoch)
+        batches = epoch_batches(self.dataset, self.batch_size, seed=self.seed, epoch=epoch,
+                                alternate_flip=self.alternate_flip)
         for images, labels in batches:
             state, metrics = self.step(state, *shard_batch(self.mesh, images, labels))
             yield state, metrics, 1
@@ -190,12 +199,22 @@ class HostFeed:
 class DeviceFeed:
     """Device path: the uint8 dataset replicated on every device once; each call sends only
     ``(K, B)`` int32 row indices (:func:`~jaxcnn.data.batching.epoch_indices`) and runs K steps
-    that gather their batches on the device. Single-process."""
+    that gather their batches on the device. ``alternate_flip``: each call also sends the
+    ``(K, B)`` bool mask of :func:`~jaxcnn.data.alternating_flip_mask` (the indexed step must
+    take it: ``jit_indexed_train_step(..., flips=True)``) and the step mirrors those rows after
+    its gather. Single-process."""
 
     on_device = True
 
     def __init__(
-        self, indexed_step, dataset, batch_size: int, mesh, seed: int, steps_per_dispatch: int = 1
+        self,
+        indexed_step,
+        dataset,
+        batch_size: int,
+        mesh,
+        seed: int,
+        steps_per_dispatch: int = 1,
+        alternate_flip: bool = False,
     ):
         if jax.process_count() > 1:
             raise ValueError(
@@ -210,6 +229,7 @@ class DeviceFeed:
             )
         self.step, self.batch_size, self.seed = indexed_step, batch_size, seed
         self.steps_per_dispatch = steps_per_dispatch
+        self.alternate_flip = bool(alternate_flip)
         self.size = len(dataset)
         rep = replicated(mesh)
         self.images = jax.device_put(np.asarray(dataset.images), rep)
@@ -217,13 +237,21 @@ class DeviceFeed:
 
     def epoch(self, state, epoch: int):
         """Yield ``(state, metrics, steps)`` per dispatch; metrics have a leading steps axis."""
-        from jaxcnn.data.batching import epoch_indices
+        from jaxcnn.data.batching import alternating_flip_mask, epoch_indices
 
         idx = epoch_indices(self.size, self.batch_size, seed=self.seed, epoch=epoch)
+        flips = (
+            alternating_flip_mask(idx, epoch, self.size, self.seed) if self.alternate_flip else None
+        )
         k = self.steps_per_dispatch
         for start in range(0, len(idx), k):
             block = idx[start : start + k]
-            state, metrics = self.step(state, self.images, self.labels, block)
+            if flips is None:
+                state, metrics = self.step(state, self.images, self.labels, block)
+            else:
+                state, metrics = self.step(
+                    state, self.images, self.labels, block, flips[start : start + k]
+                )
             yield state, metrics, len(block)
 
 
@@ -238,13 +266,16 @@ def make_feed(
     yields ``(state, metrics, steps)`` for every dispatch of epoch ``e``, with the engine's
     steps (:func:`~jaxcnn.train.build`), its config's batch size and seed.
     ``on_device`` picks :class:`DeviceFeed` (``steps_per_dispatch`` steps per call; default the
-    config's) over :class:`HostFeed`; both give the same batches in the same order."""
+    config's) over :class:`HostFeed`; both give the same batches in the same order (mirrored
+    alike with ``flip="alternate"``)."""
     config = engine.config
+    alternate = engine.preprocess.alternating_flips
     if on_device:
         k = config.steps_per_dispatch if steps_per_dispatch is None else steps_per_dispatch
         return DeviceFeed(engine.indexed_step, dataset, config.batch_size, engine.mesh,
-                          config.seed, k)
-    return HostFeed(engine.train_step, dataset, config.batch_size, engine.mesh, config.seed)
+                          config.seed, k, alternate_flip=alternate)
+    return HostFeed(engine.train_step, dataset, config.batch_size, engine.mesh, config.seed,
+                    alternate_flip=alternate)
 
 
 def _stack_metrics(entries, stacked: bool) -> dict[str, np.ndarray]:

@@ -136,7 +136,9 @@ def jit_train_step(step: Callable, mesh: Mesh, *, donate: bool = True) -> Callab
     )
 
 
-def jit_indexed_train_step(step: Callable, mesh: Mesh, *, donate: bool = True) -> Callable:
+def jit_indexed_train_step(
+    step: Callable, mesh: Mesh, *, donate: bool = True, flips: bool = False
+) -> Callable:
     """``jax.jit`` an indexed step from :func:`jaxcnn.train.steps.make_indexed_train_step`.
 
     The returned ``(state, images_all, labels_all, idx) -> (state, metrics)`` takes the whole
@@ -144,12 +146,15 @@ def jit_indexed_train_step(step: Callable, mesh: Mesh, *, donate: bool = True) -
     ``idx: (K, B)`` int32 row indices sharded over the batch axis (``P(None, "data")``), so
     each device gathers only its own rows of every batch, from its own copy, with no
     communication (build the step with ``batch_sharding=batch_sharding(mesh)`` to pin each
-    gathered batch to the usual batch sharding). The state is donated, as in :func:`jit_train_step`.
+    gathered batch to the usual batch sharding). With ``flips=True`` it takes a fifth argument,
+    the ``(K, B)`` bool mask of the rows to mirror (alternating flips), sharded like ``idx``.
+    The state is donated, as in :func:`jit_train_step`.
     """
-    rep = replicated(mesh)
+    rep, rows = replicated(mesh), NamedSharding(mesh, P(None, DATA_AXIS))
+    in_shardings = (rep, rep, rep, rows, rows) if flips else (rep, rep, rep, rows)
     return jax.jit(
         step,
-        in_shardings=(rep, rep, rep, NamedSharding(mesh, P(None, DATA_AXIS))),
+        in_shardings=in_shardings,
         out_shardings=(rep, rep),
         donate_argnums=(0,) if donate else (),
     )

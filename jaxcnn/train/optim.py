@@ -12,9 +12,13 @@
   normalisation); kernels (ndim >= 2: conv and dense weights) are decayed.
 * Schedules: ``onecycle`` (``optax.cosine_onecycle_schedule``: warm up from lr/25 to lr over
   ``warmup_steps``, then cosine down to lr/25e4), ``cosine`` (linear warm-up from 0 then cosine
-  to 0), ``constant`` (optional linear warm-up).
+  to 0), ``constant`` (optional linear warm-up), ``triangle`` (airbench's: linear from
+  ``lr * initial_lr_scale`` up to lr at ``warmup_steps``, default 23% of the run, then linear
+  down to ``lr * final_lr_scale`` at ``total_steps``).
 * ``ema_decay``: the optimizer state also keeps an exponential moving average of the weights
   (:mod:`jaxcnn.train.ema`).
+* ``lookahead_every``: the optimizer state keeps slow weights that the params are pulled to and
+  reset to every few steps (airbench's "lookahead", :func:`jaxcnn.train.ema.with_lookahead`).
 
 :func:`make_optimizer` is memoised on its arguments: the same settings give the same optax
 object, so a train state built with it has the same static ``tx`` as before and jit reuses the
@@ -33,7 +37,10 @@ import jax.numpy as jnp
 import optax
 
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("onecycle", "cosine", "constant")
+SCHEDULES = ("onecycle", "cosine", "constant", "triangle")
+
+# Where the triangle schedule peaks by default (airbench: 23% of the run).
+TRIANGLE_PEAK = 0.23
 
 # ``ParamGroup.match`` labels that select leaves by their shape instead of their name.
 PREDICATES: dict[str, Callable[[jax.Array], bool]] = {
@@ -148,12 +155,48 @@ def decay_mask(params, groups: tuple[ParamGroup, ...] = DEFAULT_PARAM_GROUPS, we
 
 def default_warmup_steps(schedule: str, total_steps: int) -> int:
     """Warm-up used when none is given: 30% for one-cycle (at least one step, and fewer than
-    ``total_steps``), 5% for cosine, none for constant."""
+    ``total_steps``), 5% for cosine, 23% for triangle (``TRIANGLE_PEAK``, airbench's peak
+    position), none for constant."""
     if schedule == "onecycle":
         return min(max(1, int(0.3 * total_steps)), total_steps - 1)
     if schedule == "cosine":
         return int(0.05 * total_steps)
+    if schedule == "triangle":
+        return min(int(TRIANGLE_PEAK * total_steps), total_steps - 1)
     return 0
+
+
+def _check_lr_scale(name: str, value) -> float:
+    if not (_number(value) and value >= 0):
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+def triangle_schedule(
+    learning_rate: float,
+    *,
+    total_steps: int,
+    warmup_steps: int,
+    initial_lr_scale: float = 0.2,
+    final_lr_scale: float = 0.07,
+) -> Callable[[int], jax.Array]:
+    """airbench's triangular schedule: linear from ``learning_rate * initial_lr_scale`` at step
+    0 up to ``learning_rate`` at ``warmup_steps``, then linear down to ``learning_rate *
+    final_lr_scale`` at ``total_steps`` (and constant after it). ``warmup_steps`` 0 starts at the
+    peak. Piecewise linear, like ``np.interp(step, [0, warmup_steps, total_steps], [lr *
+    initial_lr_scale, lr, lr * final_lr_scale])``, in float32."""
+    lr = float(learning_rate)
+    if warmup_steps:
+        xp = (0.0, float(warmup_steps), float(total_steps))
+        fp = (lr * initial_lr_scale, lr, lr * final_lr_scale)
+    else:
+        xp, fp = (0.0, float(total_steps)), (lr, lr * final_lr_scale)
+
+    def schedule(step):
+        t = jnp.asarray(step, jnp.float32)
+        return jnp.interp(t, jnp.asarray(xp, jnp.float32), jnp.asarray(fp, jnp.float32))
+
+    return schedule
 
 
 def make_schedule(
@@ -162,14 +205,22 @@ def make_schedule(
     *,
     total_steps: int,
     warmup_steps: int | None = None,
+    initial_lr_scale: float = 0.2,
+    final_lr_scale: float = 0.07,
 ) -> Callable[[int], float]:
-    """An optax schedule ``step -> learning rate`` peaking at ``learning_rate``."""
+    """An optax schedule ``step -> learning rate`` peaking at ``learning_rate``.
+
+    ``initial_lr_scale`` and ``final_lr_scale`` (numbers >= 0) are used by ``"triangle"`` only
+    (:func:`triangle_schedule`): its start and end as fractions of the peak; the other schedules
+    ignore them."""
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
     if not (isinstance(learning_rate, int | float) and learning_rate > 0):
         raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
     if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
         raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
+    initial_lr_scale = _check_lr_scale("initial_lr_scale", initial_lr_scale)
+    final_lr_scale = _check_lr_scale("final_lr_scale", final_lr_scale)
     if warmup_steps is None:
         warmup_steps = default_warmup_steps(schedule, total_steps)
     limit = total_steps if schedule != "constant" else None
@@ -183,6 +234,14 @@ def make_schedule(
             f"warmup_steps must be an int in [0, total_steps={total_steps}), got {warmup_steps!r}"
         )
     lr = float(learning_rate)
+    if schedule == "triangle":
+        return triangle_schedule(
+            lr,
+            total_steps=total_steps,
+            warmup_steps=warmup_steps,
+            initial_lr_scale=initial_lr_scale,
+            final_lr_scale=final_lr_scale,
+        )
     if schedule == "onecycle":
         return optax.cosine_onecycle_schedule(
             transition_steps=total_steps,
@@ -245,14 +304,19 @@ def make_optimizer(
     param_groups: tuple[ParamGroup, ...] = DEFAULT_PARAM_GROUPS,
     steps_per_epoch: int = 1,
     ema_decay: float | None = None,
+    initial_lr_scale: float = 0.2,
+    final_lr_scale: float = 0.07,
+    lookahead_every: int = 0,
+    lookahead_decay: float = 0.95,
 ) -> optax.GradientTransformation:
     """An optax optimizer with a schedule, decoupled weight decay, parameter groups, optional
-    clipping and an optional moving average of the weights.
+    clipping, optional lookahead and an optional moving average of the weights.
 
     Args:
       name: ``"sgd"`` (Nesterov momentum + decoupled decay) or ``"adamw"``.
       learning_rate: peak learning rate of the schedule.
-      schedule: ``"onecycle"``, ``"cosine"`` or ``"constant"`` (see :func:`make_schedule`).
+      schedule: ``"onecycle"``, ``"cosine"``, ``"constant"`` or ``"triangle"`` (see
+        :func:`make_schedule`).
       total_steps: number of optimizer steps of the whole run (epochs * steps per epoch).
       warmup_steps: warm-up length; default from :func:`default_warmup_steps`.
       momentum, nesterov: SGD momentum (AdamW ignores these; its b1 is 0.9).
@@ -265,6 +329,14 @@ def make_optimizer(
       steps_per_epoch: converts the groups' ``start_epoch``/``stop_epoch`` to steps.
       ema_decay: keep an exponential moving average of the weights in the optimizer state
         (:func:`jaxcnn.train.ema.with_ema`; read it with :func:`~jaxcnn.train.ema.ema_params`).
+        It averages the params as stored, after any lookahead reset.
+      initial_lr_scale, final_lr_scale: start and end of the ``"triangle"`` schedule as
+        fractions of ``learning_rate`` (ignored by the other schedules).
+      lookahead_every: every this many updates (and after the last, ``total_steps``) the params
+        are blended into slow weights kept in the optimizer state and reset to them
+        (:func:`jaxcnn.train.ema.with_lookahead`, decay ``lookahead_decay ** lookahead_every *
+        (t / total_steps) ** 3`` at update t); 0: off.
+      lookahead_decay: the per-step decay of the lookahead, in [0, 1].
 
     Returns:
       An ``optax.GradientTransformation`` (pure; works under ``jax.vmap`` for ensembles); the
@@ -287,19 +359,37 @@ def make_optimizer(
         raise ValueError(f"steps_per_epoch must be a positive int, got {steps_per_epoch!r}")
     if ema_decay is not None and not 0 <= ema_decay < 1:
         raise ValueError(f"ema_decay must be None or in [0, 1), got {ema_decay!r}")
+    initial_lr_scale = _check_lr_scale("initial_lr_scale", initial_lr_scale)
+    final_lr_scale = _check_lr_scale("final_lr_scale", final_lr_scale)
+    check_lookahead(lookahead_every, lookahead_decay)
     return _make_optimizer(
         name, learning_rate, schedule, total_steps, warmup_steps, momentum, nesterov,
-        weight_decay, clip_norm, param_groups, steps_per_epoch, ema_decay,
+        weight_decay, clip_norm, param_groups, steps_per_epoch, ema_decay, initial_lr_scale,
+        final_lr_scale, int(lookahead_every), float(lookahead_decay),
     )
+
+
+def check_lookahead(every, decay) -> None:
+    """ValueError unless ``every`` is an int >= 0 and ``decay`` a number in [0, 1]."""
+    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+        raise ValueError(f"lookahead_every must be an int >= 0 (0: off), got {every!r}")
+    if not (_number(decay) and 0 <= decay <= 1):
+        raise ValueError(f"lookahead_decay must be a number in [0, 1], got {decay!r}")
 
 
 @functools.lru_cache(maxsize=64)
 def _make_optimizer(
     name, learning_rate, schedule, total_steps, warmup_steps, momentum, nesterov, weight_decay,
-    clip_norm, param_groups, steps_per_epoch, ema_decay,
+    clip_norm, param_groups, steps_per_epoch, ema_decay, initial_lr_scale, final_lr_scale,
+    lookahead_every, lookahead_decay,
 ):
     base = make_schedule(
-        schedule, learning_rate, total_steps=total_steps, warmup_steps=warmup_steps
+        schedule,
+        learning_rate,
+        total_steps=total_steps,
+        warmup_steps=warmup_steps,
+        initial_lr_scale=initial_lr_scale,
+        final_lr_scale=final_lr_scale,
     )
 
     def group_tx(group: ParamGroup | None) -> optax.GradientTransformation:
@@ -329,7 +419,11 @@ def _make_optimizer(
         )
     )
     tx = optax.chain(*parts)
-    if ema_decay is not None:
+    if lookahead_every:
+        from jaxcnn.train.ema import with_lookahead
+
+        tx = with_lookahead(tx, lookahead_every, lookahead_decay, total_steps)
+    if ema_decay is not None:  # outermost: it averages the params as stored
         from jaxcnn.train.ema import with_ema
 
         tx = with_ema(tx, ema_decay)

@@ -13,7 +13,12 @@
 peaking at 0.1, label smoothing 0.1, random crop (4-pixel reflect padding) and horizontal
 flips, 30 epochs, batch 128. ``mlp``: AdamW (1e-3, weight decay 1e-4), cosine schedule, no
 augmentation (an MLP has no translation invariance: shifted images only make its task harder),
-20 epochs. :func:`for_model` gives cnn3's recipe to models without their own.
+20 epochs. ``airbench94`` (the speedrun, ``python -m experiments.speedrun``): Keller Jordan's
+airbench recipe for the registry's ``airbench94`` net: Nesterov SGD (momentum 0.85) at batch
+1024 with a triangular learning rate, label smoothing 0.2, the first layer whitened from the
+training patches and frozen (its bias trained for 3 epochs), BatchNorm biases at 64x the
+learning rate, lookahead every 5 steps, 2-pixel crops and alternating flips, 10 epochs.
+:func:`for_model` gives cnn3's recipe to models without their own.
 
 Command-line flags reach a recipe through :func:`with_overrides`: a lesson names each flag's
 ``dest`` after the FitConfig field it sets (``--weight-decay`` -> ``weight_decay``, ``--cutout``
@@ -28,6 +33,49 @@ from collections.abc import Mapping
 from typing import Any
 
 from jaxcnn.train.config import FitConfig
+from jaxcnn.train.optim import ParamGroup
+
+# airbench94's weight decay, converted to this engine's units. airbench (PyTorch) sums the loss
+# over a batch of 1024 and decays through the momentum buffer; here the loss is the batch mean
+# and the decay is decoupled (``w -= lr_t * lr_scale * wd * w``). Both give the same shrink per
+# step at the peak learning rate: 0.0153 * 1024 / 7850.7 / (1 - 0.85) = 0.0133.
+_AIRBENCH_LR = 1.5  # 11.5 / 7850.7 per summed loss, times the batch of 1024
+_AIRBENCH_DECAY_PER_STEP = 0.0153 * 1024 / (1024 * (1 + 1 / (1 - 0.85))) / (1 - 0.85)
+_AIRBENCH_BIAS_LR_SCALE = 64.0
+
+
+def _airbench94() -> FitConfig:
+    from jaxcnn.data import CIFAR10_MEAN, CIFAR10_STD
+    from jaxcnn.models.airbench import make_whitening_init
+
+    return FitConfig(
+        epochs=10,
+        batch_size=1024,
+        optimizer="sgd",
+        lr=_AIRBENCH_LR,
+        schedule="triangle",
+        initial_lr_scale=0.2,
+        final_lr_scale=0.07,
+        momentum=0.85,
+        nesterov=True,
+        weight_decay=_AIRBENCH_DECAY_PER_STEP / _AIRBENCH_LR,
+        param_groups=(
+            ParamGroup("^whiten/kernel", lr_scale=0.0),  # the whitening filters stay fixed
+            ParamGroup("^whiten/bias", stop_epoch=3),
+            ParamGroup("norm", lr_scale=_AIRBENCH_BIAS_LR_SCALE,
+                       weight_decay=_AIRBENCH_DECAY_PER_STEP
+                       / (_AIRBENCH_LR * _AIRBENCH_BIAS_LR_SCALE)),
+        ),
+        lookahead_every=5,
+        lookahead_decay=0.95,
+        label_smoothing=0.2,
+        augment=True,
+        crop_pad=2,
+        flip="alternate",
+        cutout_size=0,
+        init_fn=make_whitening_init(CIFAR10_MEAN, CIFAR10_STD),
+        eval_batch_size=1000,
+    )
 
 RECIPES: dict[str, FitConfig] = {
     "cnn3": FitConfig(
@@ -56,6 +104,7 @@ RECIPES: dict[str, FitConfig] = {
         augment=False,
         cutout_size=0,
     ),
+    "airbench94": _airbench94(),
 }
 
 # The recipe of a model without its own (see for_model).

@@ -38,7 +38,11 @@ class Preprocess:
       mean, std: per-channel statistics in [0, 1] units (e.g. ``CIFAR10_MEAN``), tuples.
       augment: apply random crop / flip / cutout in the train step (never in eval).
       crop_pad: reflect-padding of the random crop (0: no crop).
-      flip: random horizontal flip.
+      flip: True: random horizontal flip (each image with probability 1/2, from the step key);
+        False: none; ``"alternate"``: no random flip here, the images come mirrored already:
+        the batch feeds mirror them by :func:`~jaxcnn.data.alternating_flip_mask` (host path)
+        or the indexed step does after its gather (``flips``), see
+        :attr:`alternating_flips`. The random crop and cutout apply either way.
       cutout_size: side of the cutout square (0: none).
       dtype: dtype of the normalised input (``"float32"`` or ``"bfloat16"``); the model's own
         ``dtype`` option sets its compute dtype.
@@ -48,7 +52,7 @@ class Preprocess:
     std: tuple[float, ...]
     augment: bool = False
     crop_pad: int = 4
-    flip: bool = True
+    flip: bool | str = True
     cutout_size: int = 0
     dtype: str = "float32"
 
@@ -63,12 +67,22 @@ class Preprocess:
             raise ValueError(
                 f"crop_pad and cutout_size must be >= 0, got {self.crop_pad}, {self.cutout_size}"
             )
+        if isinstance(self.flip, str) and self.flip != "alternate":
+            raise ValueError(f"flip must be True, False or 'alternate', got {self.flip!r}")
+        if not isinstance(self.flip, str):
+            object.__setattr__(self, "flip", bool(self.flip))
         dtype = jnp.dtype(self.dtype).name
         if dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
         object.__setattr__(self, "dtype", dtype)
+
+    @property
+    def alternating_flips(self) -> bool:
+        """True when the training batches arrive mirrored by the feed (``augment`` and
+        ``flip == "alternate"``): the indexed step then takes a ``flips`` mask."""
+        return bool(self.augment) and self.flip == "alternate"
 
     def train(self, rng: jax.Array, images: jax.Array) -> jax.Array:
         """(N, H, W, C) uint8 -> augmented (if ``augment``) and normalised (N, H, W, C) float."""
@@ -79,7 +93,7 @@ class Preprocess:
                 rng,
                 images,
                 crop_pad=self.crop_pad,
-                flip=self.flip,
+                flip=self.flip is True,  # "alternate": mirrored by the feed already
                 cutout_size=self.cutout_size,
             )
         return self.eval(images)
@@ -269,33 +283,44 @@ def make_indexed_train_step(train_step, *, batch_sharding=None, unroll: bool | i
         CPU (compile time then grows with K); accelerators keep the loop rolled (1).
 
     Returns:
-      ``(state, images_all, labels_all, idx) -> (state, metrics)`` with ``images_all:
-      (N, H, W, C)`` uint8 and ``labels_all: (N,)`` int32 (the whole dataset) and ``idx: (K, B)``
-      int32 row indices: it runs K train steps, step k on the batch ``images_all[idx[k]]``, in
-      one program (``lax.scan`` when K > 1), and returns the final state and the metrics of
-      every step stacked on a leading K axis. Because each step is the unchanged
-      ``train_step`` on the same rows, the results equal K separate calls on host batches
-      ``images[idx[k]]`` (same keys: ``fold_in(rng, state.step)``).
+      ``(state, images_all, labels_all, idx, flips=None) -> (state, metrics)`` with
+      ``images_all: (N, H, W, C)`` uint8 and ``labels_all: (N,)`` int32 (the whole dataset),
+      ``idx: (K, B)`` int32 row indices and optionally ``flips: (K, B)`` bool (airbench's
+      alternating flips, :func:`~jaxcnn.data.alternating_flip_mask`): it runs K train steps,
+      step k on the batch ``images_all[idx[k]]`` with the rows where ``flips[k]`` mirrored
+      (:func:`~jaxcnn.data.flip_rows`), in one program (``lax.scan`` when K > 1), and returns
+      the final state and the metrics of every step stacked on a leading K axis. Because each
+      step is the unchanged ``train_step`` on the same rows, the results equal K separate calls
+      on host batches ``flip_rows(images[idx[k]], flips[k])`` (same keys: ``fold_in(rng,
+      state.step)``).
     """
 
-    def gather(images_all, labels_all, rows):
+    from jaxcnn.data.augment import flip_rows
+
+    def gather(images_all, labels_all, rows, flips):
         x, y = images_all[rows], labels_all[rows]
+        if flips is not None:
+            x = flip_rows(x, flips)
         if batch_sharding is not None:
             x = jax.lax.with_sharding_constraint(x, batch_sharding)
             y = jax.lax.with_sharding_constraint(y, batch_sharding)
         return x, y
 
-    def indexed_step(state, images_all, labels_all, idx):
+    def indexed_step(state, images_all, labels_all, idx, flips=None):
         if idx.ndim != 2:
             raise ValueError(f"idx must be (K, B) row indices, got shape {idx.shape}")
+        if flips is not None and flips.shape != idx.shape:
+            raise ValueError(f"flips must be (K, B) like idx {idx.shape}, got {flips.shape}")
         if idx.shape[0] == 1:
-            state, metrics = train_step(state, *gather(images_all, labels_all, idx[0]))
+            f = None if flips is None else flips[0]
+            state, metrics = train_step(state, *gather(images_all, labels_all, idx[0], f))
             return state, jax.tree.map(lambda m: m[None], metrics)
 
-        def body(carry, rows):
-            return train_step(carry, *gather(images_all, labels_all, rows))
+        def body(carry, xs):
+            rows, f = xs
+            return train_step(carry, *gather(images_all, labels_all, rows, f))
 
-        return jax.lax.scan(body, state, idx, unroll=unroll)
+        return jax.lax.scan(body, state, (idx, flips), unroll=unroll)
 
     return indexed_step
 

@@ -1,0 +1,365 @@
+"""CIFAR-10 speedrun: an airbench-class recipe to 94%, and the ladder of what each trick buys.
+
+    python -m experiments.speedrun                                  # train on train, report test
+    python -m experiments.speedrun --train-split 'train[:45000]' --eval-split 'train[45000:]'
+    python -m experiments.speedrun --seeds 0,1                      # mean +- std over seeds
+    python -m experiments.speedrun --ablate                         # the ladder, short budget
+
+The model is the registry's ``airbench94`` and its training the recipe ``airbench94`` of
+:mod:`jaxcnn.train.recipes`, both on the one engine (:func:`jaxcnn.train.fit`: checkpoints in
+``<workdir>/seed<k>/``, resumed when present; progress bars; data parallel over every local
+device; on a GPU/TPU the uint8 dataset and its augmentation live on the device, and the
+compute is bfloat16). The ingredients, each with its one-line reason:
+
+* **whitened first layer**: a frozen 2x2 convolution whose 24 filters are the eigenvectors of
+  the training patches' covariance (and their negatives), scaled to unit variance, so the first
+  trained layer starts from decorrelated inputs (no BatchNorm after it; its bias trains for 3
+  epochs, then freezes).
+* **identity ("dirac") init**: each 3x3 convolution starts as the identity on its first input
+  channels, so the untrained network already passes the whitened signal through.
+* **BatchNorm without scale, biases at 64x the learning rate**: the biases of a normalised
+  network move in units of one standard deviation, so they need a much larger step.
+* **lookahead** every 5 steps with fast BatchNorm statistics (momentum 0.4 in Flax's
+  convention), which smooths the last noisy steps of a short, high-rate run.
+* **alternating flips**: each image is mirrored in every other epoch instead of at random, so
+  two consecutive epochs see both orientations of every image.
+* **multi-crop test-time augmentation**: logits averaged over the image, its mirror and 1-pixel
+  translations of both (``flip_translate``). The exported bundle applies the same TTA, so its
+  predictions reproduce the reported accuracy.
+* Nesterov SGD (momentum 0.85), a triangular learning rate, label smoothing 0.2, batch 1024,
+  2-pixel reflect-padded random crops, 10 epochs.
+
+``--ablate`` trains the ladder: from a baseline (learned first layer with BatchNorm, default
+init, no bias scaling, random flips, flip TTA) adding one ingredient per rung, each on a short
+budget (``--ablate-train-size`` images, ``--ablate-epochs`` epochs), and plots held-out accuracy
+against epochs for every rung (``<workdir>/figures/ablation_*.png``). Each rung checkpoints in
+``<workdir>/ablate/<rung>/`` and resumes.
+
+Measured accuracies and times, with their commands and machines, are in
+``visuals/speedrun/README.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+
+from experiments import _cli
+
+TTA_CHOICES = ("none", "flip", "flip_translate")
+
+# The ladder: (rung name, what it adds). Each rung keeps everything above it.
+RUNGS = (
+    ("baseline", "learned first layer + BatchNorm, default init, SGD, flip/translate, flip TTA"),
+    ("whitening", "+ frozen whitened first layer (no BatchNorm after it)"),
+    ("dirac", "+ identity init of the 3x3 convolutions"),
+    ("bias_lr", "+ BatchNorm biases at 64x the learning rate"),
+    ("whiten_bias_freeze", "+ first-layer bias frozen after 3 epochs"),
+    ("lookahead", "+ lookahead every 5 steps, BatchNorm momentum 0.4"),
+    ("multicrop_tta", "+ multi-crop TTA (mirror and 1-pixel translations)"),
+    ("alternating_flip", "+ alternating (not random) flips: the full recipe"),
+)
+RUNG_NAMES = tuple(name for name, _ in RUNGS)
+
+
+def build_parser():
+    p = _cli.make_parser("speedrun", __doc__.split("\n")[0])
+    _cli.add_common(p, "speedrun", seed=False, data_dir=True)
+    _cli.add_cifar10_training(
+        p, epochs_help="training epochs (default: the recipe's, 10)", batch_size=None,
+        batch_size_help="global batch size (default: the recipe's, 1024); the learning rates "
+                        "are tuned for it")
+    p.add_argument("--seeds", default="0",
+                   help="comma-separated seeds; one full run each (in <workdir>/seed<k>), "
+                        "reported as mean +- std")
+    p.add_argument("--tta", choices=TTA_CHOICES, default="flip_translate",
+                   help="test-time augmentation of the reported accuracy and of the exported "
+                        "bundle's predictions")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="compute dtype (auto: bfloat16 on a GPU or TPU, float32 on a CPU)")
+    p.add_argument("--eval-batch-size", type=_cli.positive_int, default=1000,
+                   help="batch size of evaluation")
+    p.add_argument("--ablate", action="store_true",
+                   help="train the ablation ladder instead of the full run")
+    p.add_argument("--rungs", default=",".join(RUNG_NAMES),
+                   help="--ablate: comma-separated subset of the rungs, in ladder order: "
+                        + ", ".join(RUNG_NAMES))
+    p.add_argument("--ablate-train-size", type=_cli.positive_int, default=10_000,
+                   help="--ablate: training images per rung (the first N of --train-split)")
+    p.add_argument("--ablate-epochs", type=_cli.positive_int, default=8,
+                   help="--ablate: epochs per rung")
+    return _cli.add_run_flags(p)
+
+
+# (train, eval) ArrayDatasets of --train-split / --eval-split (a module attribute: tests hand
+# main() generated data through it).
+load_data = _cli.load_cifar10
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds: expected distinct integers >= 0 separated by commas, got "
+                         f"{text!r}")
+    return seeds
+
+
+def parse_rungs(text: str) -> list[str]:
+    rungs = [r.strip() for r in text.split(",") if r.strip()]
+    bad = [r for r in rungs if r not in RUNG_NAMES]
+    if bad or not rungs:
+        raise ValueError(f"--rungs: unknown rung(s) {bad or [text]}; choose from "
+                         f"{', '.join(RUNG_NAMES)}")
+    return sorted(rungs, key=RUNG_NAMES.index)
+
+
+def resolve_dtype(dtype: str) -> str:
+    import jax
+
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32"
+
+
+def model_options(dtype: str, **options) -> dict:
+    import jax.numpy as jnp
+
+    return dict(options, dtype=jnp.bfloat16) if dtype == "bfloat16" else dict(options)
+
+
+def rung_setup(rung: str, base):
+    """The model options, FitConfig and TTA mode of a ladder rung: the full recipe ``base``
+    with every ingredient above ``rung`` taken out again."""
+    from jaxcnn.train import ParamGroup
+
+    level = RUNG_NAMES.index(rung)
+    has = {name: level >= RUNG_NAMES.index(name) for name in RUNG_NAMES}
+    options = dict(whiten_bn=not has["whitening"], dirac=has["dirac"],
+                   bn_momentum=0.4 if has["lookahead"] else 0.9)
+    main_wd = base.weight_decay
+    groups = []
+    if has["whitening"]:
+        groups.append(ParamGroup("^whiten/kernel", lr_scale=0.0))
+    if has["whiten_bias_freeze"]:
+        groups.append(ParamGroup("^whiten/bias", stop_epoch=3))
+    if has["bias_lr"]:
+        groups += [g for g in base.param_groups if g.match == "norm"]
+    config = dataclasses.replace(
+        base, param_groups=tuple(groups), weight_decay=main_wd,
+        init_fn=base.init_fn if has["whitening"] else None,
+        lookahead_every=base.lookahead_every if has["lookahead"] else 0,
+        flip="alternate" if has["alternating_flip"] else True)
+    tta = "flip_translate" if has["multicrop_tta"] else "flip"
+    return options, config, tta
+
+
+def train_flops_per_image(model, variables, image_shape) -> float:
+    """FLOPs of one training image: 3x the forward pass (forward, input and weight gradients),
+    as XLA counts the forward."""
+    from jaxcnn.flops import forward_flops
+
+    return 3.0 * forward_flops(model, variables, (1, *image_shape))
+
+
+def train_run(name: str, options: dict, config, tta: str, train, evaluation, args, workdir):
+    """Fit one model, evaluate it with ``tta``, export its bundle; returns (row, outcome)."""
+    from jaxcnn import export, models
+    from jaxcnn.data import CIFAR10_MEAN, CIFAR10_STD
+    from jaxcnn.evaluate import predict_logits
+    from jaxcnn.train import fit
+
+    model = models.create("airbench94", num_classes=train.num_classes, **options)
+    start = time.perf_counter()
+    result = fit(model, train, evaluation, config=config, workdir=workdir,
+                 normalization=(CIFAR10_MEAN, CIFAR10_STD), resume=args.resume,
+                 progress=args.progress)
+    train_s = time.perf_counter() - start
+    variables = result.state.variables
+    prep = result.preprocess
+    start = time.perf_counter()
+    plain = predict_logits(model.apply, variables, evaluation.images, mean=prep.mean,
+                           std=prep.std, batch_size=args.eval_batch_size)
+    logits = plain if tta == "none" else predict_logits(
+        model.apply, variables, evaluation.images, mean=prep.mean, std=prep.std,
+        batch_size=args.eval_batch_size, tta=tta)
+    eval_s = time.perf_counter() - start
+    history = result.history
+    # Epoch 1 includes compilation: the steady rate is the median of the others.
+    steady = [h["images_per_s"] for h in history[1:]] or [h["images_per_s"] for h in history]
+    img_s = float(np.median(steady)) if steady else float("nan")
+    flops = train_flops_per_image(model, variables, train.image_shape)
+    row = {
+        "run": name,
+        "accuracy": float((logits.argmax(-1) == evaluation.labels).mean()),
+        "accuracy_no_tta": float((plain.argmax(-1) == evaluation.labels).mean()),
+        "tta": tta,
+        "eval_split": args.eval_split,
+        "n_train": len(train),
+        "epochs": config.epochs,
+        "train_seconds": train_s,
+        "eval_seconds": eval_s,
+        "seconds_per_epoch": float(np.median([h["epoch_seconds"] for h in history[1:]]))
+        if len(history) > 1 else float("nan"),
+        "images_per_s": img_s,
+        "train_gflop_per_image": flops / 1e9,
+        "gflop_per_s": img_s * flops / 1e9,
+        "params": models.count_params(variables["params"]),
+        "model_options": {k: v for k, v in options.items() if k != "dtype"},
+        "recipe": config.to_dict(),
+        "history": [h["eval_accuracy"] for h in history],
+    }
+    export.save(workdir / "bundle", model_name="airbench94", model_options=options,
+                variables=variables, class_names=train.class_names,
+                preprocessing=dict(input_size=train.image_shape[:2], mean=prep.mean,
+                                   std=prep.std),
+                metrics={k: v for k, v in row.items() if k not in ("recipe", "history")},
+                tta=tta)
+    return row, dict(history=history, logits=logits)
+
+
+def base_recipe(args, seed: int):
+    from jaxcnn.train import recipes
+
+    config = recipes.get("airbench94")
+    changes = dict(seed=seed, dtype=resolve_dtype(args.dtype))
+    if args.epochs is not None:
+        changes["epochs"] = args.epochs
+    if args.batch_size is not None:
+        changes["batch_size"] = args.batch_size
+    return dataclasses.replace(config, **changes)
+
+
+def run_full(train, evaluation, args) -> dict:
+    seeds = parse_seeds(args.seeds)
+    rows, outcomes = [], {}
+    for seed in seeds:
+        config = base_recipe(args, seed)
+        _cli.check_batch_size(config.batch_size, len(train))
+        options = model_options(config.dtype)
+        row, outcomes[f"seed{seed}"] = train_run(f"seed{seed}", options, config, args.tta,
+                                                 train, evaluation, args,
+                                                 args.workdir / f"seed{seed}")
+        row["seed"] = seed
+        _cli.update_results(args.workdir / "results.json", f"seed{seed}", row)
+        rows.append(row)
+        print(f"seed {seed}: {100 * row['accuracy']:.2f}% on {args.eval_split} "
+              f"({args.tta} TTA; {100 * row['accuracy_no_tta']:.2f}% without), "
+              f"{row['train_seconds']:.0f} s")
+    accs = [r["accuracy"] for r in rows]
+    summary = {
+        "seeds": seeds,
+        "accuracy_mean": float(np.mean(accs)),
+        "accuracy_std": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
+        "train_seconds_mean": float(np.mean([r["train_seconds"] for r in rows])),
+        "eval_split": args.eval_split,
+        "tta": args.tta,
+    }
+    results = _cli.update_results(args.workdir / "results.json", "summary", summary)
+    _cli.print_table(format_table(rows))
+    print(f"\n{len(rows)} seed(s): {100 * summary['accuracy_mean']:.2f}% "
+          f"+- {100 * summary['accuracy_std']:.2f} on {args.eval_split}")
+    if args.figures:
+        from jaxcnn.viz import results as fig
+
+        figures = _cli.figures_dir(args)
+        figures.mkdir(parents=True, exist_ok=True)
+        fig.training_curves({k: o["history"] for k, o in outcomes.items()},
+                            figures / "training_curves.png",
+                            title="airbench94 on CIFAR-10 (eval split dashed)")
+        print(f"figures: {figures}/")
+    return results
+
+
+def run_ablation(train, evaluation, args) -> dict:
+    from jaxcnn.data import ArrayDataset
+
+    rungs = parse_rungs(args.rungs)
+    n = min(args.ablate_train_size, len(train))
+    subset = ArrayDataset(train.images[:n], train.labels[:n], train.class_names)
+    seed = parse_seeds(args.seeds)[0]
+    base = dataclasses.replace(base_recipe(args, seed), epochs=args.ablate_epochs)
+    _cli.check_batch_size(base.batch_size, n)
+    rows, outcomes = [], {}
+    for rung in rungs:
+        options, config, tta = rung_setup(rung, base)
+        print(f"rung {rung}: {dict(RUNGS)[rung]}")
+        row, outcomes[rung] = train_run(rung, model_options(config.dtype, **options), config,
+                                        tta, subset, evaluation, args,
+                                        args.workdir / "ablate" / rung)
+        _cli.update_results(args.workdir / "results.json", f"ablate/{rung}", row)
+        rows.append(row)
+        print(f"rung {rung}: {100 * row['accuracy']:.2f}% ({tta} TTA)")
+    _cli.print_table(format_table(rows))
+    if args.figures:
+        figures = _cli.figures_dir(args)
+        write_ladder_figure(figures, rows, outcomes, n, args)
+        print(f"figures: {figures}/")
+    return _cli.update_results(args.workdir / "results.json", "ablate/summary",
+                               {r["run"]: r["accuracy"] for r in rows})
+
+
+def write_ladder_figure(figures: Path, rows, outcomes, n_train: int, args) -> None:
+    """Held-out accuracy (no TTA) after each epoch for every rung, and each rung's final
+    accuracy with its TTA."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures.mkdir(parents=True, exist_ok=True)
+    f, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for i, row in enumerate(rows):
+        acc = [h["eval_accuracy"] for h in outcomes[row["run"]]["history"]]
+        ax.plot(range(1, len(acc) + 1), acc, marker="o", ms=3, color=f"C{i}", label=row["run"])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"accuracy on {args.eval_split} (no TTA)")
+    ax.set_title(f"Ablation ladder: {n_train:,} training images")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    names = [r["run"] for r in rows]
+    accs = [r["accuracy"] for r in rows]
+    bars = bx.barh(names, accs, color=[f"C{i}" for i in range(len(rows))])
+    for b, a in zip(bars, accs, strict=True):
+        bx.text(a, b.get_y() + b.get_height() / 2, f" {a:.1%}", va="center", fontsize=8)
+    bx.invert_yaxis()
+    bx.set_xlim(min(accs) - 0.05, min(1.0, max(accs) + 0.05))
+    bx.set_xlabel("final accuracy, with each rung's TTA")
+    f.tight_layout()
+    f.savefig(figures / "ablation_ladder.png", dpi=150)
+    plt.close(f)
+
+
+def format_table(rows) -> str:
+    columns = [("run", 20), ("accuracy", 9), ("no TTA", 8), ("min", 6), ("s/epoch", 8),
+               ("img/s", 7), ("GFLOP/s", 8)]
+    return _cli.format_table(columns, [
+        [r["run"], f"{100 * r['accuracy']:.2f}%", f"{100 * r['accuracy_no_tta']:.2f}%",
+         f"{r['train_seconds'] / 60:.1f}", f"{r['seconds_per_epoch']:.1f}",
+         f"{r['images_per_s']:.0f}", f"{r['gflop_per_s']:.0f}"] for r in rows])
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    parse_seeds(args.seeds)
+    if args.ablate:
+        parse_rungs(args.rungs)
+    from jaxcnn.train import maybe_initialize_distributed
+
+    _cli.warn_split_overlap(args.train_split, args.eval_split, _cli.CIFAR10_SPLIT_SIZES)
+    maybe_initialize_distributed()
+    train, evaluation = load_data(args)
+    print(f"train: {args.train_split} {len(train):,} images; eval: {args.eval_split} "
+          f"{len(evaluation):,} images")
+    if args.ablate:
+        return run_ablation(train, evaluation, args)
+    return run_full(train, evaluation, args)
+
+
+if __name__ == "__main__":
+    _cli.run(main)

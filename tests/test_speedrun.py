@@ -1,0 +1,149 @@
+"""End to end: ``python -m experiments.speedrun`` on a tiny generated CIFAR-like dataset.
+
+The full recipe (whitened first layer, lookahead, alternating flips, multi-crop TTA) for two
+seeds and two epochs, then the ablation ladder for two rungs; checks the results file, that the
+whitening filters stay exactly as the data made them, and that each exported bundle reproduces
+the reported (TTA) accuracy from the bundle alone. The same command on 8 fake devices, through
+the download path, runs in a subprocess.
+"""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny_data import tiny_cifar
+
+from experiments import speedrun
+from jaxcnn import export
+from jaxcnn.data import CIFAR10_MEAN, CIFAR10_STD
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def fake_data(monkeypatch):
+    data = (tiny_cifar(256, 0), tiny_cifar(64, 1))
+    monkeypatch.setattr(speedrun, "load_data", lambda args: data)
+    return data
+
+
+def _bundle_accuracy(path, data):
+    bundle = export.load(path)
+    probs = bundle.predict(data.images)
+    return bundle, float((probs.argmax(-1) == data.labels).mean())
+
+
+def test_full_recipe_two_seeds_exports_tta_bundles(tmp_path, fake_data, capsys):
+    from jaxcnn.models.airbench import whitening_init
+
+    workdir = tmp_path / "run"
+    results = speedrun.main(["--seeds", "0,1", "--epochs", "2", "--batch-size", "64",
+                             "--eval-split", "fake", "--workdir", str(workdir),
+                             "--visuals-dir", str(tmp_path / "vis"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert json.loads((workdir / "results.json").read_text()) == results
+    summary = results["summary"]
+    accs = [results[f"seed{s}"]["accuracy"] for s in (0, 1)]
+    assert summary["accuracy_mean"] == pytest.approx(np.mean(accs))
+    assert summary["accuracy_std"] == pytest.approx(np.std(accs, ddof=1))
+    assert "2 seed(s)" in out
+    train, evaluation = fake_data
+    for seed in (0, 1):
+        row = results[f"seed{seed}"]
+        assert row["tta"] == "flip_translate" and row["epochs"] == 2
+        assert row["recipe"]["flip"] == "alternate" and row["recipe"]["lookahead_every"] == 5
+        assert row["gflop_per_s"] > 0 and row["train_gflop_per_image"] > 0.5  # ~0.7 GFLOP
+        bundle, acc = _bundle_accuracy(workdir / f"seed{seed}" / "bundle", evaluation)
+        assert bundle.tta == "flip_translate"
+        # The bundle alone reproduces the reported TTA accuracy (up to float noise: 1 image).
+        assert acc == pytest.approx(row["accuracy"], abs=1.5 / len(evaluation))
+        # The whitening filters are the data's, untouched by training (lr_scale 0).
+        fresh = whitening_init({"params": {"whiten": {
+            "kernel": np.zeros_like(bundle.variables["params"]["whiten"]["kernel"]),
+            "bias": np.zeros_like(bundle.variables["params"]["whiten"]["bias"])}}},
+            train.images, None, mean=CIFAR10_MEAN, std=CIFAR10_STD)
+        np.testing.assert_array_equal(np.asarray(bundle.variables["params"]["whiten"]["kernel"]),
+                                      np.asarray(fresh["params"]["whiten"]["kernel"]))
+    assert (tmp_path / "vis" / "training_curves.png").stat().st_size > 0
+    # A second call resumes the finished runs: nothing is trained again, same numbers.
+    again = speedrun.main(["--seeds", "0", "--epochs", "2", "--batch-size", "64",
+                           "--eval-split", "fake", "--workdir", str(workdir), "--no-figures",
+                           "--no-progress"])
+    assert again["seed0"]["accuracy"] == pytest.approx(results["seed0"]["accuracy"])
+
+
+def test_ablation_ladder_trains_each_rung_and_plots(tmp_path, fake_data):
+    workdir = tmp_path / "run"
+    results = speedrun.main(["--ablate", "--rungs", "alternating_flip,baseline",
+                             "--ablate-epochs", "2", "--ablate-train-size", "128",
+                             "--batch-size", "64", "--eval-split", "fake",
+                             "--workdir", str(workdir), "--no-progress"])
+    assert set(results["ablate/summary"]) == {"baseline", "alternating_flip"}
+    base, full = results["ablate/baseline"], results["ablate/alternating_flip"]
+    assert base["n_train"] == full["n_train"] == 128
+    assert base["tta"] == "flip" and full["tta"] == "flip_translate"
+    assert base["model_options"]["whiten_bn"] and not full["model_options"]["whiten_bn"]
+    assert len(base["history"]) == 2
+    assert (workdir / "figures" / "ablation_ladder.png").stat().st_size > 0
+    assert (workdir / "ablate" / "baseline" / "bundle").is_dir()
+
+
+def test_top_rung_is_the_full_recipe_and_each_rung_adds_one_thing():
+    from jaxcnn.train import recipes
+
+    base = recipes.get("airbench94")
+    options, config, tta = speedrun.rung_setup("alternating_flip", base)
+    assert config == base and tta == "flip_translate"
+    assert options == dict(whiten_bn=False, dirac=True, bn_momentum=0.4)
+    options, config, tta = speedrun.rung_setup("baseline", base)
+    assert options == dict(whiten_bn=True, dirac=False, bn_momentum=0.9)
+    assert config.param_groups == () and config.init_fn is None
+    assert config.lookahead_every == 0 and config.flip is True and tta == "flip"
+    configs = [speedrun.rung_setup(r, base)[1:] for r in speedrun.RUNG_NAMES]
+    options = [speedrun.rung_setup(r, base)[0] for r in speedrun.RUNG_NAMES]
+    for i in range(1, len(configs)):  # every rung changes something
+        assert (configs[i], options[i]) != (configs[i - 1], options[i - 1])
+    assert dataclasses.replace(base, epochs=3).epochs == 3
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--seeds", "0,x"], "--seeds"),
+    (["--seeds", "1,1"], "--seeds"),
+    (["--ablate", "--rungs", "warp_drive"], "unknown rung"),
+])
+def test_bad_flags_are_clear_errors(argv, match, fake_data):
+    with pytest.raises(ValueError, match=match):
+        speedrun.main([*argv, "--no-progress"])
+
+
+def test_speedrun_command_on_8_devices_through_the_download_path(tmp_path):
+    from fake_archives import make_cifar10_archive, serve_directory
+
+    served = tmp_path / "served"
+    archive = make_cifar10_archive(served / "cifar-10-binary.tar.gz", per_batch=26, test=40,
+                                   learnable=True)
+    with serve_directory(served) as url:
+        env = dict(os.environ)
+        env.update(
+            JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="8",
+            XLA_FLAGS="--xla_force_host_platform_device_count=8",
+            PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]),
+            MPLBACKEND="Agg", JAXCNN_CIFAR10_URL=f"{url}/cifar-10-binary.tar.gz",
+            JAXCNN_CIFAR10_SHA256=archive["sha256"], JAXCNN_CACHE_DIR=str(tmp_path / "cache"),
+        )
+        workdir = tmp_path / "run"
+        proc = subprocess.run(
+            [sys.executable, "-m", "experiments.speedrun", "--epochs", "1", "--batch-size", "64",
+             "--data-dir", str(tmp_path / "data"), "--workdir", str(workdir), "--no-figures",
+             "--no-progress"],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    results = json.loads((workdir / "results.json").read_text())
+    assert 0.0 <= results["seed0"]["accuracy"] <= 1.0
+    assert results["seed0"]["n_train"] == 130  # 5 batches of 26
