@@ -78,6 +78,9 @@ def build_parser():
     p.add_argument("--tta", choices=TTA_CHOICES, default="flip_translate",
                    help="test-time augmentation of the reported accuracy and of the exported "
                         "bundle's predictions")
+    p.add_argument("--widths", type=parse_widths, default=None,
+                   help="channels of the three conv groups, e.g. 32,64,64 for a quick try "
+                        "(default: airbench94's 64,256,256, which the recipe is tuned for)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                    help="compute dtype (auto: bfloat16 on a GPU or TPU, float32 on a CPU)")
     p.add_argument("--eval-batch-size", type=_cli.positive_int, default=1000,
@@ -127,9 +130,27 @@ def resolve_dtype(dtype: str) -> str:
     return "bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32"
 
 
-def model_options(dtype: str, **options) -> dict:
+def parse_widths(text: str) -> tuple[int, int, int]:
+    """``"64,256,256"`` -> ``(64, 256, 256)``: three positive ints (argparse type)."""
+    import argparse
+
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        widths = ()
+    if len(widths) != 3 or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"expected three positive integers like 64,256,256, "
+                                         f"got {text!r}")
+    return widths
+
+
+def model_options(dtype: str, widths=None, **options) -> dict:
+    """``jaxcnn.models.create`` options of airbench94: ``options``, plus ``widths`` when given
+    and the compute dtype."""
     import jax.numpy as jnp
 
+    if widths is not None:
+        options["widths"] = tuple(widths)
     return dict(options, dtype=jnp.bfloat16) if dtype == "bfloat16" else dict(options)
 
 
@@ -241,7 +262,7 @@ def run_full(train, evaluation, args) -> dict:
     for seed in seeds:
         config = base_recipe(args, seed)
         _cli.check_batch_size(config.batch_size, len(train))
-        options = model_options(config.dtype)
+        options = model_options(config.dtype, args.widths)
         row, outcomes[f"seed{seed}"] = train_run(f"seed{seed}", options, config, args.tta,
                                                  train, evaluation, args,
                                                  args.workdir / f"seed{seed}")
@@ -289,7 +310,8 @@ def run_ablation(train, evaluation, args) -> dict:
     for rung in rungs:
         options, config, tta = rung_setup(rung, base)
         print(f"rung {rung}: {dict(RUNGS)[rung]}")
-        row, outcomes[rung] = train_run(rung, model_options(config.dtype, **options), config,
+        row, outcomes[rung] = train_run(rung, model_options(config.dtype, args.widths, **options),
+                                        config,
                                         tta, subset, evaluation, args,
                                         args.workdir / "ablate" / rung)
         _cli.update_results(args.workdir / "results.json", f"ablate/{rung}", row)

@@ -134,6 +134,7 @@ def test_bfloat16_input_keeps_dtype_and_float32_statistics():
     _close(y.astype(jnp.float32), _flax_bn_relu(x, scale, bias, True), "bf16 output", rtol=2e-2)
 
 
+@pytest.mark.slow  # the fused BN+ReLU+pool op is used by no model (it measured slower)
 @settings(max_examples=10, deadline=None)
 @given(n=st.integers(1, 3), h2=st.integers(1, 4), w2=st.integers(1, 4), c=st.integers(1, 6),
        seed=st.integers(0, 1000))

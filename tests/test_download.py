@@ -382,10 +382,13 @@ def test_first_run_of_the_main_experiment(tmp_path, archives):
     results = json.loads((workdir / "results.json").read_text())
     accuracy = results["mlp"]["test_accuracy"]
     assert float(printed.group(1)) == pytest.approx(100 * accuracy, abs=0.006)
-    # The exported bundle predicts the archive's test images with the reported accuracy.
+    # The exported bundle predicts the archive's test images with the reported accuracy: the
+    # main job's default flip TTA, which the bundle applies itself.
     bundle = export.load(workdir / "mlp" / "bundle")
+    assert bundle.tta == results["mlp"]["tta"] == "flip"
     predicted = bundle.predict(c["test_images"]).argmax(-1)
-    assert float((predicted == c["test_labels"]).mean()) == pytest.approx(accuracy, abs=1e-9)
+    assert float((predicted == c["test_labels"]).mean()) == pytest.approx(
+        results["mlp"]["test_accuracy_tta"], abs=1e-9)
     assert (data / "downloads" / CIFAR).exists()
 
     second = run()  # the server is gone: everything comes from the downloads folder / caches
