@@ -157,22 +157,16 @@ def model_options(dtype: str, widths=None, **options) -> dict:
 def rung_setup(rung: str, base):
     """The model options, FitConfig and TTA mode of a ladder rung: the full recipe ``base``
     with every ingredient above ``rung`` taken out again."""
-    from jaxcnn.train import ParamGroup
-
     level = RUNG_NAMES.index(rung)
     has = {name: level >= RUNG_NAMES.index(name) for name in RUNG_NAMES}
     options = dict(whiten_bn=not has["whitening"], dirac=has["dirac"],
                    bn_momentum=0.4 if has["lookahead"] else 0.9)
-    main_wd = base.weight_decay
-    groups = []
-    if has["whitening"]:
-        groups.append(ParamGroup("^whiten/kernel", lr_scale=0.0))
-    if has["whiten_bias_freeze"]:
-        groups.append(ParamGroup("^whiten/bias", stop_epoch=3))
-    if has["bias_lr"]:
-        groups += [g for g in base.param_groups if g.match == "norm"]
+    # The recipe's own parameter groups, each kept only from the rung that adds it.
+    owner = {"^whiten/kernel": "whitening", "^whiten/bias": "whiten_bias_freeze",
+             "norm": "bias_lr"}
+    groups = tuple(g for g in base.param_groups if has[owner[g.match]])
     config = dataclasses.replace(
-        base, param_groups=tuple(groups), weight_decay=main_wd,
+        base, param_groups=groups,
         init_fn=base.init_fn if has["whitening"] else None,
         lookahead_every=base.lookahead_every if has["lookahead"] else 0,
         flip="alternate" if has["alternating_flip"] else True)

@@ -40,7 +40,7 @@ from jaxcnn.train.optim import ParamGroup
 # and the decay is decoupled (``w -= lr_t * lr_scale * wd * w``). Both give the same shrink per
 # step at the peak learning rate: 0.0153 * 1024 / 7850.7 / (1 - 0.85) = 0.0133.
 _AIRBENCH_LR = 1.5  # 11.5 / 7850.7 per summed loss, times the batch of 1024
-_AIRBENCH_DECAY_PER_STEP = 0.0153 * 1024 / (1024 * (1 + 1 / (1 - 0.85))) / (1 - 0.85)
+_AIRBENCH_DECAY_PER_STEP = 0.0153 / (1 + 1 / (1 - 0.85)) / (1 - 0.85)  # batch 1024 cancels
 _AIRBENCH_BIAS_LR_SCALE = 64.0
 
 
