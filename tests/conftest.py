@@ -1,4 +1,4 @@
-"""Shared test set-up: CPU only, float32 defaults, paths to the optional real data."""
+"""Shared test set-up: CPU only, quick compilation, paths to the optional real data."""
 
 import os
 from pathlib import Path
@@ -6,6 +6,45 @@ from pathlib import Path
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _share_compilations() -> None:
+    """One persistent XLA compilation cache for this test run: its workers and subprocesses.
+
+    Many tests compile the same train and eval steps (same model, shapes and flags); with the
+    cache each distinct program is compiled once per run instead of once per test and process.
+    The folder is new for each run (the controller makes it, workers and the commands the
+    end-to-end tests start inherit it through the environment) and is removed at exit. Set
+    JAX_COMPILATION_CACHE_DIR yourself to keep or inspect it; set it to an empty string to
+    compile everything afresh.
+    """
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="jaxcnn-tests-xla-cache-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = folder
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+
+def _compile_quickly() -> None:
+    """Ask XLA's CPU backend for its lowest optimisation level (LLVM -O0), unless set already.
+
+    Test inputs are tiny, so compiling dominates the run: this takes about a third off it. The
+    level changes how fast the generated code runs; the whole suite passes at either level (the
+    numeric tests keep their float32 tolerances). Set XLA_FLAGS=--xla_backend_optimization_level=3
+    to test with XLA's default level (3).
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "--xla_backend_optimization_level" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_optimization_level=0".strip()
+
+
+_share_compilations()
+_compile_quickly()
 
 import pytest  # noqa: E402
 

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from device_env import fake_cpu_devices_env
 from fake_archives import make_cifar10_archive, serve_directory
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,11 +27,8 @@ N_EVAL = 100
 
 
 def _start(tmp_path, n, url, sha256):
-    env = dict(os.environ)
+    env = fake_cpu_devices_env(n)
     env.update(
-        JAX_PLATFORMS="cpu",
-        JAX_NUM_CPU_DEVICES=str(n),
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
         PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]),
         MPLBACKEND="Agg",
         JAXCNN_CIFAR10_URL=url,

@@ -9,13 +9,13 @@ cannot split.
 """
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
+from device_env import fake_cpu_devices_env
 
 SCRIPT = textwrap.dedent(
     """
@@ -73,12 +73,7 @@ SCRIPT = textwrap.dedent(
 
 
 def _start(tmp_path, n):
-    env = dict(os.environ)
-    env.update(
-        JAX_PLATFORMS="cpu",
-        JAX_NUM_CPU_DEVICES=str(n),
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
-    )
+    env = fake_cpu_devices_env(n)
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
     out = tmp_path / f"out{n}.json"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from device_env import fake_cpu_devices_env
 from tiny_data import tiny_cifar
 
 from experiments import speedrun
@@ -125,10 +126,8 @@ def test_speedrun_command_on_8_devices_through_the_download_path(tmp_path):
     archive = make_cifar10_archive(served / "cifar-10-binary.tar.gz", per_batch=26, test=40,
                                    learnable=True)
     with serve_directory(served) as url:
-        env = dict(os.environ)
+        env = fake_cpu_devices_env(8)
         env.update(
-            JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="8",
-            XLA_FLAGS="--xla_force_host_platform_device_count=8",
             PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]),
             MPLBACKEND="Agg", JAXCNN_CIFAR10_URL=f"{url}/cifar-10-binary.tar.gz",
             JAXCNN_CIFAR10_SHA256=archive["sha256"], JAXCNN_CACHE_DIR=str(tmp_path / "cache"),
