@@ -182,19 +182,40 @@ def train_flops_per_image(model, variables, image_shape) -> float:
     return 3.0 * forward_flops(model, variables, (1, *image_shape))
 
 
-def train_run(name: str, options: dict, config, tta: str, train, evaluation, args, workdir):
-    """Fit one model, evaluate it with ``tta``, export its bundle; returns (row, outcome)."""
-    from jaxcnn import export, models
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    """One fitted airbench94: what ``evaluate_and_export`` needs, and who trained it."""
+
+    name: str
+    model: object
+    options: dict
+    config: object
+    result: object  # jaxcnn.train.FitResult
+
+
+def fit_airbench(name: str, options: dict, config, train, evaluation, args,
+                 workdir) -> Trained:
+    """Fit ``airbench94(**options)`` with ``config`` (checkpoints in ``workdir``, resumed
+    unless ``--no-resume``)."""
+    from jaxcnn import models
     from jaxcnn.data import CIFAR10_MEAN, CIFAR10_STD
-    from jaxcnn.evaluate import predict_logits
     from jaxcnn.train import fit
 
     model = models.create("airbench94", num_classes=train.num_classes, **options)
-    start = time.perf_counter()
     result = fit(model, train, evaluation, config=config, workdir=workdir,
                  normalization=(CIFAR10_MEAN, CIFAR10_STD), resume=args.resume,
                  progress=args.progress)
-    train_s = time.perf_counter() - start
+    return Trained(name, model, options, config, result)
+
+
+def evaluate_and_export(name: str, trained: Trained, tta: str, train, evaluation, args,
+                        workdir) -> tuple[dict, dict]:
+    """Evaluate a fitted model with ``tta``, export its bundle to ``workdir/bundle``; returns
+    (row, outcome)."""
+    from jaxcnn import export, models
+    from jaxcnn.evaluate import predict_logits
+
+    model, config, result = trained.model, trained.config, trained.result
     variables = result.state.variables
     prep = result.preprocess
     start = time.perf_counter()
@@ -217,7 +238,9 @@ def train_run(name: str, options: dict, config, tta: str, train, evaluation, arg
         "eval_split": args.eval_split,
         "n_train": len(train),
         "epochs": config.epochs,
-        "train_seconds": train_s,
+        # The epochs' wall time from the history (compilation in epoch 1, each epoch's
+        # held-out evaluation included), so a resumed run reports its whole training.
+        "train_seconds": float(sum(h["epoch_seconds"] for h in history)),
         "eval_seconds": eval_s,
         "seconds_per_epoch": float(np.median([h["epoch_seconds"] for h in history[1:]]))
         if len(history) > 1 else float("nan"),
@@ -225,11 +248,13 @@ def train_run(name: str, options: dict, config, tta: str, train, evaluation, arg
         "train_gflop_per_image": flops / 1e9,
         "gflop_per_s": img_s * flops / 1e9,
         "params": models.count_params(variables["params"]),
-        "model_options": {k: v for k, v in options.items() if k != "dtype"},
+        "model_options": {k: v for k, v in trained.options.items() if k != "dtype"},
         "recipe": config.to_dict(),
         "history": [h["eval_accuracy"] for h in history],
     }
-    export.save(workdir / "bundle", model_name="airbench94", model_options=options,
+    if trained.name != name:
+        row["trained_as"] = trained.name  # the same training as that run, another TTA
+    export.save(workdir / "bundle", model_name="airbench94", model_options=trained.options,
                 variables=variables, class_names=train.class_names,
                 preprocessing=dict(input_size=train.image_shape[:2], mean=prep.mean,
                                    std=prep.std),
@@ -257,9 +282,10 @@ def run_full(train, evaluation, args) -> dict:
         config = base_recipe(args, seed)
         _cli.check_batch_size(config.batch_size, len(train))
         options = model_options(config.dtype, args.widths)
-        row, outcomes[f"seed{seed}"] = train_run(f"seed{seed}", options, config, args.tta,
-                                                 train, evaluation, args,
-                                                 args.workdir / f"seed{seed}")
+        name, workdir = f"seed{seed}", args.workdir / f"seed{seed}"
+        trained = fit_airbench(name, options, config, train, evaluation, args, workdir)
+        row, outcomes[name] = evaluate_and_export(name, trained, args.tta, train, evaluation,
+                                                  args, workdir)
         row["seed"] = seed
         _cli.update_results(args.workdir / "results.json", f"seed{seed}", row)
         rows.append(row)
@@ -300,14 +326,22 @@ def run_ablation(train, evaluation, args) -> dict:
     seed = parse_seeds(args.seeds)[0]
     base = dataclasses.replace(base_recipe(args, seed), epochs=args.ablate_epochs)
     _cli.check_batch_size(base.batch_size, n)
-    rows, outcomes = [], {}
+    rows, outcomes, fitted = [], {}, []
     for rung in rungs:
         options, config, tta = rung_setup(rung, base)
+        options = model_options(config.dtype, args.widths, **options)
+        workdir = args.workdir / "ablate" / rung
         print(f"rung {rung}: {dict(RUNGS)[rung]}")
-        row, outcomes[rung] = train_run(rung, model_options(config.dtype, args.widths, **options),
-                                        config,
-                                        tta, subset, evaluation, args,
-                                        args.workdir / "ablate" / rung)
+        # A rung that changes only the evaluation (multi-crop TTA) reuses the net trained above.
+        trained = next((t for t in fitted if (t.options, t.config) == (options, config)), None)
+        if trained is None:
+            trained = fit_airbench(rung, options, config, subset, evaluation, args, workdir)
+            fitted.append(trained)
+        else:
+            print(f"rung {rung}: the same training as rung {trained.name}, evaluated with "
+                  f"{tta} TTA")
+        row, outcomes[rung] = evaluate_and_export(rung, trained, tta, subset, evaluation, args,
+                                                  workdir)
         _cli.update_results(args.workdir / "results.json", f"ablate/{rung}", row)
         rows.append(row)
         print(f"rung {rung}: {100 * row['accuracy']:.2f}% ({tta} TTA)")

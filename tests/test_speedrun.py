@@ -44,9 +44,10 @@ def test_full_recipe_two_seeds_exports_tta_bundles(tmp_path, fake_data, capsys):
     from jaxcnn.models.airbench import whitening_init
 
     workdir = tmp_path / "run"
-    results = speedrun.main(["--seeds", "0,1", "--epochs", "2", "--batch-size", "64", *SMALL,
-                             "--eval-split", "fake", "--workdir", str(workdir),
-                             "--visuals-dir", str(tmp_path / "vis"), "--no-progress"])
+    argv = ["--seeds", "0,1", "--epochs", "2", "--batch-size", "64", *SMALL,
+            "--eval-split", "fake", "--workdir", str(workdir),
+            "--visuals-dir", str(tmp_path / "vis"), "--no-progress"]
+    results = speedrun.main(argv)
     out = capsys.readouterr().out
     assert json.loads((workdir / "results.json").read_text()) == results
     summary = results["summary"]
@@ -73,22 +74,38 @@ def test_full_recipe_two_seeds_exports_tta_bundles(tmp_path, fake_data, capsys):
         np.testing.assert_array_equal(np.asarray(bundle.variables["params"]["whiten"]["kernel"]),
                                       np.asarray(fresh["params"]["whiten"]["kernel"]))
     assert (tmp_path / "vis" / "training_curves.png").stat().st_size > 0
+    # The same command again resumes the finished runs: same accuracy, and the training time
+    # reported is the runs' own (from their history), not the few seconds of the resume.
+    again = speedrun.main(argv + ["--no-figures"])
+    for seed in (0, 1):
+        first, second = results[f"seed{seed}"], again[f"seed{seed}"]
+        assert second["accuracy"] == first["accuracy"]
+        assert second["train_seconds"] == pytest.approx(first["train_seconds"], rel=1e-9)
 
 
 def test_ablation_ladder_trains_each_rung_and_plots(tmp_path, fake_data):
     workdir = tmp_path / "run"
-    results = speedrun.main(["--ablate", "--rungs", "alternating_flip,baseline",
+    results = speedrun.main(["--ablate", "--rungs", "multicrop_tta,lookahead,baseline",
                              "--ablate-epochs", "1", "--ablate-train-size", "128",
                              "--batch-size", "64", "--eval-split", "fake", *SMALL,
                              "--workdir", str(workdir), "--no-progress"])
-    assert set(results["ablate/summary"]) == {"baseline", "alternating_flip"}
-    base, full = results["ablate/baseline"], results["ablate/alternating_flip"]
-    assert base["n_train"] == full["n_train"] == 128
-    assert base["tta"] == "flip" and full["tta"] == "flip_translate"
-    assert base["model_options"]["whiten_bn"] and not full["model_options"]["whiten_bn"]
+    assert set(results["ablate/summary"]) == {"baseline", "lookahead", "multicrop_tta"}
+    base, look, crop = (results[f"ablate/{r}"] for r in ("baseline", "lookahead", "multicrop_tta"))
+    assert base["n_train"] == look["n_train"] == 128
+    assert (base["tta"], look["tta"], crop["tta"]) == ("flip", "flip", "flip_translate")
+    assert base["model_options"]["whiten_bn"] and not look["model_options"]["whiten_bn"]
     assert len(base["history"]) == 1
+    # Multi-crop TTA changes only the evaluation: that rung evaluates the lookahead rung's net
+    # (same history, no training of its own) and its plain accuracy is that rung's.
+    assert crop["trained_as"] == "lookahead" and "trained_as" not in look
+    assert crop["history"] == look["history"] and crop["recipe"] == look["recipe"]
+    assert crop["accuracy_no_tta"] == look["accuracy_no_tta"]
+    assert not (workdir / "ablate" / "multicrop_tta" / "checkpoints").exists()
+    assert (workdir / "ablate" / "lookahead" / "checkpoints").is_dir()
     assert (workdir / "figures" / "ablation_ladder.png").stat().st_size > 0
-    assert (workdir / "ablate" / "baseline" / "bundle").is_dir()
+    for rung in ("baseline", "multicrop_tta"):
+        assert export.load(workdir / "ablate" / rung / "bundle").tta == results[
+            f"ablate/{rung}"]["tta"]
 
 
 def test_top_rung_is_the_full_recipe_and_each_rung_adds_one_thing():
