@@ -14,7 +14,9 @@ def _share_compilations() -> None:
     Many tests compile the same train and eval steps (same model, shapes and flags); with the
     cache each distinct program is compiled once per run instead of once per test and process.
     The folder is new for each run (the controller makes it, workers and the commands the
-    end-to-end tests start inherit it through the environment) and is removed at exit. Set
+    end-to-end tests start inherit it through the environment) and is removed at exit. JAX
+    writes entries without a lock: a worker that reads an entry while another is writing the
+    same one gets a warning and compiles it itself (a truncated entry fails to decompress). Set
     JAX_COMPILATION_CACHE_DIR yourself to keep or inspect it; set it to an empty string to
     compile everything afresh.
     """
