@@ -32,8 +32,9 @@ compute is bfloat16). The ingredients, each with its one-line reason:
 ``--ablate`` trains the ladder: from a baseline (learned first layer with BatchNorm, default
 init, no bias scaling, random flips, flip TTA) adding one ingredient per rung, each on a short
 budget (``--ablate-train-size`` images, ``--ablate-epochs`` epochs), and plots held-out accuracy
-against epochs for every rung (``<workdir>/figures/ablation_*.png``). Each rung checkpoints in
-``<workdir>/ablate/<rung>/`` and resumes.
+against epochs for every rung (``<workdir>/figures/ablation_ladder.png``). Each rung checkpoints in
+``<workdir>/ablate/<rung>/`` and resumes; the multi-crop TTA rung, which changes only the
+evaluation, evaluates the net the lookahead rung trained.
 
 Measured accuracies and times, with their commands and machines, are in
 ``visuals/speedrun/README.md``.
