@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from device_env import fake_cpu_devices_env
+from device_env import fake_cpu_devices
 from fake_archives import make_cifar10_archive, serve_directory
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +27,7 @@ N_EVAL = 100
 
 
 def _start(tmp_path, n, url, sha256):
-    env = fake_cpu_devices_env(n)
+    env = {**os.environ, **fake_cpu_devices(n)}
     env.update(
         PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]),
         MPLBACKEND="Agg",

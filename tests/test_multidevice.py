@@ -9,13 +9,14 @@ cannot split.
 """
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
-from device_env import fake_cpu_devices_env
+from device_env import fake_cpu_devices
 
 SCRIPT = textwrap.dedent(
     """
@@ -73,7 +74,7 @@ SCRIPT = textwrap.dedent(
 
 
 def _start(tmp_path, n):
-    env = fake_cpu_devices_env(n)
+    env = {**os.environ, **fake_cpu_devices(n)}
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
     out = tmp_path / f"out{n}.json"

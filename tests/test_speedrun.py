@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from device_env import fake_cpu_devices_env
+from device_env import fake_cpu_devices
 from tiny_data import tiny_cifar
 
 from experiments import speedrun
@@ -143,7 +143,7 @@ def test_speedrun_command_on_8_devices_through_the_download_path(tmp_path):
     archive = make_cifar10_archive(served / "cifar-10-binary.tar.gz", per_batch=26, test=40,
                                    learnable=True)
     with serve_directory(served) as url:
-        env = fake_cpu_devices_env(8)
+        env = {**os.environ, **fake_cpu_devices(8)}
         env.update(
             PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]),
             MPLBACKEND="Agg", JAXCNN_CIFAR10_URL=f"{url}/cifar-10-binary.tar.gz",
