@@ -67,6 +67,7 @@ import numpy as np
 
 from experiments import _cli
 from experiments._cli import positive_int
+from jaxcnn.host_malloc import reuse_freed_memory
 
 # --------------------------------------------------------------------------------------------
 # The course-style baseline: four Python loops
@@ -501,6 +502,7 @@ class _TrainCase:
         return time.perf_counter() - t0
 
 
+@reuse_freed_memory()  # as jaxcnn.train.fit runs its steps
 def bench_train(models: tuple[str, ...] = TRAIN_MODELS,
                 batch_sizes: tuple[int, ...] = TRAIN_BATCH_SIZES, steps: int = 20,
                 repeats: int = 3, warmup: int = 2, model_options: dict | None = None,

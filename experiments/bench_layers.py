@@ -45,6 +45,7 @@ import numpy as np
 
 from experiments import _cli
 from experiments._cli import positive_int
+from jaxcnn.host_malloc import reuse_freed_memory
 
 LAYER_MODELS = ("cnn3", "resnet20")
 GEMM_SIZES = (1024, 2048, 4096)
@@ -590,6 +591,7 @@ def bench_model(name: str, conv_impl: str = "auto", batch_size: int = 128, repea
     }
 
 
+@reuse_freed_memory()  # as jaxcnn.train.fit runs its steps
 def bench_layers(models: tuple[str, ...] = LAYER_MODELS, conv_impl: str = "auto",
                  batch_size: int = 128, repeats: int = 5, steps: int = 10, warmup: int = 2,
                  gemm_sizes: tuple[int, ...] = GEMM_SIZES, model_options: dict | None = None,

@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcnn.host_malloc import reuse_freed_memory
 from jaxcnn.train import checkpoint
 from jaxcnn.train.builder import (
     Engine,
@@ -402,6 +403,7 @@ def _stderr_is_terminal() -> bool:
         return False
 
 
+@reuse_freed_memory()  # XLA:CPU's step buffers stay mapped (jaxcnn.host_malloc)
 def fit(
     model: nn.Module,
     train_ds,

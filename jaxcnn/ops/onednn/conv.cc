@@ -7,7 +7,7 @@
 //
 // Activations stay NHWC (oneDNN's AVX2/AVX-512 kernels read and write it directly). The kernel
 // is handed to oneDNN as HWIO and reordered, when the chosen implementation prefers a blocked
-// layout, into a scratch buffer (weights are small: at most a few MB). Primitives are cached
+// layout, into a per-thread buffer (weights are small: at most a few MB). Primitives are cached
 // per shape, so after the first call of a shape only the execution remains.
 //
 // Built on first use by jaxcnn/ops/onednn/build.py (g++ against the onednn-devel headers and
@@ -109,17 +109,29 @@ struct Primitives {
   }
 };
 
-// Runs ``prim`` with a scratchpad (described by ``pd``) added to ``args``: a buffer owned by
-// the calling thread and reused across calls (a fresh allocation per call cost page faults:
-// it tripled the time of the smallest convolutions).
+// What a per-thread buffer holds (one buffer each).
+enum BufferRole { kScratchpad = 0, kWeights = 1, kDiffWeights = 2, kNumRoles = 3 };
+
+// Memory of ``desc`` in a buffer owned by the calling thread and reused across calls, 64-byte
+// aligned. A fresh allocation per call costs page faults: for the scratchpad it tripled the
+// time of the smallest convolutions; memory oneDNN allocates itself (this SYCL build maps it
+// through the OpenCL runtime) was five mmap/munmap pairs per cnn3 step.
+memory thread_memory(const memory::desc& desc, BufferRole role) {
+  thread_local std::vector<char> buffers[kNumRoles];
+  auto& buffer = buffers[role];
+  size_t need = desc.get_size() + 64;
+  if (buffer.size() < need) buffer.resize(need);
+  auto addr = reinterpret_cast<std::uintptr_t>(buffer.data());
+  void* aligned = reinterpret_cast<void*>((addr + 63) & ~static_cast<std::uintptr_t>(63));
+  return memory(desc, cpu_engine(), aligned);
+}
+
+// Runs ``prim`` with a scratchpad (described by ``pd``, in a per-thread buffer) added to
+// ``args``.
 template <typename PrimitiveDesc>
 void execute_with_scratchpad(const dnnl::primitive& prim, const PrimitiveDesc& pd,
                              dnnl::stream& s, std::unordered_map<int, memory> args) {
-  thread_local std::vector<char> buffer;
-  auto desc = pd.scratchpad_desc();
-  if (buffer.size() < desc.get_size()) buffer.resize(desc.get_size());
-  memory scratchpad(desc, cpu_engine(), buffer.data());
-  args.insert({DNNL_ARG_SCRATCHPAD, scratchpad});
+  args.insert({DNNL_ARG_SCRATCHPAD, thread_memory(pd.scratchpad_desc(), kScratchpad)});
   prim.execute(s, args);
   s.wait();
 }
@@ -138,7 +150,7 @@ memory weights_as(const memory::desc& want, const Problem& p, float* hwio, dnnl:
   auto& eng = cpu_engine();
   memory user(user_weights_md(p), eng, hwio);
   if (want == user.get_desc()) return user;
-  memory blocked(want, eng);
+  memory blocked = thread_memory(want, kWeights);
   dnnl::reorder(user, blocked).execute(s, user, blocked);
   return blocked;
 }
@@ -241,7 +253,7 @@ ffi::Error backward_weights(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& dy,
     memory diff_dst(dst_md(p), eng, dy.typed_data());
     memory user(user_weights_md(p), eng, dw->typed_data());
     auto want = prims.bwd_weights_pd.diff_weights_desc();
-    memory diff_w = want == user.get_desc() ? user : memory(want, eng);
+    memory diff_w = want == user.get_desc() ? user : thread_memory(want, kDiffWeights);
     std::unordered_map<int, memory> args{
         {DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_DIFF_WEIGHTS, diff_w}};
     if (p.bias) args.insert({DNNL_ARG_DIFF_BIAS, memory(bias_md(p), eng, db)});

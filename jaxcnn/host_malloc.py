@@ -1,0 +1,124 @@
+"""Keep XLA:CPU's per-call buffers in the heap instead of fresh pages from the kernel.
+
+XLA:CPU allocates the temporary buffer of every execution (125 MB for cnn3's train step at
+batch 128) with ``posix_memalign`` on one of its worker threads and frees it when the call ends.
+glibc serves an allocation that does not fit a thread arena (whose heaps are at most 64 MiB) with
+a fresh ``mmap`` and gives it back with ``munmap`` on ``free``; so every train step faults in
+about 30,000 zeroed 4 KiB pages again, and whichever op first writes into them pays for it
+(measured: 31,500 minor page faults per cnn3 step; 800-2,000 inside :func:`reuse_freed_memory`,
+where the step is 1.13-1.28x faster: ``visuals/bench/README.md``).
+
+Two settings (``mallopt``):
+
+* :func:`share_main_arena`, called by ``import jaxcnn``: every thread allocates from the main
+  arena (``M_ARENA_MAX = 1``), the only one that can grow past 64 MiB (with ``brk``). A thread
+  is bound to its arena at its first allocation, so this must happen before JAX starts its CPU
+  client: import jaxcnn before running JAX computations. Alone it changes neither speed nor
+  memory measurably.
+* :func:`reuse_freed_memory`, a context manager (also a decorator) that ``jaxcnn.train.fit`` and
+  the benchmarks run in: no allocation is served by ``mmap`` (``M_MMAP_MAX = 0``) and up to
+  1 GiB freed at the top of the heap is kept (``M_TRIM_THRESHOLD``), so the step's buffers are
+  reused. The price is resident memory: glibc cannot reuse a freed hole for an aligned request
+  of the same size, so the heap grows by a few step buffers before it settles (cnn3's 30-epoch
+  main job: about +0.9 GB while training). On exit glibc's defaults come back and
+  ``malloc_trim`` returns the free pages to the kernel.
+
+``JAXCNN_MALLOC=default`` in the environment turns both off. Where the C library is not glibc
+(or not Linux) both do nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import os
+import sys
+import threading
+
+__all__ = ["ENV_VAR", "reuse_freed_memory", "share_main_arena", "state"]
+
+ENV_VAR = "JAXCNN_MALLOC"
+
+# <malloc.h> parameter numbers and glibc's defaults.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
+_KEEP_TRIM_THRESHOLD = 1 << 30
+_DEFAULT_TRIM_THRESHOLD = 128 * 1024
+_DEFAULT_MMAP_MAX = 65536
+
+_state = {"arena": "not applied", "depth": 0}
+_lock = threading.Lock()
+
+
+def _opted_out() -> bool:
+    return os.environ.get(ENV_VAR, "").strip().lower() == "default"
+
+
+@functools.cache
+def _glibc():
+    """glibc's ``CDLL`` with ``mallopt`` and ``malloc_trim`` typed, or None off glibc."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        _ = libc.gnu_get_libc_version  # only glibc has it (musl does not)
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.mallopt.restype = ctypes.c_int
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        libc.malloc_trim.restype = ctypes.c_int
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def _mallopt(libc, *settings: tuple[int, int]) -> bool:
+    return all(libc.mallopt(param, value) == 1 for param, value in settings)
+
+
+def share_main_arena() -> bool:
+    """Let every thread created from now on allocate from glibc's main arena.
+
+    Returns:
+      True when set; False when ``JAXCNN_MALLOC=default`` is set, off glibc, or refused.
+    """
+    libc = None if _opted_out() else _glibc()
+    if libc is None:
+        _state["arena"] = f"off ({ENV_VAR}=default)" if _opted_out() else "off (not glibc)"
+        return False
+    ok = _mallopt(libc, (_M_ARENA_MAX, 1))
+    _state["arena"] = "applied" if ok else "refused by glibc"
+    return ok
+
+
+@contextlib.contextmanager
+def reuse_freed_memory():
+    """Within this context glibc keeps freed memory for reuse instead of unmapping it.
+
+    Nests (the outermost exit restores the defaults and calls ``malloc_trim(0)``); does
+    nothing with ``JAXCNN_MALLOC=default`` or off glibc. Usable as a decorator:
+    ``@reuse_freed_memory()``.
+    """
+    libc = None if _opted_out() else _glibc()
+    if libc is None:
+        yield
+        return
+    with _lock:
+        _state["depth"] += 1
+        if _state["depth"] == 1:
+            _mallopt(libc, (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _KEEP_TRIM_THRESHOLD))
+    try:
+        yield
+    finally:
+        with _lock:
+            _state["depth"] -= 1
+            if _state["depth"] == 0:
+                _mallopt(libc, (_M_MMAP_MAX, _DEFAULT_MMAP_MAX),
+                         (_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD))
+                libc.malloc_trim(0)
+
+
+def state() -> dict:
+    """``{"arena": "applied" | "off (...)" | ..., "reusing": bool}``: what is set now."""
+    return {"arena": _state["arena"], "reusing": _state["depth"] > 0}
