@@ -5,23 +5,24 @@ batch 128) with ``posix_memalign`` on one of its worker threads and frees it whe
 glibc serves an allocation that does not fit a thread arena (whose heaps are at most 64 MiB) with
 a fresh ``mmap`` and gives it back with ``munmap`` on ``free``; so every train step faults in
 about 30,000 zeroed 4 KiB pages again, and whichever op first writes into them pays for it
-(measured: 31,500 minor page faults per cnn3 step; 800-2,000 inside :func:`reuse_freed_memory`,
-where the step is 1.13-1.28x faster: ``visuals/bench/README.md``).
+(measured: 31,500 minor page faults per cnn3 step, none inside :func:`reuse_freed_memory`, where
+the train step with the ``onednn`` extra was 1.13x (cnn3) and 1.18x (resnet20) faster; in pure
+JAX only evaluation gained: ``visuals/bench/README.md``).
 
 Two settings (``mallopt``):
 
 * :func:`share_main_arena`, called by ``import jaxcnn``: every thread allocates from the main
   arena (``M_ARENA_MAX = 1``), the only one that can grow past 64 MiB (with ``brk``). A thread
   is bound to its arena at its first allocation, so this must happen before JAX starts its CPU
-  client: import jaxcnn before running JAX computations. Alone it changes neither speed nor
-  memory measurably.
+  client: import jaxcnn before running JAX computations. Alone it changed neither speed nor
+  memory noticeably (one cnn3 run).
 * :func:`reuse_freed_memory`, a context manager (also a decorator) that ``jaxcnn.train.fit`` and
   the benchmarks run in: no allocation is served by ``mmap`` (``M_MMAP_MAX = 0``) and up to
   1 GiB freed at the top of the heap is kept (``M_TRIM_THRESHOLD``), so the step's buffers are
   reused. The price is resident memory: glibc cannot reuse a freed hole for an aligned request
-  of the same size, so the heap grows by a few step buffers before it settles (cnn3's 30-epoch
-  main job: about +0.9 GB while training). On exit glibc's defaults come back and
-  ``malloc_trim`` returns the free pages to the kernel.
+  of the same size, so the heap grows by a few step buffers before it settles (a 5-epoch cnn3
+  run with the ``onednn`` extra: about +0.6 GB while training). On exit glibc's defaults come
+  back and ``malloc_trim`` returns the free pages to the kernel.
 
 ``JAXCNN_MALLOC=default`` in the environment turns both off. Where the C library is not glibc
 (or not Linux) both do nothing.
