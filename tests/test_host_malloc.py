@@ -14,17 +14,20 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gl
 # A jitted function whose temporary (sin(x), 3000 x 4096 float32 = 49 MB = 12,000 pages) is
 # written on an XLA worker thread each call. Reports, outside and inside reuse_freed_memory,
 # the median over 15 calls of the minor page faults per call: while the heap grows to its
-# peak a few calls still fault, and the median skips them.
+# peak a few calls still fault, and the median skips them. After the context, the same for a
+# function with 8 MB temporaries (4000 x 512 float32, 2,000 pages), which glibc's grown dynamic
+# mmap threshold keeps in the heap.
 _PROBE = r"""
 import json, resource
 import jaxcnn
 from jaxcnn import host_malloc
 import jax, jax.numpy as jnp
 
-f = jax.jit(lambda x: (jnp.sin(x) @ jnp.ones((4096, 4))).sum() + jnp.cos(x).T.sum(0)[0])
-x = jnp.ones((3000, 4096), jnp.float32)
+def probe(n, m):
+    return jax.jit(lambda x: (jnp.sin(x) @ jnp.ones((m, 4))).sum() + jnp.cos(x).T.sum(0)[0]), \
+        jnp.ones((n, m), jnp.float32)
 
-def median_faults():
+def median_faults(f, x):
     jax.block_until_ready(f(x))
     counts = []
     for _ in range(15):
@@ -33,14 +36,16 @@ def median_faults():
         counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     return sorted(counts)[len(counts) // 2]
 
-outside = median_faults()
+big, mid = probe(3000, 4096), probe(4000, 512)
+outside = median_faults(*big)
 with host_malloc.reuse_freed_memory():
-    inside = median_faults()
+    inside = median_faults(*big)
     state_inside = host_malloc.state()
 print(json.dumps({"outside": outside, "inside": inside, "state_inside": state_inside,
-                  "state_after": host_malloc.state()}))
+                  "state_after": host_malloc.state(), "mid_after": median_faults(*mid)}))
 """
 TEMP_PAGES = 3000 * 4096 * 4 // 4096
+MID_PAGES = 4000 * 512 * 4 // 4096
 
 
 def _probe(malloc_env: str | None) -> dict:
@@ -61,6 +66,9 @@ def test_reuse_freed_memory_stops_page_faults_of_xla_buffers():
     assert r["outside"] > 0.8 * TEMP_PAGES, r
     # kept in the heap: reused pages, (almost) no faults.
     assert r["inside"] < 0.05 * TEMP_PAGES, r
+    # after the context, 8 MB temporaries still come from the heap (not one mmap per call, as
+    # glibc's 128 KiB starting threshold would give once mallopt froze the dynamic one).
+    assert r["mid_after"] < 0.05 * MID_PAGES, r
 
 
 def test_env_opt_out_keeps_glibc_defaults():
