@@ -1,7 +1,10 @@
 """jaxcnn.ops.batchnorm / layers.FusedBatchNorm against flax.linen.BatchNorm (+ relu).
 
-Reference: ``nn.BatchNorm(use_fast_variance=True)`` and autodiff, float32; and a float64 numpy
-evaluation of the forward formula. Tolerance: 1e-5 x max|reference| (DESIGN.md)."""
+Both implementations are checked: the pure-JAX functions of ``jaxcnn.ops.batchnorm`` and the
+C++ kernels of ``jaxcnn.ops.onednn.batchnorm`` (``native``; skipped where the library is
+unavailable). Reference: ``nn.BatchNorm(use_fast_variance=True)`` and autodiff, float32; and a
+float64 numpy evaluation of the forward formula. Tolerance: 1e-5 x max|reference| (DESIGN.md).
+"""
 
 from __future__ import annotations
 
@@ -14,9 +17,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxcnn.models.layers import FusedBatchNorm
-from jaxcnn.ops.batchnorm import batch_norm_relu_pool_train, batch_norm_train
+from jaxcnn.ops import batchnorm as pure
+from jaxcnn.ops.onednn import batchnorm as native
+from jaxcnn.ops.onednn import build
 
 RTOL = 1e-5
+
+needs_native = pytest.mark.skipif(
+    not build.available(), reason=f"native kernels unavailable: {build.unavailable_reason()}")
+# (name, batch_norm_train, batch_norm_relu_pool_train, FusedBatchNorm's ``native``)
+IMPLS = [
+    pytest.param(("pure", pure.batch_norm_train, pure.batch_norm_relu_pool_train, False),
+                 id="pure"),
+    pytest.param(("native", native.batch_norm_train_native,
+                  native.batch_norm_relu_pool_train_native, True), id="native",
+                 marks=needs_native),
+]
 
 
 def _close(got, want, what, rtol=RTOL):
@@ -42,12 +58,14 @@ def _flax_bn_relu(x, scale, bias, relu, eps=1e-5):
     return nn.relu(y) if relu else y
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @settings(max_examples=10, deadline=None)
 @given(n=st.integers(1, 4), h=st.integers(1, 6), w=st.integers(1, 6), c=st.integers(1, 7),
        relu=st.booleans(), seed=st.integers(0, 1000))
-def test_values_and_gradients_match_flax(n, h, w, c, relu, seed):
+def test_values_and_gradients_match_flax(impl, n, h, w, c, relu, seed):
     if n * h * w < 8:  # E[x^2] - E[x]^2 over 2-7 values cancels: rounding noise, not a signal
         return
+    batch_norm_train = impl[1]
     x, scale, bias, g = _data((n, h, w, c), seed)
     ours = lambda x, s, b: batch_norm_train(x, s, b, 1e-5, relu)[0]  # noqa: E731
     ref = lambda x, s, b: _flax_bn_relu(x, s, b, relu)  # noqa: E731
@@ -58,9 +76,10 @@ def test_values_and_gradients_match_flax(n, h, w, c, relu, seed):
         _close(got, want, what, rtol=1e-4)  # sums of up to 144 terms, float32
 
 
-def test_forward_against_float64_numpy():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_forward_against_float64_numpy(impl):
     x, scale, bias, _ = _data((8, 5, 5, 3), 0)
-    y, mean, var = batch_norm_train(x, scale, bias, 1e-3, relu=True)
+    y, mean, var = impl[1](x, scale, bias, 1e-3, relu=True)
     xd = np.asarray(x, np.float64)
     m, v = xd.mean((0, 1, 2)), xd.var((0, 1, 2))
     want = np.maximum((xd - m) / np.sqrt(v + 1e-3) * np.asarray(scale) + np.asarray(bias), 0)
@@ -69,25 +88,31 @@ def test_forward_against_float64_numpy():
     _close(var, v, "var")
 
 
-def test_statistics_carry_no_gradient():
-    x, scale, bias, _ = _data((4, 3, 3, 2), 1)
-    g = jax.grad(lambda x: batch_norm_train(x, scale, bias)[1].sum())(x)
-    assert not np.any(np.asarray(g))
+@pytest.mark.parametrize("impl", IMPLS)
+def test_statistics_carry_no_gradient(impl):
+    x, scale, bias, _ = _data((4, 4, 4, 2), 1)
+    for fn in (impl[1], impl[2]):
+        g = jax.grad(lambda x, fn=fn: fn(x, scale, bias)[1].sum() + fn(x, scale, bias)[2].sum())(x)
+        assert not np.any(np.asarray(g))
 
 
-def test_bad_shapes_are_named():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bad_shapes_are_named(impl):
+    batch_norm_train = impl[1]
     with pytest.raises(ValueError, match=r"\(N, H, W, C\)"):
         batch_norm_train(jnp.ones((4, 3)), jnp.ones(3), jnp.zeros(3))
     with pytest.raises(ValueError, match=r"shape \(3,\)"):
         batch_norm_train(jnp.ones((2, 2, 2, 3)), jnp.ones(2), jnp.zeros(3))
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("train", [True, False])
-def test_module_equals_flax_batchnorm_and_relu(train):
+def test_module_equals_flax_batchnorm_and_relu(train, impl):
     """Same variables, outputs and running statistics as nn.BatchNorm followed by nn.relu."""
     x, scale, bias, _ = _data((6, 4, 4, 3), 2)
     ref = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
-    ours = FusedBatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
+    ours = FusedBatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                          native=impl[3])
     v_ref, v_ours = ref.init(jax.random.key(0), x), ours.init(jax.random.key(0), x)
     assert jax.tree.map(lambda a: (a.shape, a.dtype), v_ref) == jax.tree.map(
         lambda a: (a.shape, a.dtype), v_ours)
@@ -100,14 +125,15 @@ def test_module_equals_flax_batchnorm_and_relu(train):
         _close(s["batch_stats"][k], s_ref["batch_stats"][k], k)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("train", [True, False])
-def test_module_without_scale_equals_flax_batchnorm_without_scale(train):
+def test_module_without_scale_equals_flax_batchnorm_without_scale(train, impl):
     """use_scale=False, relu=False: the variables (no scale), outputs, running statistics and
     bias gradient of nn.BatchNorm(use_scale=False)."""
     x, _, bias, _ = _data((6, 4, 4, 3), 5)
     ref = nn.BatchNorm(use_running_average=not train, use_scale=False, momentum=0.4)
     ours = FusedBatchNorm(use_running_average=not train, use_scale=False, relu=False,
-                          momentum=0.4)
+                          momentum=0.4, native=impl[3])
     v_ref, v_ours = ref.init(jax.random.key(0), x), ours.init(jax.random.key(0), x)
     assert jax.tree.map(lambda a: (a.shape, a.dtype), v_ref) == jax.tree.map(
         lambda a: (a.shape, a.dtype), v_ours)
@@ -127,19 +153,22 @@ def test_module_without_scale_equals_flax_batchnorm_without_scale(train):
         FusedBatchNorm(use_scale=False, zero_scale=True).init(jax.random.key(0), x)
 
 
-def test_bfloat16_input_keeps_dtype_and_float32_statistics():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bfloat16_input_keeps_dtype_and_float32_statistics(impl):
+    """(The native kernels are float32: a bfloat16 input takes the pure-JAX path.)"""
     x, scale, bias, _ = _data((4, 4, 4, 3), 3)
-    y, mean, var = batch_norm_train(x.astype(jnp.bfloat16), scale, bias, relu=True)
+    y, mean, var = impl[1](x.astype(jnp.bfloat16), scale, bias, relu=True)
     assert y.dtype == jnp.bfloat16 and mean.dtype == var.dtype == jnp.float32
     _close(y.astype(jnp.float32), _flax_bn_relu(x, scale, bias, True), "bf16 output", rtol=2e-2)
 
 
-@pytest.mark.slow  # the fused BN+ReLU+pool op is used by no model (it measured slower)
-@settings(max_examples=10, deadline=None)
+@pytest.mark.parametrize("impl", IMPLS)
+@settings(max_examples=8, deadline=None)
 @given(n=st.integers(1, 3), h2=st.integers(1, 4), w2=st.integers(1, 4), c=st.integers(1, 6),
        seed=st.integers(0, 1000))
-def test_bn_relu_pool_matches_flax_bn_relu_max_pool(n, h2, w2, c, seed):
+def test_bn_relu_pool_matches_flax_bn_relu_max_pool(impl, n, h2, w2, c, seed):
     """Values and gradients of max_pool(relu(BatchNorm(x))), ties after the ReLU included."""
+    batch_norm_relu_pool_train = impl[2]
     x, scale, bias, _ = _data((n, 2 * h2, 2 * w2, c), seed)
     ours = lambda x, s, b: batch_norm_relu_pool_train(x, s, b)[0]  # noqa: E731
 
@@ -157,18 +186,20 @@ def test_bn_relu_pool_matches_flax_bn_relu_max_pool(n, h2, w2, c, seed):
             assert not np.any(np.asarray(got)), what
 
 
-def test_bn_relu_pool_needs_even_sizes():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bn_relu_pool_needs_even_sizes(impl):
     with pytest.raises(ValueError, match="even H and W"):
-        batch_norm_relu_pool_train(jnp.ones((1, 3, 4, 2)), jnp.ones(2), jnp.zeros(2))
+        impl[2](jnp.ones((1, 3, 4, 2)), jnp.ones(2), jnp.zeros(2))
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("train", [True, False])
-def test_module_with_pool_equals_flax(train):
+def test_module_with_pool_equals_flax(train, impl):
     x, scale, bias, _ = _data((4, 6, 4, 3), 4)
     variables = {"params": {"scale": scale, "bias": bias},
                  "batch_stats": {"mean": jnp.full(3, 0.2), "var": jnp.full(3, 1.3)}}
     ref = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
-    ours = FusedBatchNorm(use_running_average=not train, pool=True)
+    ours = FusedBatchNorm(use_running_average=not train, pool=True, native=impl[3])
     y_ref, s_ref = ref.apply(variables, x, mutable=["batch_stats"])
     y, s = ours.apply(variables, x, mutable=["batch_stats"])
     assert y.shape == (4, 3, 2, 3)
@@ -177,3 +208,64 @@ def test_module_with_pool_equals_flax(train):
         _close(s["batch_stats"][k], s_ref["batch_stats"][k], k)
     with pytest.raises(ValueError, match="pool=True needs relu=True"):
         FusedBatchNorm(relu=False, pool=True).init(jax.random.key(0), x)
+
+
+# ------------------------------------------------------------------ the native kernels only
+
+def _lowered(fn, *args) -> str:
+    return jax.jit(fn).lower(*args).as_text()
+
+
+@needs_native
+@pytest.mark.parametrize("pool", [False, True])
+def test_native_kernels_over_many_chunks_match_flax_and_repeat_bitwise(pool):
+    """16,384 positions: 8 chunks of rows summed on two threads. Values and gradients match
+    Flax's, and a second run gives the same bits (the partial sums are added in chunk order
+    whoever computed them)."""
+    x, scale, bias, _ = _data((16, 32, 32, 8), 7)
+    ours = native.batch_norm_relu_pool_train_native if pool else (
+        lambda x, s, b: native.batch_norm_train_native(x, s, b, 1e-5, relu=True))
+
+    def ref(x, s, b):
+        y = _flax_bn_relu(x, s, b, relu=True)
+        return nn.max_pool(y, (2, 2), strides=(2, 2)) if pool else y
+
+    run = jax.jit(lambda x, s, b, g: (lambda out, vjp: (out[0], *vjp((g, 0 * out[1], 0 * out[2]))))(
+        *jax.vjp(ours, x, s, b)))
+    g = jnp.asarray(np.random.default_rng(8).standard_normal(
+        jax.eval_shape(ref, x, scale, bias).shape), jnp.float32)
+    first, second = run(x, scale, bias, g), run(x, scale, bias, g)
+    y_ref, vjp_ref = jax.vjp(ref, x, scale, bias)
+    for got, want, what in zip(first, (y_ref, *vjp_ref(g)), ("y", "dx", "dscale", "dbias"),
+                               strict=True):
+        _close(got, want, what, rtol=1e-4 if what != "y" else RTOL)
+    for a, b, what in zip(first, second, ("y", "dx", "dscale", "dbias"), strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b)), f"{what} differs between runs"
+
+
+@needs_native
+def test_native_kernels_are_ffi_calls_only_where_they_run():
+    """float32 on the CPU: FFI calls; bfloat16, or inside pure_jax(): the pure-JAX functions."""
+    from jaxcnn.ops.onednn import pure_jax
+
+    x, scale, bias, _ = _data((2, 4, 4, 3), 9)
+    fn = lambda x: native.batch_norm_train_native(x, scale, bias, relu=True)[0]  # noqa: E731
+    pooled = lambda x: native.batch_norm_relu_pool_train_native(x, scale, bias)[0]  # noqa: E731
+    assert "jaxcnn_batchnorm_forward" in _lowered(fn, x)
+    assert "jaxcnn_batchnorm_pool_forward" in _lowered(pooled, x)
+    assert "jaxcnn_batchnorm" not in _lowered(fn, x.astype(jnp.bfloat16))
+    with pure_jax():  # a new function: jit would reuse the trace of ``fn``
+        assert "jaxcnn_batchnorm" not in _lowered(
+            lambda x: native.batch_norm_train_native(x, scale, bias, relu=True)[0], x)
+
+
+@needs_native
+def test_native_kernels_under_vmap_match_each_member():
+    """An ensemble axis (vmap): each member normalised over its own batch."""
+    members = [_data((3, 4, 4, 2), s) for s in (10, 11)]
+    xs, scales, biases = (jnp.stack([m[i] for m in members]) for i in range(3))
+    y = jax.vmap(lambda x, s, b: native.batch_norm_relu_pool_train_native(x, s, b)[0])(
+        xs, scales, biases)
+    for k, (x, s, b, _) in enumerate(members):
+        _close(y[k], nn.max_pool(_flax_bn_relu(x, s, b, True), (2, 2), strides=(2, 2)),
+               f"member {k}")

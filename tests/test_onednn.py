@@ -113,23 +113,36 @@ def test_vmap_runs_each_member():
 
 
 @needs_onednn
-def test_cnn3_onednn_equals_fast_impl():
-    """The whole model: conv_impl="onednn" computes the function and gradients of "fast"."""
+@pytest.mark.parametrize("name", ["cnn3", "resnet20"])
+def test_model_onednn_equals_fast_impl(name):
+    """The whole model: conv_impl="onednn" (oneDNN convolutions, native BatchNorm kernels, for
+    cnn3 with the max pool folded in) computes the function, the running statistics and the
+    gradients of "fast" (pure JAX)."""
     from jaxcnn import models
+    from jaxcnn.models.resnet import CifarResNet
+
+    def create(conv_impl):  # resnet20 = CifarResNet's defaults (its factory fixes conv_impl)
+        if name == "resnet20":
+            return CifarResNet(num_classes=10, conv_impl=conv_impl)
+        return models.create(name, num_classes=10, conv_impl=conv_impl)
 
     x = _random((4, 32, 32, 3), 0)
-    fast, dnn = (models.create("cnn3", num_classes=10, conv_impl=i) for i in ("fast", "onednn"))
+    fast, dnn = create("fast"), create("onednn")
     variables = fast.init(jax.random.PRNGKey(0), x)
 
     def loss(model):
         def f(params):
-            out, _ = model.apply({**variables, "params": params}, x, train=True,
-                                 mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(1)})
-            return jnp.sum(out**2)
-        return jax.jit(jax.value_and_grad(f))(variables["params"])
+            out, new = model.apply({**variables, "params": params}, x, train=True,
+                                   mutable=["batch_stats"],
+                                   rngs={"dropout": jax.random.PRNGKey(1)})
+            return jnp.sum(out**2), new["batch_stats"]
+        return jax.jit(jax.value_and_grad(f, has_aux=True))(variables["params"])
 
-    (l_fast, g_fast), (l_dnn, g_dnn) = loss(fast), loss(dnn)
+    ((l_fast, s_fast), g_fast), ((l_dnn, s_dnn), g_dnn) = loss(fast), loss(dnn)
     _assert_close(l_dnn, l_fast, "loss")
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(s_fast),
+                            jax.tree_util.tree_leaves(s_dnn), strict=True):
+        _assert_close(b, a, f"running statistic {path}")
     # One scale for all leaves: the conv biases before BatchNorm have a zero gradient in exact
     # arithmetic, so theirs are rounding noise of either implementation.
     scale = max(float(jnp.abs(a).max()) for a in jax.tree_util.tree_leaves(g_fast))

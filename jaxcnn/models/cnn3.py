@@ -36,7 +36,9 @@ class CNN3(BatchNormNet):
       conv_impl: how the layers are differentiated: ``"fast"`` (hand-written GEMM kernel
         gradient; BatchNorm+ReLU as one op and the max pool, with hand-written backward
         passes, ``layers.FusedBatchNorm`` and ``layers.max_pool_2x2``: faster on XLA:CPU),
-        ``"onednn"`` (the same, with the convolutions in oneDNN, ``jaxcnn[onednn]``),
+        ``"onednn"`` (the same, with the convolutions in oneDNN and each BatchNorm+ReLU, the
+        block's last one with its max pool, in the C++ kernels of
+        ``jaxcnn.ops.onednn.batchnorm``; ``jaxcnn[onednn]``),
         ``"lax"`` (``nn.Conv``, ``nn.BatchNorm``, ``nn.max_pool``: XLA's own gradients) or
         ``"auto"`` (onednn where installed, else fast, on the CPU backend; lax on GPU/TPU).
         All compute the same function with the same parameters.
@@ -65,13 +67,18 @@ class CNN3(BatchNormNet):
         impl = resolve_conv_impl(self.conv_impl)
         x = jnp.asarray(x, self.dtype)
         fused = impl != "lax"  # hand-written BatchNorm+ReLU backward on the CPU paths
+        native = impl == "onednn"  # ... computed by the C++ kernels of jaxcnn.ops.onednn
         for b, (width, rate) in enumerate(zip(self.filters, self.dropouts, strict=True), start=1):
             for c in (1, 2):
                 x = Conv(width, (3, 3), padding="SAME", impl=impl, name=f"block{b}_conv{c}",
                          **kw)(x)
-                x = self.bn_relu(train, f"block{b}_bn{c}", fused)(x)
-            # Not FusedBatchNorm(pool=True): measured slower on XLA:CPU (visuals/bench).
-            x = max_pool_2x2(x, impl)
+                # The native kernels fold the max pool into the block's last BatchNorm (in pure
+                # JAX that fusion measured slower on XLA:CPU, visuals/bench); max_pool_2x2
+                # handles odd sizes (it drops the last row/column).
+                pool = native and c == 2 and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0
+                x = self.bn_relu(train, f"block{b}_bn{c}", fused, pool=pool, native=native)(x)
+            if not pool:
+                x = max_pool_2x2(x, impl)
             x = nn.Dropout(rate, deterministic=not train, name=f"block{b}_dropout")(x)
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(nn.Dense(self.dense, name="fc", **kw)(x))

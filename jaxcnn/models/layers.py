@@ -259,13 +259,15 @@ class BatchNormNet(nn.Module):
         )
 
     def bn_relu(self, train: bool, name: str, fused: bool, relu: bool = True,
-                zero_scale: bool = False, pool: bool = False) -> Callable:
+                zero_scale: bool = False, pool: bool = False, native: bool = False) -> Callable:
         """BatchNorm submodule ``name``, then ReLU (``relu=True``), then 2x2 max pooling
         (``pool=True``, needs ``relu``), as one callable.
 
         ``fused=True`` uses :class:`FusedBatchNorm` (the variables and function of
-        ``nn.BatchNorm``; a hand-written backward pass that is faster on XLA:CPU); else
-        ``nn.BatchNorm``, ``nn.relu`` and ``nn.max_pool``. ``zero_scale`` starts the scale at 0.
+        ``nn.BatchNorm``; a hand-written backward pass that is faster on XLA:CPU), with its
+        training pass in the native kernels when ``native`` (see ``FusedBatchNorm.native``);
+        else ``nn.BatchNorm``, ``nn.relu`` and ``nn.max_pool``. ``zero_scale`` starts the scale
+        at 0.
         """
         if pool and not relu:
             raise ValueError("bn_relu: pool=True needs relu=True")
@@ -278,7 +280,7 @@ class BatchNormNet(nn.Module):
             return lambda x: nn.relu(layer(x))
         return FusedBatchNorm(
             use_running_average=not train, relu=relu, pool=pool, zero_scale=zero_scale,
-            momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
+            native=native, momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
             param_dtype=self.param_dtype, name=name,
         )
 
@@ -309,6 +311,10 @@ class FusedBatchNorm(nn.Module):
       use_scale: learn a scale; ``False`` fixes it at 1, with no ``scale`` parameter (the
         variables of ``nn.BatchNorm(use_scale=False)``).
       zero_scale: initialise the scale to 0 (else 1); needs ``use_scale``.
+      native: in training, compute with the C++ kernels of
+        :mod:`jaxcnn.ops.onednn.batchnorm` (fewer passes over memory than XLA:CPU's fusions;
+        the ``onednn`` extra) where they run (float32 on the CPU), else in pure JAX. The same
+        function either way; models set it with ``conv_impl="onednn"``.
       momentum: running = momentum * running + (1 - momentum) * batch.
       epsilon: added to the variance.
       dtype: dtype of the output (statistics are float32); param_dtype: of scale and bias.
@@ -319,6 +325,7 @@ class FusedBatchNorm(nn.Module):
     pool: bool = False
     use_scale: bool = True
     zero_scale: bool = False
+    native: bool = False
     momentum: float = 0.9
     epsilon: float = 1e-5
     dtype: Any = None
@@ -351,6 +358,13 @@ class FusedBatchNorm(nn.Module):
             return pool_2x2_first_max(y) if self.pool else y
         if not self.use_scale:  # a constant 1: its gradient is computed and dropped
             scale = jnp.ones((c,), bias.dtype)
+        if self.native:
+            from jaxcnn.ops.onednn.batchnorm import (
+                batch_norm_relu_pool_train_native as batch_norm_relu_pool_train,
+            )
+            from jaxcnn.ops.onednn.batchnorm import (
+                batch_norm_train_native as batch_norm_train,
+            )
         if self.pool:
             y, mean, var = batch_norm_relu_pool_train(x, scale, bias, self.epsilon)
         else:

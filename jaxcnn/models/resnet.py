@@ -97,10 +97,12 @@ class BasicBlock(BatchNormNet):
         )
         s = self.strides
         fused = conv_kw["impl"] != "lax"  # the hand-written BatchNorm backward on the CPU paths
+        native = conv_kw["impl"] == "onednn"  # ... in the C++ kernels of jaxcnn.ops.onednn
         y = Conv(self.features, (3, 3), (s, s), padding=PAD1, name="conv1", **conv_kw)(x)
-        y = self.bn_relu(train, "bn1", fused)(y)
+        y = self.bn_relu(train, "bn1", fused, native=native)(y)
         y = Conv(self.features, (3, 3), padding=PAD1, name="conv2", **conv_kw)(y)
-        y = self.bn_relu(train, "bn2", fused, relu=False, zero_scale=self.zero_init_residual)(y)
+        y = self.bn_relu(train, "bn2", fused, relu=False, zero_scale=self.zero_init_residual,
+                         native=native)(y)
         if not self.residual:
             return nn.relu(y)
         if s == 1 and x.shape[-1] == self.features:
@@ -109,7 +111,7 @@ class BasicBlock(BatchNormNet):
             residual = shortcut_a(x, self.features, s)
         else:
             residual = Conv(self.features, (1, 1), (s, s), name="proj_conv", **conv_kw)(x)
-            residual = self.bn_relu(train, "proj_bn", fused, relu=False)(residual)
+            residual = self.bn_relu(train, "proj_bn", fused, relu=False, native=native)(residual)
         return nn.relu(y + residual)
 
 
@@ -136,9 +138,11 @@ class CifarResNet(BatchNormNet):
       zero_init_residual: start every block's last BN scale at 0 (residual nets only).
       bn_momentum / bn_epsilon: BatchNorm settings (0.9 / 1e-5).
       dtype: compute dtype; params stay ``param_dtype`` (float32), logits are float32.
-      conv_impl: ``"auto"`` (fast on CPU, lax elsewhere), ``"fast"`` (``jaxcnn.models.layers.Conv``
-        with the hand-written GEMM kernel gradient, about 2x faster training on XLA:CPU) or
-        ``"lax"`` (XLA's gradients). Same function and parameters (``kernel``) for all three.
+      conv_impl: ``"auto"`` (onednn where installed, else fast, on CPU; lax elsewhere),
+        ``"fast"`` (``jaxcnn.models.layers.Conv`` with the hand-written GEMM kernel gradient,
+        about 2x faster training on XLA:CPU), ``"onednn"`` (convolutions in oneDNN and the
+        BatchNorms in the C++ kernels of ``jaxcnn.ops.onednn``, ``jaxcnn[onednn]``) or ``"lax"``
+        (XLA's gradients). Same function and parameters (``kernel``) for all of them.
     """
 
     num_classes: int = 10
@@ -165,7 +169,7 @@ class CifarResNet(BatchNormNet):
             self.widths[0], (3, 3), padding=PAD1, use_bias=False, kernel_init=he_normal,
             impl=impl, name="stem_conv", dtype=self.dtype, param_dtype=self.param_dtype,
         )(x)
-        x = self.bn_relu(train, "stem_bn", fused=impl != "lax")(x)
+        x = self.bn_relu(train, "stem_bn", fused=impl != "lax", native=impl == "onednn")(x)
         for s, width in enumerate(self.widths, 1):
             for b in range(1, self.blocks_per_stage + 1):
                 x = BasicBlock(

@@ -1,4 +1,5 @@
-"""Build (once, cached) and load the oneDNN convolution FFI library.
+"""Build (once, cached) and load jaxcnn's native FFI library: the oneDNN convolutions
+(``conv.cc``) and the BatchNorm kernels (``batchnorm.cc``).
 
 Nothing here is needed by the rest of jaxcnn: when oneDNN or a C++ compiler is missing,
 :func:`load` raises :class:`OnednnUnavailable` with the reason and the fix, and
@@ -35,7 +36,8 @@ from pathlib import Path
 
 __all__ = ["OnednnUnavailable", "TARGETS", "available", "load", "unavailable_reason"]
 
-SOURCE = Path(__file__).with_name("conv.cc")
+# The C++ sources of the library: the oneDNN convolutions and the BatchNorm kernels.
+SOURCES = (Path(__file__).with_name("conv.cc"), Path(__file__).with_name("batchnorm.cc"))
 LIBRARY_NAME = "libjaxcnn_onednn.so"
 INSTALL_HINT = ('pip install "jaxcnn[onednn]" (the onednn and onednn-devel wheels) and a C++ '
                 'compiler')
@@ -46,6 +48,10 @@ TARGETS = {
     "jaxcnn_onednn_conv_backward_weights": "JaxcnnOnednnConvBackwardWeights",
     "jaxcnn_onednn_conv_forward_bias": "JaxcnnOnednnConvForwardBias",
     "jaxcnn_onednn_conv_backward_weights_bias": "JaxcnnOnednnConvBackwardWeightsBias",
+    "jaxcnn_batchnorm_forward": "JaxcnnBatchNormForward",
+    "jaxcnn_batchnorm_backward": "JaxcnnBatchNormBackward",
+    "jaxcnn_batchnorm_pool_forward": "JaxcnnBatchNormPoolForward",
+    "jaxcnn_batchnorm_pool_backward": "JaxcnnBatchNormPoolBackward",
 }
 
 
@@ -98,22 +104,28 @@ def cache_root() -> Path:
 def _build_key(tc: Toolchain, ffi_include: str) -> str:
     import jax
 
-    h = hashlib.sha256(SOURCE.read_bytes())
+    h = hashlib.sha256()
+    for source in SOURCES:
+        h.update(source.read_bytes())
     for part in (str(tc.include_dir), str(tc.lib_dir), tc.compiler, ffi_include, jax.__version__):
         h.update(b"\0" + part.encode())
     return h.hexdigest()[:16]
 
 
 def compile_library(tc: Toolchain, out: Path) -> None:
-    """Compile conv.cc into the shared library ``out`` (atomically: temp file, then rename)."""
+    """Compile the C++ sources into the shared library ``out`` (atomically: a temporary file,
+    then a rename)."""
     import jax.ffi
 
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=out.parent)
     os.close(fd)
     cmd = [
-        tc.compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
-        f"-I{jax.ffi.include_dir()}", f"-I{tc.include_dir}", str(SOURCE),
+        # -ffp-contract=off: batchnorm.cc rounds x*a + b alike in its forward and backward;
+        # -fno-trapping-math lets its selects vectorise (no value changes).
+        tc.compiler, "-O3", "-ffp-contract=off", "-fno-trapping-math", "-std=c++17",
+        "-shared", "-fPIC", "-w",
+        f"-I{jax.ffi.include_dir()}", f"-I{tc.include_dir}", *map(str, SOURCES),
         f"-L{tc.lib_dir}", "-ldnnl",
         # DT_RPATH (not RUNPATH): also searched for libdnnl's own dependencies (libtbb, the
         # Intel runtimes), which sit beside it and which libdnnl itself has no path for.
