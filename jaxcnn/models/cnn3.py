@@ -69,15 +69,16 @@ class CNN3(BatchNormNet):
         fused = impl != "lax"  # hand-written BatchNorm+ReLU backward on the CPU paths
         native = impl == "onednn"  # ... computed by the C++ kernels of jaxcnn.ops.onednn
         for b, (width, rate) in enumerate(zip(self.filters, self.dropouts, strict=True), start=1):
+            # The native kernels fold the max pool into the block's last BatchNorm (in pure JAX
+            # that fusion measured slower on XLA:CPU, visuals/bench); max_pool_2x2 also takes
+            # odd sizes (it drops the last row/column). The convs keep H and W (SAME, stride 1).
+            fold_pool = native and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0
             for c in (1, 2):
                 x = Conv(width, (3, 3), padding="SAME", impl=impl, name=f"block{b}_conv{c}",
                          **kw)(x)
-                # The native kernels fold the max pool into the block's last BatchNorm (in pure
-                # JAX that fusion measured slower on XLA:CPU, visuals/bench); max_pool_2x2
-                # handles odd sizes (it drops the last row/column).
-                pool = native and c == 2 and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0
-                x = self.bn_relu(train, f"block{b}_bn{c}", fused, pool=pool, native=native)(x)
-            if not pool:
+                x = self.bn_relu(train, f"block{b}_bn{c}", fused, pool=fold_pool and c == 2,
+                                 native=native)(x)
+            if not fold_pool:
                 x = max_pool_2x2(x, impl)
             x = nn.Dropout(rate, deterministic=not train, name=f"block{b}_dropout")(x)
         x = x.reshape((x.shape[0], -1))

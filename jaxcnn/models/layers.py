@@ -334,7 +334,12 @@ class FusedBatchNorm(nn.Module):
     @nn.compact
     def __call__(self, x):
         """x: (N, H, W, C) -> same shape, or (N, H/2, W/2, C) with ``pool``."""
-        from jaxcnn.ops.batchnorm import batch_norm_relu_pool_train, batch_norm_train
+        if self.native:  # the C++ kernels where they run, else these same pure-JAX functions
+            from jaxcnn.ops.onednn import batchnorm as ops
+            train_fn, pool_fn = ops.batch_norm_train_native, ops.batch_norm_relu_pool_train_native
+        else:
+            from jaxcnn.ops import batchnorm as ops
+            train_fn, pool_fn = ops.batch_norm_train, ops.batch_norm_relu_pool_train
 
         if self.pool and not self.relu:
             raise ValueError("FusedBatchNorm: pool=True needs relu=True")
@@ -358,17 +363,10 @@ class FusedBatchNorm(nn.Module):
             return pool_2x2_first_max(y) if self.pool else y
         if not self.use_scale:  # a constant 1: its gradient is computed and dropped
             scale = jnp.ones((c,), bias.dtype)
-        if self.native:
-            from jaxcnn.ops.onednn.batchnorm import (
-                batch_norm_relu_pool_train_native as batch_norm_relu_pool_train,
-            )
-            from jaxcnn.ops.onednn.batchnorm import (
-                batch_norm_train_native as batch_norm_train,
-            )
         if self.pool:
-            y, mean, var = batch_norm_relu_pool_train(x, scale, bias, self.epsilon)
+            y, mean, var = pool_fn(x, scale, bias, self.epsilon)
         else:
-            y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, self.relu)
+            y, mean, var = train_fn(x, scale, bias, self.epsilon, self.relu)
         if not self.is_initializing():
             m = self.momentum
             ra_mean.value = m * ra_mean.value + (1.0 - m) * mean

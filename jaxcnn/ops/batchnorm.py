@@ -41,8 +41,15 @@ def _stats(x):
     return mean, var
 
 
-def _check_params(x, scale, bias):
-    c = jnp.shape(x)[-1]
+def check_args(x, scale, bias, pooled: bool = False) -> None:
+    """Raise ValueError naming the problem unless x is (N, H, W, C) (with even H and W when
+    ``pooled``) and scale, bias are (C,). Shared with :mod:`jaxcnn.ops.onednn.batchnorm`."""
+    what = "batch_norm_relu_pool_train" if pooled else "batch_norm_train"
+    shape = jnp.shape(x)
+    if len(shape) != 4 or (pooled and (shape[1] % 2 or shape[2] % 2)):
+        even = " with even H and W" if pooled else ""
+        raise ValueError(f"{what} expects x of shape (N, H, W, C){even}; got {shape}")
+    c = shape[-1]
     if jnp.shape(scale) != (c,) or jnp.shape(bias) != (c,):
         raise ValueError(
             f"scale and bias must have shape ({c},); got {jnp.shape(scale)} and {jnp.shape(bias)}"
@@ -111,9 +118,7 @@ def batch_norm_train(x, scale, bias, eps: float = 1e-5, relu: bool = False):
       (y, mean, var): y (N, H, W, C) in x's dtype; the float32 (C,) batch mean and biased
       variance, for the running averages (no gradient flows through them).
     """
-    if jnp.ndim(x) != 4:
-        raise ValueError(f"batch_norm_train expects x of shape (N, H, W, C); got {jnp.shape(x)}")
-    _check_params(x, scale, bias)
+    check_args(x, scale, bias)
     y, mean, var = _bn(x, scale, bias, float(eps), bool(relu))
     return y, lax.stop_gradient(mean), lax.stop_gradient(var)
 
@@ -201,11 +206,6 @@ def batch_norm_relu_pool_train(x, scale, bias, eps: float = 1e-5):
       (y, mean, var): y (N, H/2, W/2, C) in x's dtype; float32 (C,) batch mean and biased
       variance (no gradient flows through them).
     """
-    if jnp.ndim(x) != 4 or jnp.shape(x)[1] % 2 or jnp.shape(x)[2] % 2:
-        raise ValueError(
-            f"batch_norm_relu_pool_train expects x of shape (N, H, W, C) with even H and W; "
-            f"got {jnp.shape(x)}"
-        )
-    _check_params(x, scale, bias)
+    check_args(x, scale, bias, pooled=True)
     y, mean, var = _bn_relu_pool(x, scale, bias, float(eps))
     return y, lax.stop_gradient(mean), lax.stop_gradient(var)

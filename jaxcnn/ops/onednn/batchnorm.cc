@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -236,26 +237,22 @@ void pool_grad_row(const float* __restrict__ g_row, const int8_t* __restrict__ r
 
 // ---------------------------------------------------------------- shared per-channel math
 
-// Adds the chunks' partial sums (chunks x C each) in chunk order.
-void reduce_chunks(const std::vector<double>& part, int64_t chunks, int64_t c,
-                   std::vector<double>* total) {
-  total->assign(c, 0.0);
-  for (int64_t k = 0; k < chunks; ++k) {
-    for (int64_t j = 0; j < c; ++j) (*total)[j] += part[k * c + j];
-  }
-}
-
-// Per-channel sums of rows [0, rows) of x (rows, C), in double.
-void channel_sums(ffi::ThreadPool& pool, const float* x, int64_t rows, int64_t c,
+// Per-channel sums (s1, s2) in double over `chunks` chunks: add(k, p1, p2) adds chunk k's
+// terms into its own zeroed partial sums p1, p2 (C each); the partials are then added in chunk
+// order, so the result does not depend on which thread ran which chunk.
+void chunked_sums(ffi::ThreadPool& pool, int64_t chunks, int64_t c,
+                  const std::function<void(int64_t, double*, double*)>& add,
                   std::vector<double>* s1, std::vector<double>* s2) {
-  int64_t chunks = chunk_count(rows);
   std::vector<double> p1(chunks * c, 0.0), p2(chunks * c, 0.0);
-  parallel_chunks(pool, chunks, [&](int64_t k) {
-    auto [r0, r1] = chunk_range(rows, chunks, k);
-    sums_x(x, r0, r1, c, &p1[k * c], &p2[k * c]);
-  });
-  reduce_chunks(p1, chunks, c, s1);
-  reduce_chunks(p2, chunks, c, s2);
+  parallel_chunks(pool, chunks, [&](int64_t k) { add(k, &p1[k * c], &p2[k * c]); });
+  s1->assign(c, 0.0);
+  s2->assign(c, 0.0);
+  for (int64_t k = 0; k < chunks; ++k) {
+    for (int64_t j = 0; j < c; ++j) {
+      (*s1)[j] += p1[k * c + j];
+      (*s2)[j] += p2[k * c + j];
+    }
+  }
 }
 
 // mean, biased var (float32, E[x^2] - mean^2 clamped at 0) from the sums over m positions.
@@ -266,6 +263,18 @@ void moments(const std::vector<double>& s1, const std::vector<double>& s2, int64
     mean[j] = static_cast<float>(mu);
     var[j] = static_cast<float>(std::max(s2[j] / m - mu * mu, 0.0));
   }
+}
+
+// Per-channel mean and var of x (rows, C), written to mean and var.
+void batch_moments(ffi::ThreadPool& pool, const float* x, int64_t rows, int64_t c, float* mean,
+                   float* var) {
+  int64_t chunks = chunk_count(rows);
+  std::vector<double> s1, s2;
+  chunked_sums(pool, chunks, c, [&](int64_t k, double* p1, double* p2) {
+    auto [r0, r1] = chunk_range(rows, chunks, k);
+    sums_x(x, r0, r1, c, p1, p2);
+  }, &s1, &s2);
+  moments(s1, s2, rows, mean, var);
 }
 
 // a = scale / sqrt(var + eps), b = bias - mean * a, inv = 1 / sqrt(var + eps) (float32).
@@ -307,6 +316,35 @@ ffi::Error check_channels(ffi::Span<const int64_t> dims, size_t params, const ch
   return ffi::Error::Success();
 }
 
+// The 2x2 windows of x (N, H, W, C) with even H and W, as rows: pooled row r (of N*H/2) reads
+// input rows 2r and 2r+1 (r = n*H/2 + p: rows 2p and 2p+1 of image n).
+struct PoolRows {
+  int64_t positions = 0;  // N*H*W, what the statistics are over
+  int64_t rows = 0;       // pooled rows, N*H/2
+  int64_t wo = 0, c = 0;
+  int64_t in_row = 0;     // floats per input row (W*C); a pooled row has in_row / 2
+  int64_t chunks = 0;
+
+  const float* top(const float* x, int64_t r) const { return x + 2 * r * in_row; }
+  int64_t pooled(int64_t r) const { return r * wo * c; }  // offset of pooled row r
+  std::pair<int64_t, int64_t> range(int64_t k) const { return chunk_range(rows, chunks, k); }
+};
+
+ffi::Error pool_rows(ffi::Span<const int64_t> dims, size_t params, const char* what,
+                     PoolRows* pr) {
+  auto err = check_channels(dims, params, what);
+  if (err.failure()) return err;
+  int64_t n = dims[0], h = dims[1], w = dims[2], c = dims[3];
+  if (h % 2 || w % 2) return ffi::Error::InvalidArgument(std::string(what) + ": odd H or W");
+  pr->positions = n * h * w;
+  pr->rows = n * (h / 2);
+  pr->wo = w / 2;
+  pr->c = c;
+  pr->in_row = w * c;
+  pr->chunks = std::min(chunk_count(pr->positions), pr->rows);
+  return ffi::Error::Success();
+}
+
 // ---------------------------------------------------------------- handlers
 
 ffi::Error bn_forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale,
@@ -315,12 +353,9 @@ ffi::Error bn_forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
                       float eps, int64_t relu) {
   auto err = check_channels(x.dimensions(), scale.element_count(), "batchnorm forward");
   if (err.failure()) return err;
-  int64_t c = x.dimensions()[3], rows = x.element_count() / c;
-  std::vector<double> s1, s2;
-  channel_sums(pool, x.typed_data(), rows, c, &s1, &s2);
-  moments(s1, s2, rows, mean->typed_data(), var->typed_data());
+  int64_t c = x.dimensions()[3], rows = x.element_count() / c, chunks = chunk_count(rows);
+  batch_moments(pool, x.typed_data(), rows, c, mean->typed_data(), var->typed_data());
   Affine af(scale.typed_data(), bias.typed_data(), mean->typed_data(), var->typed_data(), eps, c);
-  int64_t chunks = chunk_count(rows);
   parallel_chunks(pool, chunks, [&](int64_t k) {
     auto [r0, r1] = chunk_range(rows, chunks, k);
     affine(x.typed_data(), y->typed_data(), r0, r1, c, af.a.data(), af.b.data(), relu != 0);
@@ -335,17 +370,14 @@ ffi::Error bn_backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g, ffi::Buffe
                        ffi::ResultBuffer<ffi::F32> dbias, float eps, int64_t relu) {
   auto err = check_channels(x.dimensions(), scale.element_count(), "batchnorm backward");
   if (err.failure()) return err;
-  int64_t c = x.dimensions()[3], rows = x.element_count() / c;
+  int64_t c = x.dimensions()[3], rows = x.element_count() / c, chunks = chunk_count(rows);
   Affine af(scale.typed_data(), bias.typed_data(), mean.typed_data(), var.typed_data(), eps, c);
-  int64_t chunks = chunk_count(rows);
-  std::vector<double> p1(chunks * c, 0.0), p2(chunks * c, 0.0), s1, s2;
-  parallel_chunks(pool, chunks, [&](int64_t k) {
+  std::vector<double> s1, s2;
+  chunked_sums(pool, chunks, c, [&](int64_t k, double* p1, double* p2) {
     auto [r0, r1] = chunk_range(rows, chunks, k);
     sums_grad(g.typed_data(), x.typed_data(), r0, r1, c, af.a.data(), af.b.data(), relu != 0,
-              &p1[k * c], &p2[k * c]);
-  });
-  reduce_chunks(p1, chunks, c, &s1);
-  reduce_chunks(p2, chunks, c, &s2);
+              p1, p2);
+  }, &s1, &s2);
   GradCoefficients gc(af, mean.typed_data(), s1, s2, rows, dscale->typed_data(),
                       dbias->typed_data());
   parallel_chunks(pool, chunks, [&](int64_t k) {
@@ -361,24 +393,18 @@ ffi::Error bn_pool_forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                            ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::S8> route,
                            ffi::ResultBuffer<ffi::F32> mean, ffi::ResultBuffer<ffi::F32> var,
                            float eps) {
-  auto dims = x.dimensions();
-  auto err = check_channels(dims, scale.element_count(), "batchnorm+pool forward");
+  PoolRows pr;
+  auto err = pool_rows(x.dimensions(), scale.element_count(), "batchnorm+pool forward", &pr);
   if (err.failure()) return err;
-  int64_t n = dims[0], h = dims[1], w = dims[2], c = dims[3];
-  if (h % 2 || w % 2) return ffi::Error::InvalidArgument("batchnorm+pool: H and W must be even");
-  std::vector<double> s1, s2;
-  channel_sums(pool, x.typed_data(), n * h * w, c, &s1, &s2);
-  moments(s1, s2, n * h * w, mean->typed_data(), var->typed_data());
-  Affine af(scale.typed_data(), bias.typed_data(), mean->typed_data(), var->typed_data(), eps, c);
-  int64_t out_rows = n * (h / 2), wo = w / 2;
-  int64_t chunks = std::min(chunk_count(n * h * w), out_rows);
   const float* xd = x.typed_data();
-  parallel_chunks(pool, chunks, [&](int64_t k) {
-    auto [r0, r1] = chunk_range(out_rows, chunks, k);
-    for (int64_t r = r0; r < r1; ++r) {  // r = n * (h/2) + p: input rows 2p, 2p+1 of image n
-      const float* top = xd + 2 * r * w * c;
-      pool_row(top, top + w * c, y->typed_data() + r * wo * c, route->typed_data() + r * wo * c,
-               wo, c, af.a.data(), af.b.data());
+  batch_moments(pool, xd, pr.positions, pr.c, mean->typed_data(), var->typed_data());
+  Affine af(scale.typed_data(), bias.typed_data(), mean->typed_data(), var->typed_data(), eps,
+            pr.c);
+  parallel_chunks(pool, pr.chunks, [&](int64_t k) {
+    auto [r0, r1] = pr.range(k);
+    for (int64_t r = r0; r < r1; ++r) {
+      pool_row(pr.top(xd, r), pr.top(xd, r) + pr.in_row, y->typed_data() + pr.pooled(r),
+               route->typed_data() + pr.pooled(r), pr.wo, pr.c, af.a.data(), af.b.data());
     }
   });
   return ffi::Error::Success();
@@ -390,38 +416,32 @@ ffi::Error bn_pool_backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
                             ffi::Buffer<ffi::F32> mean, ffi::Buffer<ffi::F32> var,
                             ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dscale,
                             ffi::ResultBuffer<ffi::F32> dbias, float eps) {
-  auto dims = x.dimensions();
-  auto err = check_channels(dims, scale.element_count(), "batchnorm+pool backward");
+  PoolRows pr;
+  auto err = pool_rows(x.dimensions(), scale.element_count(), "batchnorm+pool backward", &pr);
   if (err.failure()) return err;
-  int64_t n = dims[0], h = dims[1], w = dims[2], c = dims[3];
-  if (h % 2 || w % 2) return ffi::Error::InvalidArgument("batchnorm+pool: H and W must be even");
-  Affine af(scale.typed_data(), bias.typed_data(), mean.typed_data(), var.typed_data(), eps, c);
-  int64_t out_rows = n * (h / 2), wo = w / 2;
-  int64_t chunks = std::min(chunk_count(n * h * w), out_rows);
+  Affine af(scale.typed_data(), bias.typed_data(), mean.typed_data(), var.typed_data(), eps,
+            pr.c);
   const float* xd = x.typed_data();
   const float* gd = g.typed_data();
   const int8_t* rd = route.typed_data();
-  std::vector<double> p1(chunks * c, 0.0), p2(chunks * c, 0.0), s1, s2;
-  parallel_chunks(pool, chunks, [&](int64_t k) {
-    auto [r0, r1] = chunk_range(out_rows, chunks, k);
+  std::vector<double> s1, s2;
+  chunked_sums(pool, pr.chunks, pr.c, [&](int64_t k, double* p1, double* p2) {
+    auto [r0, r1] = pr.range(k);
     for (int64_t r = r0; r < r1; ++r) {
-      const float* top = xd + 2 * r * w * c;
-      pool_sums_row(gd + r * wo * c, rd + r * wo * c, top, top + w * c, wo, c, &p1[k * c],
-                    &p2[k * c]);
+      pool_sums_row(gd + pr.pooled(r), rd + pr.pooled(r), pr.top(xd, r),
+                    pr.top(xd, r) + pr.in_row, pr.wo, pr.c, p1, p2);
     }
-  });
-  reduce_chunks(p1, chunks, c, &s1);
-  reduce_chunks(p2, chunks, c, &s2);
-  GradCoefficients gc(af, mean.typed_data(), s1, s2, n * h * w, dscale->typed_data(),
+  }, &s1, &s2);
+  GradCoefficients gc(af, mean.typed_data(), s1, s2, pr.positions, dscale->typed_data(),
                       dbias->typed_data());
   float* dd = dx->typed_data();
-  parallel_chunks(pool, chunks, [&](int64_t k) {
-    auto [r0, r1] = chunk_range(out_rows, chunks, k);
+  parallel_chunks(pool, pr.chunks, [&](int64_t k) {
+    auto [r0, r1] = pr.range(k);
     for (int64_t r = r0; r < r1; ++r) {
-      const float* top = xd + 2 * r * w * c;
-      float* dtop = dd + 2 * r * w * c;
-      pool_grad_row(gd + r * wo * c, rd + r * wo * c, top, top + w * c, dtop, dtop + w * c, wo,
-                    c, af.a.data(), gc.c0.data(), gc.c1.data());
+      float* dtop = dd + 2 * r * pr.in_row;
+      pool_grad_row(gd + pr.pooled(r), rd + pr.pooled(r), pr.top(xd, r),
+                    pr.top(xd, r) + pr.in_row, dtop, dtop + pr.in_row, pr.wo, pr.c,
+                    af.a.data(), gc.c0.data(), gc.c1.data());
     }
   });
   return ffi::Error::Success();

@@ -40,6 +40,10 @@ def runs_native(x) -> bool:
             and jnp.result_type(x) == jnp.float32 and build.available())
 
 
+def _runs_native(x, scale, bias) -> bool:
+    return runs_native(x) and jnp.result_type(scale) == jnp.result_type(bias) == jnp.float32
+
+
 def _f32(*shapes):
     return [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
 
@@ -85,11 +89,9 @@ def batch_norm_train_native(x, scale, bias, eps: float = 1e-5, relu: bool = Fals
       (y, mean, var): y (N, H, W, C); the (C,) batch mean and biased variance (float32, no
       gradient flows through them).
     """
-    if not (runs_native(x) and jnp.result_type(scale) == jnp.result_type(bias) == jnp.float32):
+    if not _runs_native(x, scale, bias):
         return pure.batch_norm_train(x, scale, bias, eps, relu)
-    if jnp.ndim(x) != 4:
-        raise ValueError(f"batch_norm_train expects x of shape (N, H, W, C); got {jnp.shape(x)}")
-    pure._check_params(x, scale, bias)
+    pure.check_args(x, scale, bias)
     y, mean, var = _bn(x, scale, bias, float(eps), bool(relu))
     return y, lax.stop_gradient(mean), lax.stop_gradient(var)
 
@@ -139,13 +141,8 @@ def batch_norm_relu_pool_train_native(x, scale, bias, eps: float = 1e-5):
       (y, mean, var): y (N, H/2, W/2, C); float32 (C,) batch mean and biased variance (no
       gradient flows through them).
     """
-    if not (runs_native(x) and jnp.result_type(scale) == jnp.result_type(bias) == jnp.float32):
+    if not _runs_native(x, scale, bias):
         return pure.batch_norm_relu_pool_train(x, scale, bias, eps)
-    if jnp.ndim(x) != 4 or jnp.shape(x)[1] % 2 or jnp.shape(x)[2] % 2:
-        raise ValueError(
-            f"batch_norm_relu_pool_train expects x of shape (N, H, W, C) with even H and W; "
-            f"got {jnp.shape(x)}"
-        )
-    pure._check_params(x, scale, bias)
+    pure.check_args(x, scale, bias, pooled=True)
     y, mean, var = _bn_pool(x, scale, bias, float(eps))
     return y, lax.stop_gradient(mean), lax.stop_gradient(var)

@@ -211,7 +211,6 @@ memory weights_as(const LayoutChange& change, const Problem& p, float* hwio, dnn
   return blocked;
 }
 
-
 ffi::Error problem_from(ffi::Span<const int64_t> x, ffi::Span<const int64_t> wt,
                         ffi::Span<const int64_t> y, int64_t sh, int64_t sw, int64_t pt,
                         int64_t pb, int64_t pl, int64_t pr, Problem* p) {
