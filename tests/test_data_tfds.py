@@ -12,6 +12,7 @@ import jaxcnn.data.tfds_source as tfds_source
 from jaxcnn.data import (
     CIFAR10_MEAN,
     CIFAR10_STD,
+    ArrayDataset,
     DataNotFoundError,
     channel_stats,
     load_tfds,
@@ -52,7 +53,7 @@ def test_load_cifar10_slice_and_cache(tfds_dir, cache_dir, monkeypatch):
     def no_tfds(*args, **kwargs):
         raise AssertionError("TFDS was called although a cache exists")
 
-    monkeypatch.setattr(tfds_source, "_builder", no_tfds)
+    monkeypatch.setattr(tfds_source, "open_builder", no_tfds)
     t0 = time.perf_counter()
     again = load_tfds("cifar10", "train[:500]", data_dir=tfds_dir)
     second = time.perf_counter() - t0
@@ -174,8 +175,7 @@ def test_official_slices_follow_tfds(split, n, expected):
     import tensorflow_datasets as tfds
 
     labels = np.arange(n) % 10
-    whole = {"train": tfds_source.ArrayDataset(np.zeros((n, 1, 1, 1), np.uint8), labels,
-                                               CIFAR10_CLASSES)}
+    whole = {"train": ArrayDataset(np.zeros((n, 1, 1, 1), np.uint8), labels, CIFAR10_CLASSES)}
     got = official.select(split, whole, "cifar10")
     np.testing.assert_array_equal(got.labels, labels[slice(*expected)])
 

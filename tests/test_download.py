@@ -33,7 +33,7 @@ from fake_archives import (
 )
 
 import jaxcnn.data.tfds_source as tfds_source
-from jaxcnn.data import DataNotFoundError, load_tfds, official
+from jaxcnn.data import DataNotFoundError, load_tfds, npz_cache, official
 from jaxcnn.data.download import ChecksumError, DownloadError, fetch, sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -268,16 +268,16 @@ def test_cache_entries_of_the_two_sources_differ(tmp_path, monkeypatch, archives
     assert meta["source"] == "official" and meta["archive_sha256"] == c["sha256"]
     # The TFDS reader's entry for the same request lives elsewhere and has other metadata, so
     # neither path can ever return the other's arrays.
-    tfds_rel = tfds_source._cache_relpath("cifar10", "train[:5]", None)
+    tfds_rel = npz_cache.relpath("cifar10", "train[:5]", None)
     assert tfds_rel.as_posix() == "cifar10/tfds/train_-5.npz"
-    tfds_meta = tfds_source._cache_meta("tfds", "cifar10", "train[:5]", None,
-                                        data_dir=str(data.resolve()))
+    tfds_meta = npz_cache.meta("tfds", "cifar10", "train[:5]", None,
+                               data_dir=str(data.resolve()))
     assert tfds_meta["source"] == "tfds"
-    assert tfds_source._read_cache(cached[0], tfds_meta) is None
+    assert npz_cache.read(cached[0], tfds_meta) is None
     # Another archive (another checksum) is another entry too.
-    other = tfds_source._cache_meta("official", "cifar10", "train[:5]", None,
-                                    archive_sha256="1" * 64)
-    assert tfds_source._read_cache(cached[0], other) is None
+    other = npz_cache.meta("official", "cifar10", "train[:5]", None,
+                           archive_sha256="1" * 64)
+    assert npz_cache.read(cached[0], other) is None
 
 
 def test_checks_before_any_download(tmp_path, monkeypatch, archives):
@@ -332,7 +332,7 @@ def test_tensorflow_present_keeps_tfds_prepare_first(tmp_path, monkeypatch, arch
         calls.append(self.name)
         raise RuntimeError("TFDS prepare was asked")
 
-    monkeypatch.setattr(tfds_source, "_tensorflow_available", lambda: True)
+    monkeypatch.setattr(tfds_source, "tensorflow_available", lambda: True)
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", prepare)
     log: list = []
     with serve_directory(archives["folder"], recording_handler(log)) as url:

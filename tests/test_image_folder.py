@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxcnn.data import load_image_folder, scan_image_folder
-from jaxcnn.data.image_folder import class_weights, decode_image, read_image_rgb
+from jaxcnn.data import class_weights, load_image_folder, scan_image_folder
+from jaxcnn.data.image_folder import decode_image, read_image_rgb
 
 
 def _png(path, array, mode=None):

@@ -1,19 +1,25 @@
 """Datasets in host memory (uint8), on-device augmentation, and batching.
 
-* :class:`ArrayDataset` -- images (N, H, W, C) uint8, labels (N,) int32, class names.
-* :func:`load_tfds` -- a TFDS dataset/split into an ArrayDataset (no TensorFlow needed to read a
-  prepared array_record data dir); :class:`DataNotFoundError` when it is missing. Without
-  TensorFlow, cifar10 and tf_flowers come from their official archives
-  (:mod:`~jaxcnn.data.official`), fetched by :func:`~jaxcnn.data.download.fetch` (sha256-checked,
-  atomic, cached, failing fast).
+Layers: a module imports only modules listed before it (no circles, no arrows up):
+
+* bottom: :mod:`~jaxcnn.data.errors` (:class:`DataNotFoundError`, :class:`DamagedDataError`),
+  :mod:`~jaxcnn.data.splits` (the TFDS split grammar, stratified hold-outs),
+  :mod:`~jaxcnn.data.download` (:func:`fetch`: sha256-checked, atomic, cached, failing fast),
+  :mod:`~jaxcnn.data.class_balance` (:func:`balanced_class_weights`, alias
+  :func:`class_weights`), :mod:`~jaxcnn.data.images` (the one image reader).
+* :class:`ArrayDataset` (:mod:`~jaxcnn.data.dataset`) -- images (N, H, W, C) uint8, labels (N,)
+  int32, class names; :mod:`~jaxcnn.data.npz_cache`, the cache of decoded datasets.
+* sources: :mod:`~jaxcnn.data.tfds_source` (a prepared TFDS array_record dir, no TensorFlow
+  needed), :mod:`~jaxcnn.data.official` (cifar10 / tf_flowers from their official archives),
+  :mod:`~jaxcnn.data.image_folder` (your own ``PATH/<class>/*.jpg`` folders:
+  :func:`scan_image_folder`, :func:`load_image_folder`).
+* :func:`load_tfds` (:mod:`~jaxcnn.data.loader`) -- picks the source: cache, prepared TFDS dir,
+  TFDS prepare (with TensorFlow), else the official archive.
 * :mod:`~jaxcnn.data.augment` -- jit-compiled, batched: :func:`normalize`, :func:`random_crop`,
   :func:`random_flip`, :func:`flip_rows` (mirror by a mask), :func:`cutout`, :func:`augment`.
 * :mod:`~jaxcnn.data.batching` -- :func:`epoch_batches` (deterministic shuffles, per-process
   slices, optional alternating flips), :func:`alternating_flip_mask`, :func:`pad_batch`,
   :func:`prefetch`.
-* :mod:`~jaxcnn.data.image_folder` -- your own ``PATH/<class>/*.jpg`` folders:
-  :func:`scan_image_folder` (counts, imbalance, skipped files), :func:`load_image_folder`,
-  :func:`class_weights`.
 """
 
 from jaxcnn.data.augment import (
@@ -33,6 +39,7 @@ from jaxcnn.data.batching import (
     pipeline_images_per_s,
     prefetch,
 )
+from jaxcnn.data.class_balance import balanced_class_weights, class_weights
 from jaxcnn.data.dataset import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -41,25 +48,27 @@ from jaxcnn.data.dataset import (
     resize_images,
 )
 from jaxcnn.data.download import ChecksumError, DownloadError, fetch
+from jaxcnn.data.errors import DamagedDataError, DataNotFoundError
 from jaxcnn.data.image_folder import (
     FolderScan,
-    class_weights,
     load_image_folder,
     read_image_rgb,
     scan_image_folder,
 )
-from jaxcnn.data.tfds_source import DataNotFoundError, load_tfds
+from jaxcnn.data.loader import load_tfds
 
 __all__ = [
     "CIFAR10_MEAN",
     "CIFAR10_STD",
     "ArrayDataset",
     "ChecksumError",
+    "DamagedDataError",
     "DataNotFoundError",
     "DownloadError",
     "FolderScan",
     "alternating_flip_mask",
     "augment",
+    "balanced_class_weights",
     "channel_stats",
     "class_weights",
     "cutout",

@@ -41,7 +41,6 @@ from jaxcnn.data.images import decode_image, read_image_rgb
 __all__ = [
     "IMAGE_EXTENSIONS",
     "FolderScan",
-    "class_weights",
     "decode_image",
     "load_image_folder",
     "read_image_rgb",
@@ -341,32 +340,3 @@ def load_image_folder(
     if scan.layout == "split":
         return out["train"], out["val"]
     return out["all"]
-
-
-def class_weights(labels, num_classes: int) -> np.ndarray:
-    """Balanced class weights ``n / (num_classes * count_c)`` (sklearn's "balanced").
-
-    Args:
-      labels: (N,) integer labels in ``[0, num_classes)``.
-      num_classes: K.
-
-    Returns:
-      (K,) float32; when every class occurs, the mean weight over the examples
-      is 1, so the loss scale is unchanged.
-      A class without examples gets weight 0 (it contributes nothing either way).
-    """
-    labels = np.asarray(labels)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int | np.integer) \
-            or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    if labels.ndim != 1 or labels.size == 0:
-        raise ValueError(f"labels must be a non-empty (N,) array, got shape {labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
-    if labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(
-            f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]"
-        )
-    from jaxcnn.evaluate.metrics import balanced_class_weights
-
-    return balanced_class_weights(labels, num_classes)

@@ -47,7 +47,8 @@ import numpy as np
 
 from jaxcnn.data import download
 from jaxcnn.data.dataset import ArrayDataset, resize_images
-from jaxcnn.data.tfds_source import DataNotFoundError, parse_split, split_names
+from jaxcnn.data.errors import DataNotFoundError
+from jaxcnn.data.splits import parse_split, split_names
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                    "ship", "truck")

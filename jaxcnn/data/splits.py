@@ -1,18 +1,55 @@
-"""Stratified hold-out splits on label arrays, as index arrays.
+"""How a dataset is split: TFDS split strings, and stratified hold-outs on label arrays.
 
 ::
 
-    from jaxcnn.data.splits import stratified_split
+    from jaxcnn.data.splits import parse_split, split_names, stratified_split
 
+    parse_split("train[:45000]")              # checked by TFDS's own parser (ValueError if bad)
+    split_names("train[:10]+test")            # ['train', 'test']
     val_idx, train_idx = stratified_split(ds.labels, 0.15, seed=0)
     train, val = ds.take(train_idx), ds.take(val_idx)
 """
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
-__all__ = ["stratified_split"]
+__all__ = ["SPLIT_SYNTAX", "parse_split", "split_names", "stratified_split"]
+
+SPLIT_SYNTAX = (
+    "'NAME' or 'NAME[FROM:TO]' with FROM/TO integers (negative: from the end) or percentages, "
+    "several joined with '+', e.g. 'train', 'train[:45000]', 'train[45000:]', 'train[:10%]'"
+)
+
+
+def parse_split(split: str):
+    """Check a TFDS split string with TFDS's own parser (no TensorFlow needed).
+
+    Returns:
+      TFDS's split instruction (``tfds.core.ReadInstruction`` or a sum of them).
+
+    Raises:
+      ValueError: one line naming the bad string and the expected syntax.
+    """
+    if not isinstance(split, str) or not split.strip():
+        raise ValueError(f"split must be one split string, {SPLIT_SYNTAX}; got {split!r}")
+    from tensorflow_datasets.core import splits as tfds_splits
+
+    try:
+        return tfds_splits.ReadInstruction.from_spec(split)
+    except (ValueError, TypeError, NotImplementedError) as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = lines[-1].split(". See format at")[0] if lines else type(exc).__name__
+        raise ValueError(
+            f"bad split string {split!r} ({detail}); expected {SPLIT_SYNTAX}"
+        ) from None
+
+
+def split_names(split: str) -> list[str]:
+    """The split names a (valid) split string reads: 'train[:10]+test' -> ['train', 'test']."""
+    return [part.split("[")[0].strip() for part in re.split(r"\s*\+\s*", split.strip())]
 
 
 def _quotas(counts: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:

@@ -7,8 +7,9 @@
                                                    re-exported by prediction)
   accuracy, top_k_accuracy, confusion_matrix,
   per_class_accuracy, precision_recall_f1,
-  classification_report, most_confident_mistakes,
-  balanced_class_weights                           jaxcnn.evaluate.metrics (scikit-learn)
+  classification_report, most_confident_mistakes  jaxcnn.evaluate.metrics (scikit-learn)
+  balanced_class_weights                           jaxcnn.data.class_balance (re-exported by
+                                                   metrics)
   first_conv_kernel, conv_activations              jaxcnn.evaluate.inspection
 
 Metrics take host arrays (numpy or jax) and return numpy values; the only device work is

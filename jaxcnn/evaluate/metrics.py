@@ -20,6 +20,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from jaxcnn.data.class_balance import balanced_class_weights  # re-exported: its old home
+
 __all__ = [
     "accuracy",
     "balanced_class_weights",
@@ -271,30 +273,3 @@ def classification_report(
         digits=_count(digits, "digits", 0),
         zero_division=0,
     )
-
-
-def balanced_class_weights(labels, num_classes: int) -> np.ndarray:
-    """Loss weights that balance the classes: ``n / (K * count_c)``, scikit-learn's
-    ``compute_class_weight("balanced")``, with 0 for a class that has no example.
-
-    scikit-learn divides by the number of classes present; here it is ``K`` (its weights are
-    scaled by present / K), so a class without examples changes no other class's weight. When
-    every class occurs, the mean weight over the examples is 1 and the loss scale is unchanged.
-
-    Args:
-      labels: (N,) integer labels in ``[0, num_classes)``, N >= 1.
-      num_classes: K.
-
-    Returns:
-      (K,) float32.
-    """
-    k = _num_classes(num_classes)
-    y = _labels(labels, k)
-    if y.size == 0:
-        raise ValueError("labels is empty; class weights need at least one example")
-    from sklearn.utils.class_weight import compute_class_weight
-
-    present = np.unique(y)
-    weights = np.zeros(k, np.float64)
-    weights[present] = compute_class_weight("balanced", classes=present, y=y) * present.size / k
-    return weights.astype(np.float32)
