@@ -5,27 +5,30 @@ import sys
 
 import pytest
 
-from experiments import bench
+from experiments.bench import baselines, common, train
+from experiments.bench.__main__ import build_parser, main
 
 
 def test_parser_has_train_with_documented_defaults():
-    args = bench.build_parser().parse_args(["train"])
-    assert args.func is bench._cmd_train
+    args = build_parser().parse_args(["train"])
+    assert args.func is train.command
     assert args.models == ("mlp", "cnn3")
     assert args.batch_sizes == (128, 512)
     assert (args.steps, args.repeats) == (20, 3)
     assert not args.baselines and not args.json and args.xla_flags is None
-    args = bench.build_parser().parse_args(
+    assert args.backend == "auto"
+    args = build_parser().parse_args(
         ["train", "--models", "cnn3", "--batch-sizes", "64,256", "--model-option", "a=1",
-         "--model-option", "cnn3.b=fast"])
+         "--model-option", "cnn3.b=fast", "--backend", "lax"])
     assert args.models == ("cnn3",) and args.batch_sizes == (64, 256)
-    assert args.model_option == ["a=1", "cnn3.b=fast"]
+    assert args.model_option == ["a=1", "cnn3.b=fast"] and args.backend == "lax"
 
 
 def test_tiny_run_prints_one_json_object(capsys):
-    rc = bench.main(["train", "--models", "mlp", "--batch-sizes", "16,32", "--steps", "2",
-                     "--repeats", "1", "--warmup", "1", "--pipeline-batches", "2",
-                     "--dataset-size", "64", "--model-option", "mlp.hidden=(16,)", "--json"])
+    rc = main(["train", "--models", "mlp", "--batch-sizes", "16,32", "--steps", "2",
+               "--repeats", "1", "--warmup", "1", "--pipeline-batches", "2",
+               "--dataset-size", "64", "--model-option", "mlp.hidden=(16,)", "--backend", "fast",
+               "--json"])
     assert rc == 0
     out = capsys.readouterr().out
     result = json.loads(out)  # exactly one JSON object, nothing else on stdout
@@ -40,20 +43,26 @@ def test_tiny_run_prints_one_json_object(capsys):
         assert row["model_options"] == {"hidden": [16]}
         assert row["augment"] is False  # the mlp recipe of experiments.cifar10
         assert row["peak_rss_mb"] > 10 and "whole bench process" in row["peak_rss_of"]
+        assert row["jaxcnn_backend"] == "fast"
 
 
 def test_model_options_parse_and_scope():
-    opts = bench.parse_model_options(["conv_impl=fast", "cnn3.dense=64", "x=(1, 2)", "y=True"])
-    assert opts == {"*": {"conv_impl": "fast", "x": (1, 2), "y": True}, "cnn3": {"dense": 64}}
+    opts = common.parse_model_options(["z=fast", "cnn3.dense=64", "x=(1, 2)", "y=True"])
+    assert opts == {"*": {"z": "fast", "x": (1, 2), "y": True}, "cnn3": {"dense": 64}}
     with pytest.raises(ValueError, match="key=value"):
-        bench.parse_model_options(["oops"])
+        common.parse_model_options(["oops"])
+    for item in ("conv_impl=fast", "cnn3.conv_impl=lax"):  # the kernels are --backend's
+        with pytest.raises(ValueError, match="--backend"):
+            common.parse_model_options([item])
     # a global option goes only to the models that accept it
-    parsed = bench.parse_model_options(["filters=(8, 16, 32)", "dtype=bfloat16"])
-    assert "filters" in bench.options_for("cnn3", parsed)
-    assert "filters" not in bench.options_for("mlp", parsed)
-    assert str(bench.options_for("mlp", parsed)["dtype"]) == "bfloat16"
+    parsed = common.parse_model_options(["filters=(8, 16, 32)", "dtype=bfloat16"])
+    assert "filters" in common.options_for("cnn3", parsed)
+    assert "filters" not in common.options_for("mlp", parsed)
+    assert str(common.options_for("mlp", parsed)["dtype"]) == "bfloat16"
     with pytest.raises(ValueError, match="none of the models"):
-        bench._check_global_options(["mlp"], bench.parse_model_options(["nonsense=1"]))
+        common.check_global_options(["mlp"], common.parse_model_options(["nonsense=1"]))
+    with pytest.raises(ValueError, match="none of the models"):
+        main(["train", "--models", "mlp", "--model-option", "nonsense=1"])
 
 
 def _fake_row(model, batch_size, rate, eval_rate, params):
@@ -62,7 +71,7 @@ def _fake_row(model, batch_size, rate, eval_rate, params):
             "train_step_ms": 1e3 * batch_size / rate, "pipeline_images_per_s": 6000.0,
             "pipeline_ratio": 6000.0 / rate, "train_images_per_s_windows": [rate],
             "params": params, "augment": model != "mlp", "model_options": {},
-            "peak_rss_mb": 1500.0, "peak_rss_of": bench.RSS_SCOPE}
+            "peak_rss_mb": 1500.0, "peak_rss_of": train.RSS_SCOPE, "jaxcnn_backend": "onednn"}
 
 
 def _fake_result(rate=300.0):
@@ -72,7 +81,8 @@ def _fake_result(rate=300.0):
             "cnn3@512": _fake_row("cnn3", 512, 10 * rate, 9000.0, 551_466)}
     meta = {"backend": "cpu", "device": "cpu", "devices": 1, "dtype": "float32", "steps": 2,
             "repeats": 1, "warmup": 1, "pipeline_batches": 2, "data": "synthetic",
-            "xla_flags": "", "peak_rss_mb": 1500.0}
+            "xla_flags": "", "peak_rss_mb": 1500.0,
+            "jaxcnn_backend": {"asked": "auto", "resolved": "onednn"}}
     return {"rows": rows, "meta": meta}
 
 
@@ -101,23 +111,23 @@ print(json.dumps({"framework": "torch", "model": model, "version": "2", "batch_s
 
 @pytest.fixture
 def fake_baselines(tmp_path, monkeypatch):
-    (tmp_path / bench.BASELINE_SCRIPTS["keras-tf"]).write_text(_FAKE_KERAS)
-    (tmp_path / bench.BASELINE_SCRIPTS["torch"]).write_text(_FAKE_TORCH)
-    monkeypatch.setattr(bench, "BASELINES_DIR", tmp_path)
+    (tmp_path / baselines.BASELINE_SCRIPTS["keras-tf"]).write_text(_FAKE_KERAS)
+    (tmp_path / baselines.BASELINE_SCRIPTS["torch"]).write_text(_FAKE_TORCH)
+    monkeypatch.setattr(baselines, "BASELINES_DIR", tmp_path)
 
 
 def test_baseline_scripts_exist_with_model_choice():
-    shared = (bench.BASELINES_DIR / "peak_rss.py").read_text()
+    shared = (baselines.BASELINES_DIR / "peak_rss.py").read_text()
     assert '"--model"' in shared  # add_common_options: the options both scripts take
-    for script in bench.BASELINE_SCRIPTS.values():
-        text = (bench.BASELINES_DIR / script).read_text()
+    for script in baselines.BASELINE_SCRIPTS.values():
+        text = (baselines.BASELINES_DIR / script).read_text()
         assert "add_common_options(p, tuple(PARAMS))" in text
         assert "resnet20" in text and "peak_rss_mb" in text
         assert "eval_images_per_s" in text and "import jaxcnn" not in text
 
 
 def test_baselines_run_as_subprocesses_per_model_and_give_ratios(fake_baselines):
-    r = bench.add_baselines(_fake_result(300.0), sys.executable, steps=2, repeats=1)
+    r = baselines.add_baselines(_fake_result(300.0), sys.executable, steps=2, repeats=1)
     assert list(r["baselines"]) == ["cnn3", "resnet20"]  # mlp has none; cnn3@512 not again
     keras_cnn3 = r["baselines"]["cnn3"]["keras-tf"]
     assert keras_cnn3["model"] == "cnn3"
@@ -132,7 +142,8 @@ def test_baselines_run_as_subprocesses_per_model_and_give_ratios(fake_baselines)
     assert torch_r20["train_ratio"] == pytest.approx(0.5)
     assert torch_r20["eval_ratio"] == pytest.approx(0.5)
 
-    table = bench.format_train(r)
+    table = train.format_train(r)
+    assert "kernels onednn (--backend auto)" in table
     assert "[PASS] cnn3 train >= keras-tf (1.50x)" in table
     assert "failed: exit 1" in table
     assert "[PASS] input pipeline >= 5x" in table
@@ -153,7 +164,7 @@ def test_baselines_run_as_subprocesses_per_model_and_give_ratios(fake_baselines)
     assert "* jaxcnn: the peak RSS of the whole bench process" in table
     assert "resnet20 train >=" not in table  # the bars are cnn3's (DESIGN.md)
 
-    out = bench.train_json(r)
+    out = train.train_json(r)
     assert set(out) == {"mlp", "cnn3", "resnet20", "cnn3@512", "baseline:keras-tf",
                         "baseline:torch", "baseline:keras-tf:resnet20", "baseline:torch:resnet20"}
     assert out["baseline:torch:resnet20"]["peak_rss_mb"] == 420.0
@@ -169,21 +180,21 @@ def test_train_baselines_cli_runs_them_for_every_model(fake_baselines, monkeypat
         r["rows"] = {k: v for k, v in r["rows"].items() if v["model"] in models}
         return r
 
-    monkeypatch.setattr(bench, "bench_train", fake_bench_train)
+    monkeypatch.setattr(train, "bench_train", fake_bench_train)
     argv = ["train", "--models", "cnn3,resnet20", "--baselines", "--baseline-python",
             sys.executable, "--baseline-steps", "2", "--repeats", "1"]
-    assert bench.main(argv + ["--json"]) == 0
+    assert main(argv + ["--json"]) == 0
     assert seen["models"] == ("cnn3", "resnet20")
     out = json.loads(capsys.readouterr().out)
     assert out["baseline:keras-tf"]["train_ratio"] == pytest.approx(1.5)
     assert out["baseline:keras-tf:resnet20"]["eval_images_per_s"] == 400.0
     assert "error" in out["baseline:torch"]
-    assert bench.main(argv) == 0
+    assert main(argv) == 0
     text = capsys.readouterr().out
     assert "running baselines" in text and "vs baselines, batch 128" in text
     # no model with a baseline: said on stderr, the table has no comparison
-    assert bench.main(["train", "--models", "mlp", "--baselines", "--baseline-python",
-                       sys.executable, "--repeats", "1"]) == 0
+    assert main(["train", "--models", "mlp", "--baselines", "--baseline-python",
+                 sys.executable, "--repeats", "1"]) == 0
     captured = capsys.readouterr()
     assert "none of the models ['mlp'] has a baseline" in captured.err
     assert "vs baselines" not in captured.out
@@ -191,4 +202,4 @@ def test_train_baselines_cli_runs_them_for_every_model(fake_baselines, monkeypat
 
 def test_strip_xla_flags_from_argv():
     argv = ["train", "--xla-flags", "--xla_foo=1", "--json", "--xla-flags=--bar"]
-    assert bench._strip_option(argv, "--xla-flags") == ["train", "--json"]
+    assert train._strip_option(argv, "--xla-flags") == ["train", "--json"]

@@ -1,8 +1,9 @@
-"""How much of a train step is host work: ``python -m experiments.bench_host``.
+"""How much of a train step is host work: ``python -m experiments.bench host``.
 
 One model (default ``cnn3`` with its CIFAR-10 recipe from :mod:`jaxcnn.train.recipes`: SGD
 Nesterov, label smoothing, random crop + flip on device) at one batch size (default 128) on a
-mesh of every device, on synthetic uint8 32x32x3 data (speed does not depend on pixel values).
+mesh of every device, on synthetic uint8 32x32x3 data (speed does not depend on pixel values),
+traced with the kernels of ``--backend`` (:mod:`jaxcnn.ops.backend`).
 Four ways to run the same jitted train step, timed as windows of ``--steps`` steps that wait
 for the device only at their end (``block_until_ready``), after a warm-up, round-robin over
 ``--repeats`` rounds; the table shows medians in ms per step and images/s:
@@ -32,19 +33,26 @@ written to ``<workdir>/bench_host.json``.
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import time
 
-import numpy as np
-
 from experiments import _cli
+from experiments.bench.common import add_backend_flag, kernels_label, synthetic_cifar
 
 
-def build_parser():
-    p = _cli.make_parser("bench_host", "How much of a train step is host work: step time with "
-                         "the batch already on the device vs fit's host path (numpy batch + "
-                         "copy) and its device path (dataset kept on the device).")
+def add_parser(sub) -> None:
+    """Add the ``host`` subcommand to ``sub`` (argparse subparsers)."""
+    p = sub.add_parser(
+        "host",
+        help="how much of a train step is host work: batch on the device vs fit's host and "
+        "device paths",
+        description="How much of a train step is host work: step time with the batch already "
+        "on the device vs fit's host path (numpy batch + copy) and its device path (dataset "
+        "kept on the device).",
+        formatter_class=_cli.HelpFormatter,
+    )
     _cli.add_common(p, "bench_host", visuals=False)
     p.add_argument("--model", default="cnn3", help="model name from jaxcnn.models.available()")
     p.add_argument("--batch-size", type=_cli.positive_int, default=128,
@@ -58,16 +66,8 @@ def build_parser():
     p.add_argument("--dataset-size", type=_cli.positive_int, default=None,
                    help="synthetic training images (default: 10 epochs' worth of K-step calls "
                         "at this batch, 10,240 for 128 x 8, so every call has K steps)")
-    return p
-
-
-def synthetic(n: int, seed: int):
-    from jaxcnn.data import ArrayDataset
-
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
-    labels = rng.integers(0, 10, size=n, dtype=np.int32)
-    return ArrayDataset(images, labels, tuple(f"class{i}" for i in range(10)))
+    add_backend_flag(p)
+    p.set_defaults(func=command)
 
 
 def _endless(feed, state):
@@ -97,7 +97,16 @@ class _Path:
         return (time.perf_counter() - t0) / done
 
 
-def run(args) -> dict:
+def run(args: argparse.Namespace) -> dict:
+    """Measure the table with the kernels of ``args.backend``; returns a JSON-ready dict."""
+    from jaxcnn.ops import backend as kernel_backend
+
+    with kernel_backend.use(args.backend) as kernels:
+        return {**_measure(args), "jaxcnn_backend": {"asked": args.backend,
+                                                     "resolved": kernels}}
+
+
+def _measure(args: argparse.Namespace) -> dict:
     import jax
 
     from jaxcnn import models
@@ -106,19 +115,19 @@ def run(args) -> dict:
     from jaxcnn.train.mesh import check_batch_size
 
     if args.model not in models.available():
-        raise SystemExit(f"error: unknown model {args.model!r}; available: {models.available()}")
+        raise ValueError(f"--model: unknown model {args.model!r}; available: "
+                         f"{', '.join(models.available())}")
     k = args.steps_per_dispatch
     if args.steps % k:
-        raise SystemExit(f"error: --steps {args.steps} is not a multiple of "
-                         f"--steps-per-dispatch {k}")
+        raise ValueError(f"--steps {args.steps} is not a multiple of --steps-per-dispatch {k}")
     mesh = make_mesh()
     check_batch_size(args.batch_size, mesh)  # a ValueError: one error line via _cli.run
     bs = args.batch_size
     n = args.dataset_size or bs * k * 10
     if n < bs * k:
-        raise SystemExit(f"error: --dataset-size {n} holds fewer than one call of {k} steps "
-                         f"of batch {bs}")
-    data = synthetic(n, args.seed)
+        raise ValueError(f"--dataset-size {n} holds fewer than one call of {k} steps of batch "
+                         f"{bs}")
+    data = synthetic_cifar(n, args.seed)
     config = recipes.with_overrides(recipes.for_model(args.model),
                                     {"batch_size": bs, "seed": args.seed})
     model = models.create(args.model, num_classes=10)
@@ -196,8 +205,8 @@ def format_table(r: dict) -> str:
     head = f"{'path':<34} {'ms/step':>9} {'img/s':>8} {'vs host':>8} {'warm-up s':>10}"
     lines = [
         f"{r['model']}, batch {r['batch_size']}, {r['devices']} {r['platform']} device(s) "
-        f"({r['device_kind']}); medians of {r['repeats']} windows of {r['steps_per_window']} "
-        "steps",
+        f"({r['device_kind']}), kernels {kernels_label(r['jaxcnn_backend'])}; medians of "
+        f"{r['repeats']} windows of {r['steps_per_window']} steps",
         "",
         head,
         "-" * len(head),
@@ -220,16 +229,11 @@ def format_table(r: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> dict:
-    args = build_parser().parse_args(argv)
+def command(args: argparse.Namespace) -> int:
     result = run(args)
     print(format_table(result))
     args.workdir.mkdir(parents=True, exist_ok=True)
     out = args.workdir / "bench_host.json"
     out.write_text(json.dumps(result, indent=2))
     print(f"\nresults: {out}")
-    return result
-
-
-if __name__ == "__main__":
-    _cli.run(main)
+    return 0
