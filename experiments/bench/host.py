@@ -107,6 +107,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _measure(args: argparse.Namespace) -> dict:
+    """The four paths and the host pieces (module docstring), with the kernels in effect."""
     import jax
 
     from jaxcnn import models
