@@ -44,6 +44,8 @@ from pathlib import Path
 import numpy as np
 
 from experiments import _cli
+from jaxcnn.data import CIFAR10_MEAN, CIFAR10_STD
+from jaxcnn.evaluate import accuracy, conv_grad_norms, predict_logits
 from jaxcnn.train import FitConfig, recipes
 
 DEFAULT_MODELS = ("lenet5", "alexnet_mini", "vgg_mini", "resnet20")
@@ -108,93 +110,7 @@ def build_parser():
 
 
 # --------------------------------------------------------------------------------------------
-# Helpers (pure; tested in tests/test_architectures_experiment.py)
-
-
-def conv_layer_paths(model, variables, x) -> list[tuple[str, ...]]:
-    """Module paths of the model's convolutions in the order the forward pass runs them.
-
-    Found by intercepting module calls during an abstract forward pass (``jax.eval_shape``:
-    nothing is computed), so the order is the data-flow order, not the (alphabetical) order of
-    the parameter dict. A projection shortcut appears after its block's convs. Each path is the
-    key path of the layer's ``kernel`` under ``params`` (without "kernel").
-    """
-    import flax.linen as nn
-    import jax
-
-    from jaxcnn.models.layers import Conv
-
-    order: list[tuple[str, ...]] = []
-
-    def interceptor(next_fun, args, kwargs, context):
-        if context.method_name == "__call__" and isinstance(context.module, (nn.Conv, Conv)):
-            path = tuple(context.module.path)
-            if path not in order:
-                order.append(path)
-        return next_fun(*args, **kwargs)
-
-    def forward(v, xx):
-        with nn.intercept_methods(interceptor):
-            return model.apply(v, xx, train=False)
-
-    jax.eval_shape(forward, variables, x)
-    return order
-
-
-def _get_path(tree, path):
-    for key in path:
-        tree = tree[key]
-    return tree
-
-
-def conv_grad_norms(model, variables, images, labels, *, seed: int = 0):
-    """Frobenius norm of dL/dkernel for every conv, in depth order, on one batch.
-
-    Args:
-      model: a ``jaxcnn.models`` module.
-      variables: ``{"params": ..., ["batch_stats": ...]}``.
-      images: (N, H, W, C) float32, already normalised.
-      labels: (N,) int class indices.
-      seed: dropout key (models with dropout run it, as in training).
-
-    Returns:
-      list of ``(name, norm)``, ``name`` the conv's module path joined with "/".
-      The loss is the mean softmax cross-entropy in training mode (BatchNorm uses the batch's
-      statistics, as in a training step); nothing is updated.
-    """
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    x = jnp.asarray(images, jnp.float32)
-    y = jnp.asarray(labels, jnp.int32)
-    paths = conv_layer_paths(model, variables, x[:1])
-    if not paths:
-        raise ValueError(f"{type(model).__name__} has no convolution layers")
-    others = {k: v for k, v in variables.items() if k != "params"}
-
-    @jax.jit
-    def grads_of(params):
-        def loss_fn(p):
-            out = model.apply({"params": p, **others}, x, train=True,
-                              rngs={"dropout": jax.random.key(seed)},
-                              mutable=list(others) or False)
-            logits = out[0] if isinstance(out, tuple) else out
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-        return jax.grad(loss_fn)(params)
-
-    grads = grads_of(variables["params"])
-    return [("/".join(p), float(jnp.linalg.norm(_get_path(grads, p)["kernel"])))
-            for p in paths]
-
-
-def flops_per_image(model, variables, image_shape) -> float:
-    """FLOPs of one inference forward pass on one (H, W, C) image (XLA's count)."""
-    from jaxcnn.flops import forward_flops
-
-    return forward_flops(model, variables, (1, *image_shape))
-
+# Table
 
 def format_table(results: dict, names) -> str:
     """The printed summary: one line per model of ``names`` that has a row in ``results``."""
@@ -219,13 +135,6 @@ def format_table(results: dict, names) -> str:
 # Data and training
 
 
-def normalised(images):
-    from jaxcnn.data import CIFAR10_MEAN, CIFAR10_STD
-
-    x = np.asarray(images, np.float32) / 255.0
-    return (x - np.asarray(CIFAR10_MEAN, np.float32)) / np.asarray(CIFAR10_STD, np.float32)
-
-
 def init_variables(model, image_shape, seed: int):
     import jax
     import jax.numpy as jnp
@@ -236,7 +145,6 @@ def init_variables(model, image_shape, seed: int):
 
 
 def fit_model(name, model, config, train, evaluation, args, workdir, stop_after_epoch=None):
-    from jaxcnn.data import CIFAR10_MEAN, CIFAR10_STD
     from jaxcnn.train import fit
 
     return fit(model, train, evaluation, config=config, workdir=workdir,
@@ -248,6 +156,15 @@ def state_variables(state) -> dict:
     import jax
 
     return jax.device_get(state.variables)
+
+
+def model_options(name: str, args) -> dict:
+    """``jaxcnn.models.create`` options for ``name`` from the flags: ``zero_init_residual`` for
+    the models that have it (the residual nets) when ``--zero-init-residual`` is given."""
+    from jaxcnn import models
+
+    wanted = {"zero_init_residual": True} if args.zero_init_residual else {}
+    return models.supported_options(name, wanted)
 
 
 def recipe_for(name: str, args, lesson: str) -> FitConfig:
@@ -270,7 +187,7 @@ def write_static_figures(visuals: Path) -> list[Path]:
 
 def run_compare(names, args) -> dict:
     from jaxcnn import models
-    from jaxcnn.evaluate import predict_logits
+    from jaxcnn.flops import forward_flops
 
     train, evaluation = _cli.load_cifar10(args)
     print(f"train: {args.train_split} {len(train):,} images; eval: {args.eval_split} "
@@ -287,16 +204,16 @@ def run_compare(names, args) -> dict:
         seconds = time.perf_counter() - start
         variables = state_variables(result.state)
         logits = predict_logits(model.apply, variables, evaluation.images,
-                                mean=recipe_mean(), std=recipe_std(),
+                                mean=CIFAR10_MEAN, std=CIFAR10_STD,
                                 batch_size=min(args.eval_batch_size, len(evaluation)))
         history = result.history
         row = {
-            "test_accuracy": float((logits.argmax(-1) == evaluation.labels).mean()),
+            "test_accuracy": accuracy(logits, evaluation.labels),
             "eval_split": args.eval_split,
             "train_split": args.train_split,
             "train_images": len(train),
             "params": models.count_params(variables["params"]),
-            "flops_per_image": flops_per_image(model, variables, train.image_shape),
+            "flops_per_image": forward_flops(model, variables, (1, *train.image_shape)),
             **_cli.training_summary(history, recipe, seconds, args.batch_size),
         }
         results = _cli.update_results(results_path, name, row)
@@ -316,33 +233,24 @@ def run_compare(names, args) -> dict:
     return results
 
 
-def recipe_mean():
-    from jaxcnn.data import CIFAR10_MEAN
+def grad_batch(train, args):
+    """The fixed batch the gradient norms are taken on: the first --grad-batch train images,
+    normalised ``(n, H, W, C)``, and their labels ``(n,)``.
 
-    return CIFAR10_MEAN
-
-
-def recipe_std():
-    from jaxcnn.data import CIFAR10_STD
-
-    return CIFAR10_STD
-
-
-def model_options(name: str, args) -> dict:
-    """``jaxcnn.models.create`` options for ``name`` from the flags: ``zero_init_residual`` for
-    the models that have it (the residual nets) when ``--zero-init-residual`` is given."""
-    from jaxcnn import models
-
-    wanted = {"zero_init_residual": True} if args.zero_init_residual else {}
-    return models.supported_options(name, wanted)
+    Normalised on the host as ``(x / 255 - mean) / std``, as when the measured norms in
+    visuals/architectures/README.md were taken: plain56's norms amplify last-bit differences
+    of its input (the training pipeline's multiply-add form moves them by about 2%)."""
+    n = min(args.grad_batch, len(train))
+    x = np.asarray(train.images[:n], np.float32) / 255.0
+    x = (x - np.asarray(CIFAR10_MEAN, np.float32)) / np.asarray(CIFAR10_STD, np.float32)
+    return x, train.labels[:n]
 
 
 def gradient_norms_at_init(names, train, args) -> dict[str, list[tuple[str, float]]]:
     """{model: [(conv name, grad norm), ...]} on the first --grad-batch train images."""
     from jaxcnn import models
 
-    n = min(args.grad_batch, len(train))
-    x, y = normalised(train.images[:n]), train.labels[:n]
+    x, y = grad_batch(train, args)
     out = {}
     for name in names:
         model = models.create(name, num_classes=train.num_classes, **model_options(name, args))
@@ -412,8 +320,8 @@ def run_vanishing(names, args) -> dict:
 
     train, evaluation = _cli.load_cifar10(args)
     _cli.check_batch_size(args.batch_size, len(train))
-    batch = min(args.grad_batch, len(train))
-    x, y = normalised(train.images[:batch]), train.labels[:batch]
+    x, y = grad_batch(train, args)
+    batch = len(y)
     workdir = args.workdir / "vanishing"
     results, histories, norm_curves = {}, {}, {}
     for name in names:

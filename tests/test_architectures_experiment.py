@@ -1,4 +1,5 @@
-"""experiments.architectures: FLOPs helper, per-layer gradient norms, figures, a tiny run."""
+"""experiments.architectures: FLOPs helper, per-layer gradient norms
+(jaxcnn.evaluate.inspection), figures, a tiny run."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from experiments import architectures as exp
 from jaxcnn import models
+from jaxcnn.evaluate.inspection import conv_grad_norms, conv_layer_paths
 from jaxcnn.flops import cost_flops, forward_flops, function_flops
 from jaxcnn.models.resnet import CifarResNet
 
@@ -72,7 +74,7 @@ def test_cost_flops_reads_dicts_and_lists_and_rejects_empty():
 def test_conv_layer_paths_follow_the_data_flow():
     model = models.create("resnet20")
     v = models.init_shapes(model, (1, 32, 32, 3))
-    paths = exp.conv_layer_paths(model, v, jnp.zeros((1, 32, 32, 3)))
+    paths = conv_layer_paths(model, v, jnp.zeros((1, 32, 32, 3)))
     assert len(paths) == 19
     assert paths[0] == ("stem_conv",)
     assert paths[1:4] == [("stage1_block1", "conv1"), ("stage1_block1", "conv2"),
@@ -80,10 +82,13 @@ def test_conv_layer_paths_follow_the_data_flow():
     assert paths[-1] == ("stage3_block3", "conv2")
     # Every path names a kernel in the params.
     for p in paths:
-        assert exp._get_path(v["params"], p)["kernel"].shape[:2] == (3, 3)
+        layer = v["params"]
+        for key in p:
+            layer = layer[key]
+        assert layer["kernel"].shape[:2] == (3, 3)
     plain56 = models.create("plain56")
     v56 = models.init_shapes(plain56, (1, 32, 32, 3))
-    assert len(exp.conv_layer_paths(plain56, v56, jnp.zeros((1, 32, 32, 3)))) == 55
+    assert len(conv_layer_paths(plain56, v56, jnp.zeros((1, 32, 32, 3)))) == 55
 
 
 def test_conv_grad_norms_one_entry_per_conv_in_depth_order():
@@ -92,7 +97,7 @@ def test_conv_grad_norms_one_entry_per_conv_in_depth_order():
     x = rng.normal(size=(4, 8, 8, 3)).astype(np.float32)
     y = rng.integers(0, 10, size=4)
     variables = exp.init_variables(model, x.shape[1:], 0)
-    norms = exp.conv_grad_norms(model, variables, x, y)
+    norms = conv_grad_norms(model, variables, x, y)
     names = [n for n, _ in norms]
     assert names == ["stem_conv", "stage1_block1/conv1", "stage1_block1/conv2",
                      "stage2_block1/conv1", "stage2_block1/conv2", "stage3_block1/conv1",
@@ -107,7 +112,7 @@ def test_conv_grad_norms_match_jax_grad_for_a_model_without_batchnorm():
     x = rng.normal(size=(4, 32, 32, 3)).astype(np.float32)
     y = np.arange(4)
     variables = exp.init_variables(model, x.shape[1:], 0)
-    norms = exp.conv_grad_norms(model, variables, x, y)
+    norms = conv_grad_norms(model, variables, x, y)
     assert [n for n, _ in norms] == ["conv1", "conv2"]
 
     def loss(p):

@@ -1,5 +1,5 @@
-"""Looking inside a trained model: its first convolution's filters and every convolution's
-output for a few images."""
+"""Looking inside a model: its first convolution's filters, every convolution's output for a few
+images, and the gradient that reaches every convolution's kernel."""
 
 from __future__ import annotations
 
@@ -9,7 +9,16 @@ import numpy as np
 
 from jaxcnn.evaluate.prediction import _stats_arrays, normalize_on_device
 
-__all__ = ["conv_activations", "first_conv_kernel"]
+__all__ = ["conv_activations", "conv_grad_norms", "conv_layer_paths", "first_conv_kernel"]
+
+
+def _conv_types() -> tuple[type, ...]:
+    """The convolution modules: flax's and jaxcnn's (fast CPU) layers."""
+    import flax.linen as nn
+
+    from jaxcnn.models.layers import Conv, DepthwiseConv
+
+    return (nn.Conv, Conv, DepthwiseConv)
 
 
 def first_conv_kernel(variables) -> np.ndarray:
@@ -67,11 +76,7 @@ def conv_activations(model, variables, images_uint8, *, mean, std) -> dict[str, 
       ``{"Conv_0": (N, H', W', C'), ...}`` float32 numpy, in the order the layers ran; the
       key is the module path joined with ``/``.
     """
-    import flax.linen as nn
-
-    from jaxcnn.models.layers import Conv, DepthwiseConv
-
-    conv_types = (nn.Conv, Conv, DepthwiseConv)  # flax's and jaxcnn's fast CPU layers
+    conv_types = _conv_types()
     images = np.asarray(images_uint8)
     if images.ndim != 4 or images.dtype != np.uint8:
         raise ValueError(
@@ -99,3 +104,84 @@ def conv_activations(model, variables, images_uint8, *, mean, std) -> dict[str, 
     if not out:
         raise ValueError(f"{type(model).__name__} has no convolution layer to capture")
     return out
+
+
+def conv_layer_paths(model, variables, x) -> list[tuple[str, ...]]:
+    """Module paths of the model's convolutions in the order the forward pass runs them.
+
+    Found by intercepting module calls during an abstract forward pass (``jax.eval_shape``:
+    nothing is computed), so the order is the data-flow order, not the (alphabetical) order of
+    the parameter dict. A projection shortcut appears after its block's convs. Each path is the
+    key path of the layer's ``kernel`` under ``params`` (without "kernel").
+
+    Args:
+      model, variables: a Flax linen module following the jaxcnn convention and its variables
+        (arrays or ``jax.ShapeDtypeStruct`` s).
+      x: an input batch ``(N, H, W, C)`` (only its shape and dtype are used).
+    """
+    import flax.linen as nn
+    import jax
+
+    conv_types = _conv_types()
+    order: list[tuple[str, ...]] = []
+
+    def interceptor(next_fun, args, kwargs, context):
+        if context.method_name == "__call__" and isinstance(context.module, conv_types):
+            path = tuple(context.module.path)
+            if path not in order:
+                order.append(path)
+        return next_fun(*args, **kwargs)
+
+    def forward(v, xx):
+        with nn.intercept_methods(interceptor):
+            return model.apply(v, xx, train=False)
+
+    jax.eval_shape(forward, variables, x)
+    return order
+
+
+def conv_grad_norms(model, variables, images, labels, *, seed: int = 0):
+    """Frobenius norm of dL/dkernel for every conv, in depth order, on one batch.
+
+    The loss is the mean softmax cross-entropy in training mode (BatchNorm uses the batch's
+    statistics, as in a training step); nothing is updated.
+
+    Args:
+      model: a ``jaxcnn.models`` module.
+      variables: ``{"params": ..., ["batch_stats": ...]}``.
+      images: ``(N, H, W, C)`` float32, already normalised.
+      labels: ``(N,)`` int class indices.
+      seed: dropout key (models with dropout run it, as in training).
+
+    Returns:
+      ``[(name, norm), ...]``, ``name`` the conv's module path joined with "/".
+    """
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    x = jnp.asarray(images, jnp.float32)
+    y = jnp.asarray(labels, jnp.int32)
+    paths = conv_layer_paths(model, variables, x[:1])
+    if not paths:
+        raise ValueError(f"{type(model).__name__} has no convolution layers")
+    others = {k: v for k, v in variables.items() if k != "params"}
+
+    @jax.jit
+    def grads_of(params):
+        def loss_fn(p):
+            out = model.apply({"params": p, **others}, x, train=True,
+                              rngs={"dropout": jax.random.key(seed)},
+                              mutable=list(others) or False)
+            logits = out[0] if isinstance(out, tuple) else out
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        return jax.grad(loss_fn)(params)
+
+    def kernel(tree, path):
+        for key in path:
+            tree = tree[key]
+        return tree["kernel"]
+
+    grads = grads_of(variables["params"])
+    return [("/".join(p), float(jnp.linalg.norm(kernel(grads, p)))) for p in paths]
