@@ -62,7 +62,7 @@ def accepted_models() -> list[str]:
 
 
 def build_parser():
-    from jaxcnn.evaluate import TTA_MODES
+    from jaxcnn.evaluate.tta import TTA_MODES, describe_tta_modes
 
     p = _cli.make_parser("cifar10", __doc__.split("\n")[0])
     _cli.add_common(p, "cifar10", data_dir=True)
@@ -114,9 +114,7 @@ def build_parser():
                         "images): their accuracy with it is an extra column, "
                         "test_accuracy_tta in results.json (test_accuracy stays without TTA), "
                         "and their bundles store it, so a bundle predicts like that column. "
-                        "none: no extra column, bundles without TTA; flip: image + mirror, "
-                        "logits averaged (2 passes); flip_translate: also one-pixel diagonal "
-                        "shifts (airbench's level 2, 6 passes)")
+                        f"none: no extra column, bundles without TTA. {describe_tta_modes()}")
     p.add_argument("--eval-batch-size", type=_cli.positive_int, default=500,
                    help="batch size for evaluation")
     p.add_argument("--eval-only", action="store_true",
@@ -169,6 +167,7 @@ def run_transfer(name, train, evaluation, args):
     ``<workdir>/<name>/bundle/``.
     """
     from jaxcnn import export, models, pretrained, transfer
+    from jaxcnn.evaluate import accuracy
 
     backbone = TRANSFER_MODELS[name]
     size = (args.transfer_size,) * 2
@@ -181,8 +180,7 @@ def run_transfer(name, train, evaluation, args):
         bundle = export.load(bundle_dir)
         probs = bundle.predict(evaluation.images)
         logits = np.log(np.clip(probs, 1e-12, None))
-        row = dict(bundle.metrics, test_accuracy=float((logits.argmax(-1) ==
-                                                        evaluation.labels).mean()))
+        row = dict(bundle.metrics, test_accuracy=accuracy(logits, evaluation.labels))
         return row, dict(logits=logits, accuracy=row["test_accuracy"], history=[])
     model, variables = pretrained.load(backbone)
     cache = args.workdir / "cache"
@@ -206,7 +204,7 @@ def run_transfer(name, train, evaluation, args):
     logits = np.asarray(transfer.head_logits(head, f_eval))
     variables_k = transfer.with_head(variables, head)
     row = {
-        "test_accuracy": float((logits.argmax(-1) == evaluation.labels).mean()),
+        "test_accuracy": accuracy(logits, evaluation.labels),
         "eval_split": args.eval_split,
         "params": models.count_params(variables_k["params"]),
         "trainable_params": int(head["kernel"].size + head["bias"].size),
@@ -351,6 +349,7 @@ def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     from jaxcnn import export, models
+    from jaxcnn.evaluate import accuracy, softmax
     from jaxcnn.train import checkpoint, maybe_initialize_distributed
 
     unknown = [n for n in names if n not in accepted_models()]
@@ -392,11 +391,11 @@ def main(argv=None) -> dict:
                 name, config, train, evaluation, args)
             state, history, ensemble = result.state, result.history, args.ensemble
         member_logits = evaluate_members(model, state, evaluation, preprocess, args, ensemble)
-        accs = [float((lg.argmax(-1) == evaluation.labels).mean()) for lg in member_logits]
+        accs = [accuracy(lg, evaluation.labels) for lg in member_logits]
         variables = member_variables(state, None if ensemble == 1 else 0)
         row = {"test_accuracy": float(np.mean(accs))}
         if args.tta != "none":
-            tta_accs = [float((lg.argmax(-1) == evaluation.labels).mean()) for lg in
+            tta_accs = [accuracy(lg, evaluation.labels) for lg in
                         evaluate_members(model, state, evaluation, preprocess, args, ensemble,
                                          tta=args.tta)]
             row["test_accuracy_tta"] = float(np.mean(tta_accs))
@@ -412,10 +411,8 @@ def main(argv=None) -> dict:
             row["test_accuracy_std"] = float(np.std(accs))
             row["member_accuracies"] = accs
             row["ensemble_size"] = ensemble
-            mean_probs = np.mean([np.exp(lg - lg.max(-1, keepdims=True)) /
-                                  np.exp(lg - lg.max(-1, keepdims=True)).sum(-1, keepdims=True)
-                                  for lg in member_logits], axis=0)
-            row["ensemble_accuracy"] = float((mean_probs.argmax(-1) == evaluation.labels).mean())
+            mean_probs = np.mean([softmax(lg) for lg in member_logits], axis=0)
+            row["ensemble_accuracy"] = accuracy(mean_probs, evaluation.labels)
         results = _cli.update_results(args.workdir / "results.json", name, row)
         export.save(
             args.workdir / name / "bundle", model_name=name, model_options=model_options,

@@ -50,8 +50,6 @@ import numpy as np
 
 from experiments import _cli
 
-TTA_CHOICES = ("none", "flip", "flip_translate")
-
 # The ladder: (rung name, what it adds). Each rung keeps everything above it.
 RUNGS = (
     ("baseline", "learned first layer + BatchNorm, default init, SGD, flip/translate, flip TTA"),
@@ -67,6 +65,8 @@ RUNG_NAMES = tuple(name for name, _ in RUNGS)
 
 
 def build_parser():
+    from jaxcnn.evaluate.tta import TTA_MODES, describe_tta_modes
+
     p = _cli.make_parser("speedrun", __doc__.split("\n")[0])
     _cli.add_common(p, "speedrun", seed=False, data_dir=True)
     _cli.add_cifar10_training(
@@ -76,9 +76,9 @@ def build_parser():
     p.add_argument("--seeds", default="0",
                    help="comma-separated seeds; one full run each (in <workdir>/seed<k>), "
                         "reported as mean +- std")
-    p.add_argument("--tta", choices=TTA_CHOICES, default="flip_translate",
+    p.add_argument("--tta", choices=TTA_MODES, default="flip_translate",
                    help="test-time augmentation of the reported accuracy and of the exported "
-                        "bundle's predictions")
+                        f"bundle's predictions ({describe_tta_modes()})")
     p.add_argument("--widths", type=parse_widths, default=None,
                    help="channels of the three conv groups, e.g. 32,64,64 for a quick try "
                         "(default: airbench94's 64,256,256, which the recipe is tuned for)")
@@ -214,7 +214,7 @@ def evaluate_and_export(name: str, trained: Trained, tta: str, train, evaluation
     """Evaluate a fitted model with ``tta``, export its bundle to ``workdir/bundle``; returns
     (row, outcome)."""
     from jaxcnn import export, models
-    from jaxcnn.evaluate import predict_logits
+    from jaxcnn.evaluate import accuracy, predict_logits
 
     model, config, result = trained.model, trained.config, trained.result
     variables = result.state.variables
@@ -233,8 +233,8 @@ def evaluate_and_export(name: str, trained: Trained, tta: str, train, evaluation
     flops = train_flops_per_image(model, variables, train.image_shape)
     row = {
         "run": name,
-        "accuracy": float((logits.argmax(-1) == evaluation.labels).mean()),
-        "accuracy_no_tta": float((plain.argmax(-1) == evaluation.labels).mean()),
+        "accuracy": accuracy(logits, evaluation.labels),
+        "accuracy_no_tta": accuracy(plain, evaluation.labels),
         "tta": tta,
         "eval_split": args.eval_split,
         "n_train": len(train),

@@ -19,10 +19,6 @@ import argparse
 import sys
 from pathlib import Path
 
-# jaxcnn.evaluate.TTA_MODES, spelled out so that --help does not import jax (a test keeps the
-# two equal).
-TTA_CHOICES = ("none", "flip", "flip_translate")
-
 __all__ = ["main", "predict_files", "predictions_figure"]
 
 
@@ -104,6 +100,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from jaxcnn.evaluate.tta import TTA_MODES, describe_tta_modes
+
     p = _Parser(
         prog="jaxcnn-predict",
         description="Top-k classes of image files, from a bundle written by jaxcnn.export.save. "
@@ -117,11 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure", type=Path, default=None,
                    help="also write a PNG of the images with confidence bars to this path "
                         "(default: no figure)")
-    p.add_argument("--tta", choices=TTA_CHOICES, default=None,
-                   help="test-time augmentation, overriding the bundle's: none (one pass), flip "
-                        "(image + mirror, logits averaged) or flip_translate (also one-pixel "
-                        "shifts; 6 passes) (default: the mode stored in the bundle, none for "
-                        "bundles without one)")
+    p.add_argument("--tta", choices=TTA_MODES, default=None,
+                   help=f"test-time augmentation, overriding the bundle's ({describe_tta_modes()}) "
+                        "(default: the mode stored in the bundle, none for bundles without one)")
     return p
 
 

@@ -45,9 +45,10 @@ def test_cli_prints_top_k_and_writes_figure(tiny_bundle, images, tmp_path, capsy
 
 
 def test_cli_shows_the_bundle_tta_and_overrides_it(tiny_bundle, images, tmp_path, capsys):
-    from jaxcnn.evaluate import TTA_MODES
+    from jaxcnn.evaluate.tta import TTA_MODES
 
-    assert predict.TTA_CHOICES == TTA_MODES
+    tta_flag = next(a for a in predict.build_parser()._actions if a.dest == "tta")
+    assert tuple(tta_flag.choices) == TTA_MODES
     assert predict.main([str(tiny_bundle), str(images[0])]) == 0
     out = capsys.readouterr().out
     assert "TTA none (stored in the bundle)" in out

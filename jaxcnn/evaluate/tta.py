@@ -26,10 +26,22 @@ from collections.abc import Callable
 
 import jax.numpy as jnp
 
-__all__ = ["TTA_MODES", "check_tta_mode", "tta_logits", "tta_views"]
+__all__ = ["TTA_MODES", "check_tta_mode", "describe_tta_modes", "tta_logits", "tta_views"]
 
-TTA_MODES = ("none", "flip", "flip_translate")
+_DESCRIPTIONS = {
+    "none": "one pass",
+    "flip": "the image and its mirror, logits averaged (2 passes)",
+    "flip_translate": "also one-pixel diagonal shifts of both (airbench's level 2, 6 passes)",
+}
+
+TTA_MODES = tuple(_DESCRIPTIONS)
 """The TTA levels, cheapest first: 1, 2 and 6 forward passes per image."""
+
+
+def describe_tta_modes() -> str:
+    """Every mode of ``TTA_MODES`` with what it does, for a command line's ``--help``:
+    ``"none: one pass; flip: ...; flip_translate: ..."``."""
+    return "; ".join(f"{mode}: {text}" for mode, text in _DESCRIPTIONS.items())
 
 
 def check_tta_mode(mode) -> str:
