@@ -12,14 +12,10 @@ Subpackages (import what you need; nothing heavy is imported here):
 Conventions: arrays are NHWC, kernels HWIO, float32 unless asked otherwise; images are uint8 on
 the host and normalised on device.
 
-Importing jaxcnn lets every thread allocate from glibc's main arena, so that ``jaxcnn.train.fit``
-can keep XLA:CPU's per-step buffers mapped instead of faulting in fresh pages each step
-(``jaxcnn.host_malloc``; ``JAXCNN_MALLOC=default`` opts out). Import jaxcnn before running JAX
-computations for it to reach JAX's threads.
+Importing jaxcnn changes nothing outside it. Two process-wide choices are left to programs:
+the kernels (``jaxcnn.ops.backend``: ``JAXCNN_BACKEND`` or ``backend.use(...)``) and glibc's
+allocator settings for training on a CPU (``jaxcnn.host_malloc.share_main_arena()`` at the
+start of a program, as the experiments do).
 """
 
-from jaxcnn import host_malloc as _host_malloc
-
 __version__ = "0.1.0"
-
-_host_malloc.share_main_arena()

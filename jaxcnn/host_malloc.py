@@ -11,11 +11,11 @@ JAX only evaluation gained: ``visuals/bench/README.md``).
 
 Two settings (``mallopt``):
 
-* :func:`share_main_arena`, called by ``import jaxcnn``: every thread allocates from the main
-  arena (``M_ARENA_MAX = 1``), the only one that can grow past 64 MiB (with ``brk``). A thread
-  is bound to its arena at its first allocation, so this must happen before JAX starts its CPU
-  client: import jaxcnn before running JAX computations. Alone it changed neither speed nor
-  memory noticeably (one cnn3 run).
+* :func:`share_main_arena`, which a *program* calls at its start (the experiments' ``main`` and
+  the benchmarks do; a library import never does): every thread allocates from the main arena
+  (``M_ARENA_MAX = 1``), the only one that can grow past 64 MiB (with ``brk``). A thread is
+  bound to its arena at its first allocation, so call it before running JAX computations.
+  Alone it changed neither speed nor memory noticeably (one cnn3 run).
 * :func:`reuse_freed_memory`, a context manager (also a decorator) that ``jaxcnn.train.fit`` and
   the benchmarks run in: no allocation is served by ``mmap`` (``M_MMAP_MAX = 0``) and up to
   1 GiB freed at the top of the heap is kept (``M_TRIM_THRESHOLD``), so the step's buffers are
@@ -94,7 +94,8 @@ def _mallopt(libc, *settings: tuple[int, int]) -> bool:
 
 
 def share_main_arena() -> bool:
-    """Let every thread created from now on allocate from glibc's main arena.
+    """Let every thread created from now on allocate from glibc's main arena (process-wide:
+    for programs, at their start, before JAX computations; the experiments call it).
 
     Returns:
       True when set; False when ``JAXCNN_MALLOC=default`` is set, off glibc, or refused.

@@ -12,6 +12,7 @@ from jax import lax
 
 from jaxcnn import models
 from jaxcnn.models.airbench import AirBench94, make_whitening_init, whitening_init
+from jaxcnn.ops import backend
 
 SMALL = (32, 32, 16)  # small widths, quick to compile; 24 -> 32 and 32 -> 16 for dirac
 
@@ -35,28 +36,30 @@ def _keys(tree, prefix=""):
 
 @pytest.fixture(scope="module")
 def small():
-    """(model, variables, x) of airbench94 with the SMALL widths, conv_impl "fast".
+    """(model, variables, x) of airbench94 with the SMALL widths (initialised with the "fast"
+    kernels: every backend gives the same parameter tree).
 
     Everything here is jitted: one compile instead of a hundred eager ones."""
-    model = models.create("airbench94", widths=SMALL, conv_impl="fast")
+    model = models.create("airbench94", widths=SMALL)
     x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
-    return model, jax.jit(model.init)(_init_key(), x), x
+    with backend.use("fast"):
+        return model, jax.jit(model.init)(_init_key(), x), x
 
 
 @pytest.fixture(scope="module")
 def train_step(small):
-    """impl -> (param gradients, (logits, batch_stats updates)) of one train-mode pass."""
-    _, variables, x = small
+    """backend -> (param gradients, (logits, batch_stats updates)) of one train-mode pass."""
+    model, variables, x = small
+
+    def loss(params):
+        logits, updates = model.apply({**variables, "params": params}, x, train=True,
+                                      mutable=["batch_stats"])
+        return jnp.sum(logits * jnp.arange(10.0)), (logits, updates)
+
     results = {}
-    for impl in ("fast", "lax"):
-        model = models.create("airbench94", widths=SMALL, conv_impl=impl)
-
-        def loss(params, model=model):
-            logits, updates = model.apply({**variables, "params": params}, x, train=True,
-                                          mutable=["batch_stats"])
-            return jnp.sum(logits * jnp.arange(10.0)), (logits, updates)
-
-        results[impl] = jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
+    for name in ("fast", "lax"):
+        with backend.use(name):  # a fresh jit per backend: each traces with its own kernels
+            results[name] = jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
     return results
 
 
@@ -103,7 +106,7 @@ def test_shapes_and_parameter_count(small):
 def test_registry_options_and_whiten_bn():
     assert models.accepted_options("airbench94") == sorted(
         ["widths", "whiten_width", "whiten_bn", "dirac", "bn_momentum", "bn_eps",
-         "logit_scale", "conv_impl", "dtype"]
+         "logit_scale", "dtype"]
     )
     m = models.create("airbench94", num_classes=7, bn_momentum=0.5)
     assert (m.num_classes, m.bn_momentum, m.bn_eps, m.logit_scale) == (7, 0.5, 1e-12, 1 / 9)
@@ -216,7 +219,7 @@ def test_train_forward_updates_running_stats_with_momentum(small, train_step):
         np.testing.assert_allclose(stats["var"], 0.4 + 0.6 * h.var(axis=(0, 1, 2)), rtol=1e-4)
 
 
-def test_conv_impls_agree_on_logits_stats_and_gradients(train_step):
+def test_backends_agree_on_logits_stats_and_gradients(train_step):
     """"fast" (hand-written backward passes) and "lax" compute the same function."""
     (g_fast, aux_fast), (g_lax, aux_lax) = train_step["fast"], train_step["lax"]
     for a, b in zip(jax.tree.leaves(aux_fast), jax.tree.leaves(aux_lax), strict=True):

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxcnn.models.layers import DepthwiseConv, resolve_depthwise_impl
+from jaxcnn.models.layers import DepthwiseConv
+from jaxcnn.ops import backend
 from jaxcnn.ops.depthwise import depthwise_conv2d, depthwise_conv2d_lax
 from jaxcnn.ops.fast_conv import resolve_padding
 
@@ -85,13 +86,13 @@ def test_layer_is_interchangeable_with_nn_conv():
                   use_bias=True)
     variables = ref.init(jax.random.key(1), x)
     variables = jax.tree.map(lambda a: a + 0.1, variables)  # non-zero bias
-    for impl in ("shift", "lax"):
-        layer = DepthwiseConv((3, 3), strides=2, padding=((0, 1), (0, 1)), use_bias=True,
-                              impl=impl)
-        mine = layer.init(jax.random.key(1), x)
+    layer = DepthwiseConv((3, 3), strides=2, padding=((0, 1), (0, 1)), use_bias=True)
+    for kernels in ("fast", "lax"):  # shifted multiply-adds / XLA's grouped convolution
+        with backend.use(kernels):
+            mine = layer.init(jax.random.key(1), x)
+            y = layer.apply(variables, x)
         assert jax.tree.map(jnp.shape, mine) == jax.tree.map(jnp.shape, variables)
-        np.testing.assert_allclose(layer.apply(variables, x), ref.apply(variables, x),
-                                   atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(y, ref.apply(variables, x), atol=1e-5, rtol=1e-5)
 
 
 def test_bad_input_is_a_clear_error():
@@ -101,6 +102,3 @@ def test_bad_input_is_a_clear_error():
         depthwise_conv2d(jnp.zeros((1, 5, 5, 3)), jnp.zeros((3, 3, 1, 4)))
     with pytest.raises(ValueError, match="stride"):
         depthwise_conv2d(jnp.zeros((1, 5, 5, 3)), jnp.zeros((3, 3, 1, 3)), stride=0)
-    with pytest.raises(ValueError, match="depthwise_impl"):
-        resolve_depthwise_impl("fast")
-    assert resolve_depthwise_impl("auto") in ("shift", "lax")

@@ -10,6 +10,7 @@ import pytest
 from flax import traverse_util
 
 from jaxcnn.models.efficientnet_lite import EfficientNetLite
+from jaxcnn.ops import backend
 
 # stem, block0..block3, head_conv: 6 modules, strides 2, 1, 2, 1, 2 (32 px -> 4 px)
 TINY_STAGES = ((1, 3, 1, 8, 1), (6, 3, 2, 16, 2), (6, 5, 2, 24, 1))
@@ -114,17 +115,16 @@ def test_top_part_gradient_equals_full_gradient(tiny, k):
     assert checked > 0
 
 
-def test_depthwise_impls_share_params_and_agree(tiny):
-    """"shift" (shifted multiply-adds, the CPU default) and "lax" (grouped nn.Conv) depthwise
-    convolutions: same parameter tree, same logits up to float rounding (1e-5 x max |logit|)."""
+def test_depthwise_backends_share_params_and_agree(tiny):
+    """The fast backend's depthwise convolutions (shifted multiply-adds, the CPU default) and
+    lax's (grouped nn.Conv): same parameter tree, same logits up to float rounding (1e-5 x max
+    |logit|)."""
     model, variables, x = tiny
     out = {}
-    for impl in ("shift", "lax"):
-        m = model.clone(depthwise_impl=impl)
-        shapes = jax.tree.map(jnp.shape, jax.eval_shape(m.init, jax.random.key(0), x))
+    for kernels in ("fast", "lax"):
+        with backend.use(kernels):
+            shapes = jax.tree.map(jnp.shape, jax.eval_shape(model.init, jax.random.key(0), x))
+            out[kernels] = np.asarray(model.apply(variables, x, train=False))
         assert shapes == jax.tree.map(jnp.shape, variables)
-        out[impl] = np.asarray(m.apply(variables, x, train=False))
-    np.testing.assert_allclose(out["shift"], out["lax"], rtol=0,
+    np.testing.assert_allclose(out["fast"], out["lax"], rtol=0,
                                atol=1e-5 * np.abs(out["lax"]).max())
-    with pytest.raises(ValueError, match="depthwise_impl"):
-        model.clone(depthwise_impl="nope").apply(variables, x)

@@ -168,10 +168,10 @@ def test_first_conv_kernel_and_activations():
 
 
 def test_conv_activations_capture_jaxcnn_conv_layers():
-    """cnn3 uses layers.Conv (the fast CPU kernel gradient), not nn.Conv: still captured."""
+    """cnn3 uses layers.Conv (whichever kernels compute it), not nn.Conv: still captured."""
     from jaxcnn import models
 
-    model = models.create("cnn3", num_classes=10, conv_impl="fast")
+    model = models.create("cnn3", num_classes=10)
     variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
     images = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
     acts = ev.conv_activations(model, variables, images, mean=0.5, std=0.25)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxcnn.models.layers import Conv, max_pool_2x2
+from jaxcnn.ops import backend, onednn
 
 
 def rel_err(a, b):
@@ -16,7 +17,8 @@ def rel_err(a, b):
     return np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)
 
 
-@pytest.mark.parametrize("impl", ["fast", "lax"])
+@pytest.mark.parametrize("impl", ["fast", "lax", pytest.param("onednn", marks=pytest.mark.skipif(
+    not onednn.available(), reason="oneDNN unavailable"))])
 @pytest.mark.parametrize(
     "kw",
     [
@@ -29,9 +31,10 @@ def rel_err(a, b):
 def test_conv_matches_nn_conv(impl, kw):
     x = jax.random.normal(jax.random.key(0), (2, 9, 10, 4))
     ref = nn.Conv(6, **kw)
-    ours = Conv(6, impl=impl, **kw)
+    ours = Conv(6, **kw)
     v = ref.init(jax.random.key(1), x)
-    v_ours = ours.init(jax.random.key(1), x)
+    with backend.use(impl):
+        v_ours = ours.init(jax.random.key(1), x)
     # Same parameter tree, shapes and initial values.
     assert jax.tree.map(jnp.shape, v) == jax.tree.map(jnp.shape, v_ours)
     assert max(jax.tree.leaves(jax.tree.map(rel_err, v_ours, v))) == 0
@@ -39,9 +42,10 @@ def test_conv_matches_nn_conv(impl, kw):
     def loss(m):
         return lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))
 
-    y, y_ref = ours.apply(v, x), ref.apply(v, x)
+    with backend.use(impl):  # traced with these kernels (a fresh function per jit)
+        y, g = ours.apply(v, x), jax.jit(jax.grad(loss(ours), (0, 1)))(v, x)
+    y_ref = ref.apply(v, x)
     assert y.shape == y_ref.shape and rel_err(y, y_ref) <= 1e-5
-    g = jax.jit(jax.grad(loss(ours), (0, 1)))(v, x)
     g_ref = jax.jit(jax.grad(loss(ref), (0, 1)))(v, x)
     for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref), strict=True):
         assert rel_err(a, b) <= 1e-5
@@ -60,9 +64,10 @@ def test_conv_dtypes():
     assert rel_err(y, ref) <= 2**-7
 
 
-def test_conv_bad_impl():
-    with pytest.raises(ValueError, match="impl"):
-        Conv(4, impl="cudnn").init(jax.random.key(0), jnp.ones((1, 5, 5, 2)))
+def test_conv_bad_backend_setting_is_named(monkeypatch):
+    monkeypatch.setenv("JAXCNN_BACKEND", "cudnn")
+    with pytest.raises(ValueError, match="JAXCNN_BACKEND: unknown backend 'cudnn'"):
+        Conv(4).init(jax.random.key(0), jnp.ones((1, 5, 5, 2)))
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 7, 9, 2), (3, 2, 2, 1)])

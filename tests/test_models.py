@@ -93,7 +93,7 @@ def test_batchnorm_settings_reach_every_block():
     for a, b in zip(jax.tree.leaves(step), jax.tree.leaves(step_default), strict=True):
         np.testing.assert_allclose(a, 5 * b, rtol=1e-4, atol=1e-6)
     lite = models.create("efficientnet_lite0", num_classes=3)
-    assert (lite.bn_momentum, lite.bn_epsilon, lite.depthwise_impl) == (0.99, 1e-3, "auto")
+    assert (lite.bn_momentum, lite.bn_epsilon) == (0.99, 1e-3)
     assert models.create("mobilenet_v2").bn_momentum == 0.999
 
 

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax import lax
 
+from jaxcnn.ops import backend
 from jaxcnn.ops.fast_conv import conv2d_fast, resolve_padding
 from jaxcnn.ops.onednn import build, conv2d_onednn
 
@@ -114,31 +115,27 @@ def test_vmap_runs_each_member():
 
 @needs_onednn
 @pytest.mark.parametrize("name", ["cnn3", "resnet20"])
-def test_model_onednn_equals_fast_impl(name):
-    """The whole model: conv_impl="onednn" (oneDNN convolutions, native BatchNorm kernels, for
+def test_model_onednn_equals_fast_backend(name):
+    """The whole model on the onednn backend (oneDNN convolutions, native BatchNorm kernels, for
     cnn3 with the max pool folded in) computes the function, the running statistics and the
-    gradients of "fast" (pure JAX)."""
+    gradients of the fast backend (pure JAX)."""
     from jaxcnn import models
-    from jaxcnn.models.resnet import CifarResNet
-
-    def create(conv_impl):  # resnet20 = CifarResNet's defaults (its factory fixes conv_impl)
-        if name == "resnet20":
-            return CifarResNet(num_classes=10, conv_impl=conv_impl)
-        return models.create(name, num_classes=10, conv_impl=conv_impl)
 
     x = _random((4, 32, 32, 3), 0)
-    fast, dnn = create("fast"), create("onednn")
-    variables = fast.init(jax.random.PRNGKey(0), x)
+    model = models.create(name, num_classes=10)
+    with backend.use("fast"):
+        variables = model.init(jax.random.PRNGKey(0), x)
 
-    def loss(model):
+    def loss(kernels):
         def f(params):
             out, new = model.apply({**variables, "params": params}, x, train=True,
                                    mutable=["batch_stats"],
                                    rngs={"dropout": jax.random.PRNGKey(1)})
             return jnp.sum(out**2), new["batch_stats"]
-        return jax.jit(jax.value_and_grad(f, has_aux=True))(variables["params"])
+        with backend.use(kernels):  # a fresh jit per backend: each traces with its kernels
+            return jax.jit(jax.value_and_grad(f, has_aux=True))(variables["params"])
 
-    ((l_fast, s_fast), g_fast), ((l_dnn, s_dnn), g_dnn) = loss(fast), loss(dnn)
+    ((l_fast, s_fast), g_fast), ((l_dnn, s_dnn), g_dnn) = loss("fast"), loss("onednn")
     _assert_close(l_dnn, l_fast, "loss")
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(s_fast),
                             jax.tree_util.tree_leaves(s_dnn), strict=True):
@@ -181,10 +178,8 @@ def test_turned_off_falls_back_and_says_why(fresh_build_state, monkeypatch):
     assert "JAXCNN_ONEDNN=0" in build.unavailable_reason()
     x, k = _random((2, 6, 6, 3), 0), _random((3, 3, 3, 4), 1)
     _assert_close(jax.jit(conv2d_onednn)(x, k), _lax_conv(x, k, 1, "SAME"), "fallback output")
-    from jaxcnn.models.layers import resolve_conv_impl
-
     if jax.default_backend() == "cpu":
-        assert resolve_conv_impl("auto") == "fast"
+        assert backend.resolve("auto") == "fast"
 
 
 def test_missing_onednn_names_the_fix(fresh_build_state, monkeypatch):
@@ -207,7 +202,7 @@ def test_first_layer_input_gradient_is_not_computed():
 
     from jaxcnn import models
 
-    model = models.create("cnn3", num_classes=10, conv_impl="onednn")
+    model = models.create("cnn3", num_classes=10)
     x = jnp.ones((2, 32, 32, 3))
     variables = model.init(jax.random.key(0), x)
 
@@ -216,7 +211,8 @@ def test_first_layer_input_gradient_is_not_computed():
                              mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)})
         return out.sum()
 
-    hlo = jax.jit(jax.grad(loss)).lower(variables["params"]).compile().as_text()
+    with backend.use("onednn"):
+        hlo = jax.jit(jax.grad(loss)).lower(variables["params"]).compile().as_text()
     calls = {kind: len(re.findall(rf'custom_call_target="jaxcnn_onednn_conv_{kind}"', hlo))
              for kind in ("forward_bias", "backward_data", "backward_weights_bias")}
     assert calls == {"forward_bias": 6, "backward_data": 5, "backward_weights_bias": 6}

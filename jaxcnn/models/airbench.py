@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.core import FrozenDict, unfreeze
 
-from jaxcnn.models.layers import Conv, FusedBatchNorm, max_pool_2x2, resolve_conv_impl
+from jaxcnn.models.layers import Conv, batch_norm, max_pool_2x2
 from jaxcnn.models.registry import register_variant
 
 __all__ = [
@@ -78,14 +78,10 @@ def dirac_init(base=torch_default_init):
     return init
 
 
-def _norm(train: bool, impl: str, name: str, settings: dict):
-    """A bias-only BatchNorm ``name`` (call it from a compact method): ``nn.BatchNorm`` for
-    ``impl="lax"``, else ``layers.FusedBatchNorm`` (same variables and function, hand-written
-    backward pass). ``settings``: ``momentum``, ``epsilon``, ``dtype``, ``param_dtype``."""
-    if impl == "lax":
-        return nn.BatchNorm(use_running_average=not train, use_scale=False, name=name, **settings)
-    return FusedBatchNorm(use_running_average=not train, relu=False, use_scale=False, name=name,
-                          **settings)
+def _norm(train: bool, name: str, settings: dict):
+    """A bias-only BatchNorm ``name`` (scale fixed at 1; call it from a compact method).
+    ``settings``: ``momentum``, ``epsilon``, ``dtype``, ``param_dtype``."""
+    return batch_norm(train, name, use_scale=False, **settings)
 
 
 def _gelu(x):
@@ -103,16 +99,15 @@ class _ConvGroup(nn.Module):
     norm: dict
 
     @nn.compact
-    def __call__(self, x, train: bool, impl: str):
+    def __call__(self, x, train: bool):
         kinit = dirac_init() if self.dirac else torch_default_init
-        kw = dict(kernel_size=(3, 3), padding="SAME", use_bias=False, impl=impl,
-                  kernel_init=kinit, dtype=self.norm["dtype"],
-                  param_dtype=self.norm["param_dtype"])
+        kw = dict(kernel_size=(3, 3), padding="SAME", use_bias=False, kernel_init=kinit,
+                  dtype=self.norm["dtype"], param_dtype=self.norm["param_dtype"])
         x = Conv(self.features, name="conv1", **kw)(x)
-        x = max_pool_2x2(x, impl)
-        x = _gelu(_norm(train, impl, "norm1", self.norm)(x))
+        x = max_pool_2x2(x)
+        x = _gelu(_norm(train, "norm1", self.norm)(x))
         x = Conv(self.features, name="conv2", **kw)(x)
-        return _gelu(_norm(train, impl, "norm2", self.norm)(x))
+        return _gelu(_norm(train, "norm2", self.norm)(x))
 
 
 class AirBench94(nn.Module):
@@ -129,10 +124,6 @@ class AirBench94(nn.Module):
       bn_eps: added to the BatchNorm variance (1e-12, airbench's: in practice no epsilon; the
         float32 statistics clamp the variance at 0, so it never divides by zero).
       logit_scale: the logits are ``head(features) * logit_scale``.
-      conv_impl: ``"fast"``, ``"onednn"``, ``"lax"`` or ``"auto"`` as in ``cnn3``: ``"lax"``
-        uses ``nn.Conv``-equivalent lax convolutions, ``nn.BatchNorm`` and ``nn.max_pool``;
-        the others the hand-written gradients of ``layers.Conv``, ``layers.FusedBatchNorm``
-        and ``layers.max_pool_2x2`` (faster on XLA:CPU). Same function and parameters.
       dtype: compute dtype (e.g. ``jnp.bfloat16``); BatchNorm statistics, the pooled features
         and the logits are float32. param_dtype: float32.
     """
@@ -145,7 +136,6 @@ class AirBench94(nn.Module):
     bn_momentum: float = 0.4
     bn_eps: float = 1e-12
     logit_scale: float = 1.0 / 9.0
-    conv_impl: str = "auto"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -160,18 +150,17 @@ class AirBench94(nn.Module):
             raise ValueError(f"widths must have 3 entries (one per conv group); got {self.widths}")
         if jnp.ndim(x) != 4:
             raise ValueError(f"AirBench94 expects x of shape (N, H, W, C); got {jnp.shape(x)}")
-        impl = resolve_conv_impl(self.conv_impl)
         x = jnp.asarray(x, self.dtype)
-        x = Conv(self.whiten_width, (2, 2), padding="VALID", use_bias=True, impl=impl,
+        x = Conv(self.whiten_width, (2, 2), padding="VALID", use_bias=True,
                  kernel_init=torch_default_init, dtype=self.dtype, param_dtype=self.param_dtype,
                  name="whiten")(x)
         norm = dict(momentum=self.bn_momentum, epsilon=self.bn_eps, dtype=self.dtype,
                     param_dtype=self.param_dtype)
         if self.whiten_bn:
-            x = _norm(train, impl, "whiten_norm", norm)(x)
+            x = _norm(train, "whiten_norm", norm)(x)
         x = _gelu(x)
         for b, width in enumerate(self.widths, start=1):
-            x = _ConvGroup(width, self.dirac, norm, name=f"block{b}")(x, train, impl)
+            x = _ConvGroup(width, self.dirac, norm, name=f"block{b}")(x, train)
         x = jnp.max(x.astype(jnp.float32), axis=(1, 2))
         if return_features:
             return x
@@ -194,7 +183,7 @@ airbench94 = register_variant(
     ``FitConfig(init_fn=make_whitening_init(mean, std))``.
     """,
     ("widths", "whiten_width", "whiten_bn", "dirac", "bn_momentum", "bn_eps", "logit_scale",
-     "conv_impl", "dtype"),
+     "dtype"),
 )
 
 

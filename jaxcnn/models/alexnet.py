@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcnn.models.layers import Conv, resolve_conv_impl
+from jaxcnn.models.layers import Conv
 from jaxcnn.models.registry import register
 
 
@@ -74,8 +74,6 @@ class AlexNetMini(nn.Module):
       dropout: rate before fc1 and fc2.
       lrn: local response normalisation after conv1 and conv2.
       dtype: compute dtype; params stay ``param_dtype`` (float32), logits are float32.
-      conv_impl: "auto" (fast on CPU, lax elsewhere), "fast" (``jaxcnn.models.layers.Conv``,
-        GEMM kernel gradient) or "lax" (``nn.Conv``'s computation); same function and params.
     """
 
     num_classes: int = 10
@@ -85,7 +83,6 @@ class AlexNetMini(nn.Module):
     lrn: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
-    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False):
@@ -101,15 +98,13 @@ class AlexNetMini(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"AlexNetMini expects x of shape (N, H, W, C), got {x.shape}")
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        impl = resolve_conv_impl(self.conv_impl)
 
         def pool(y):
             return nn.max_pool(y, (3, 3), strides=(2, 2), padding="SAME")
 
         x = jnp.asarray(x, self.dtype)
         for i, (width, size) in enumerate(zip(self.widths, (5, 5, 3, 3, 3), strict=True), 1):
-            x = nn.relu(Conv(width, (size, size), padding="SAME", impl=impl, name=f"conv{i}",
-                             **kw)(x))
+            x = nn.relu(Conv(width, (size, size), padding="SAME", name=f"conv{i}", **kw)(x))
             if i <= 2:
                 if self.lrn:
                     x = local_response_norm(x)

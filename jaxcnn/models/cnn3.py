@@ -5,7 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.models.layers import BatchNormNet, Conv, max_pool_2x2, resolve_conv_impl
+from jaxcnn.models.layers import BatchNormNet, Conv
 from jaxcnn.models.registry import register
 
 
@@ -33,15 +33,6 @@ class CNN3(BatchNormNet):
       filters / dropouts: per-block widths and dropout rates.
       dense: width of the hidden dense layer; head_dropout: dropout before ``head``.
       dtype: compute dtype (e.g. ``jnp.bfloat16``); param_dtype: float32 by default.
-      conv_impl: how the layers are differentiated: ``"fast"`` (hand-written GEMM kernel
-        gradient; BatchNorm+ReLU as one op and the max pool, with hand-written backward
-        passes, ``layers.FusedBatchNorm`` and ``layers.max_pool_2x2``: faster on XLA:CPU),
-        ``"onednn"`` (the same, with the convolutions in oneDNN and each BatchNorm+ReLU, the
-        block's last one with its max pool, in the C++ kernels of
-        ``jaxcnn.ops.onednn.batchnorm``; ``jaxcnn[onednn]``),
-        ``"lax"`` (``nn.Conv``, ``nn.BatchNorm``, ``nn.max_pool``: XLA's own gradients) or
-        ``"auto"`` (onednn where installed, else fast, on the CPU backend; lax on GPU/TPU).
-        All compute the same function with the same parameters.
     """
 
     num_classes: int = 10
@@ -49,7 +40,6 @@ class CNN3(BatchNormNet):
     dropouts: tuple[float, ...] = (0.2, 0.3, 0.4)
     dense: int = 128
     head_dropout: float = 0.5
-    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False):
@@ -64,22 +54,12 @@ class CNN3(BatchNormNet):
                 f"filters {self.filters} and dropouts {self.dropouts} must have the same length"
             )
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        impl = resolve_conv_impl(self.conv_impl)
         x = jnp.asarray(x, self.dtype)
-        fused = impl != "lax"  # hand-written BatchNorm+ReLU backward on the CPU paths
-        native = impl == "onednn"  # ... computed by the C++ kernels of jaxcnn.ops.onednn
         for b, (width, rate) in enumerate(zip(self.filters, self.dropouts, strict=True), start=1):
-            # The native kernels fold the max pool into the block's last BatchNorm (in pure JAX
-            # that fusion measured slower on XLA:CPU, visuals/bench); max_pool_2x2 also takes
-            # odd sizes (it drops the last row/column). The convs keep H and W (SAME, stride 1).
-            fold_pool = native and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0
             for c in (1, 2):
-                x = Conv(width, (3, 3), padding="SAME", impl=impl, name=f"block{b}_conv{c}",
-                         **kw)(x)
-                x = self.bn_relu(train, f"block{b}_bn{c}", fused, pool=fold_pool and c == 2,
-                                 native=native)(x)
-            if not fold_pool:
-                x = max_pool_2x2(x, impl)
+                x = Conv(width, (3, 3), padding="SAME", name=f"block{b}_conv{c}", **kw)(x)
+                # BatchNorm -> ReLU, and after the block's second one the 2x2 max pool
+                x = self.bn_relu(train, f"block{b}_bn{c}", pool=c == 2)(x)
             x = nn.Dropout(rate, deterministic=not train, name=f"block{b}_dropout")(x)
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(nn.Dense(self.dense, name="fc", **kw)(x))

@@ -37,7 +37,7 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.models.layers import pooled_classifier, resolve_depthwise_impl
+from jaxcnn.models.layers import pooled_classifier
 from jaxcnn.models.mbconv import ConvBN, MBConv, MobileNetBase
 from jaxcnn.models.registry import register
 
@@ -66,8 +66,6 @@ class EfficientNetLite(MobileNetBase):
       dropout: rate before ``head`` (0.2 for Lite0).
       bn_momentum / bn_epsilon: TF's 0.99 and 1e-3.
       dtype: compute dtype (e.g. ``jnp.bfloat16``); params float32; logits float32.
-      depthwise_impl: the depthwise convolutions' implementation (see
-        :class:`jaxcnn.models.mbconv.MobileNetBase`).
     """
 
     num_classes: int = 1000
@@ -137,7 +135,6 @@ class EfficientNetLite(MobileNetBase):
     @nn.compact
     def _run(self, x, train: bool, start: int, stop: int | None, return_features: bool):
         """Modules ``start .. stop - 1`` (all when ``stop`` is None, then the classifier)."""
-        resolve_depthwise_impl(self.depthwise_impl)  # a bad name fails here, before any layer
         kw = self.shared_options()
         layers = [functools.partial(ConvBN, self.stem_features, 3, 2, name="stem", **kw)]
         i = 0

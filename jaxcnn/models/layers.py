@@ -1,17 +1,25 @@
-"""Drop-in layers that are faster to train on XLA:CPU.
+"""The layers the course's models are drawn with, and the one place that picks their kernels.
 
-* ``Conv``: a 2-D convolution with the parameters of ``flax.linen.Conv`` (``kernel`` of shape
-  (kh, kw, C_in, C_out), ``bias`` of shape (C_out,)), whose gradient uses
-  ``jaxcnn.ops.fast_conv.conv2d_fast`` (``impl="fast"``) or plain ``lax`` (``impl="lax"``).
-  Checkpoints and ported weights are interchangeable with ``nn.Conv``.
-* ``DepthwiseConv``: a depthwise 2-D convolution (one filter per channel) with the parameters of
-  ``nn.Conv(C, feature_group_count=C)`` (``kernel`` (kh, kw, 1, C)), computed as shifted
-  multiply-adds (``jaxcnn.ops.depthwise``, ``impl="shift"``, 5-17x faster on XLA:CPU) or by
-  ``lax`` (``impl="lax"``).
-* ``max_pool_2x2``: 2x2 / stride 2 max pooling written as a reshape and a max, whose gradient
-  is a cheap elementwise mask instead of XLA's select-and-scatter.
-* ``FusedBatchNorm``: ``nn.BatchNorm`` (+ ReLU) with the same variables (``use_scale`` too) and a
-  hand-written backward pass (``jaxcnn.ops.batchnorm``): fewer passes over the activation.
+A model says ``Conv -> BatchNorm -> ReLU -> MaxPool``; each layer here asks
+:mod:`jaxcnn.ops.backend` (one setting: ``backend.use(...)``, ``FitConfig(backend=...)`` or
+``$JAXCNN_BACKEND``) which kernels compute it, when the model is traced. Every backend gives
+the same parameters (names, shapes: interchangeable with ``nn.Conv`` / ``nn.BatchNorm``
+checkpoints and ported weights) and the same function (tested model by model):
+
+* ``Conv``: 2-D convolution. lax: ``lax.conv_general_dilated`` (exactly ``nn.Conv``); fast: the
+  kernel gradient as one GEMM (``jaxcnn.ops.fast_conv``); onednn: forward and both gradients in
+  oneDNN (``jaxcnn.ops.onednn``).
+* ``DepthwiseConv``: one filter per channel (``nn.Conv(C, feature_group_count=C)``'s
+  parameters). lax: XLA's grouped convolution; fast / onednn: shifted multiply-adds
+  (``jaxcnn.ops.depthwise``, 5-17x faster on XLA:CPU).
+* ``max_pool_2x2``: 2x2 / stride 2 max pooling. lax: ``nn.max_pool``; fast / onednn: a reshape
+  and a max whose gradient is one elementwise mask instead of XLA's select-and-scatter.
+* ``batch_norm`` (and ``BatchNormNet.bn_relu``): BatchNorm [-> ReLU [-> 2x2 max pool]].
+  lax: ``nn.BatchNorm``, ``nn.relu``, ``nn.max_pool``; fast: ``FusedBatchNorm``, one op with a
+  hand-written backward pass (``jaxcnn.ops.batchnorm``); onednn: BatchNorm+ReLU in the C++
+  kernels of ``jaxcnn.ops.onednn.batchnorm`` with a following max pool folded in, while a bare
+  BatchNorm (before a residual add or a GELU) stays in XLA, which fuses it with what follows
+  (in C++ that measured 2.5% slower for resnet20).
 
 And what the networks share:
 
@@ -31,59 +39,20 @@ import jax.numpy as jnp
 from flax.linen.dtypes import promote_dtype
 from jax import lax
 
+from jaxcnn.ops import backend
 from jaxcnn.ops.depthwise import depthwise_conv2d, depthwise_conv2d_lax
 from jaxcnn.ops.fast_conv import conv2d_fast, resolve_padding
 from jaxcnn.ops.pool import max_pool_2x2 as pool_2x2_first_max
 
 __all__ = [
-    "CONV_IMPLS",
-    "DEPTHWISE_IMPLS",
     "BatchNormNet",
     "Conv",
     "DepthwiseConv",
     "FusedBatchNorm",
+    "batch_norm",
     "max_pool_2x2",
     "pooled_classifier",
-    "resolve_conv_impl",
-    "resolve_depthwise_impl",
 ]
-
-CONV_IMPLS = ("fast", "lax", "onednn")
-
-
-def _resolve_impl(impl: str, choices: tuple[str, ...], on_cpu: str, what: str) -> str:
-    """``"auto"`` -> ``on_cpu`` on the CPU backend, else ``"lax"``; otherwise one of ``choices``."""
-    if impl == "auto":
-        import jax
-
-        return on_cpu if jax.default_backend() == "cpu" else "lax"
-    if impl not in choices:
-        raise ValueError(f"{what} must be 'auto' or one of {choices}; got {impl!r}")
-    return impl
-
-
-def resolve_conv_impl(impl: str) -> str:
-    """``"auto"`` -> on the CPU backend ``"onednn"`` when the optional oneDNN kernels are
-    installed (``pip install "jaxcnn[onednn]"``, built on first use), else ``"fast"`` (XLA's
-    own convolution kernel gradient is slow there); ``"lax"`` on GPU/TPU (where XLA's own
-    gradients are the fast path)."""
-    resolved = _resolve_impl(impl, CONV_IMPLS, "fast", "conv_impl")
-    if impl == "auto" and resolved == "fast":
-        from jaxcnn.ops import onednn
-
-        if onednn.available():
-            return "onednn"
-    return resolved
-
-
-DEPTHWISE_IMPLS = ("shift", "lax")
-
-
-def resolve_depthwise_impl(impl: str) -> str:
-    """``"auto"`` -> ``"shift"`` on the CPU backend (XLA:CPU's grouped convolution is slow) and
-    ``"lax"`` on GPU/TPU (cuDNN / the TPU convolution units run it well)."""
-    return _resolve_impl(impl, DEPTHWISE_IMPLS, "shift", "depthwise_impl")
-
 
 class _ConvLayer(nn.Module):
     """What ``Conv`` and ``DepthwiseConv`` share: ``nn.Conv``'s keyword attributes, its
@@ -126,19 +95,16 @@ class _ConvLayer(nn.Module):
 class Conv(_ConvLayer):
     """2-D convolution layer, NHWC in and out, same parameters as ``nn.Conv``.
 
+    The kernels come from :func:`jaxcnn.ops.backend.resolve` (module docstring); products
+    accumulate in float32.
+
     Attributes:
       features: output channels C_out.
       kernel_size: (kh, kw) or an int.
       strides: int or (sh, sw).
       use_bias: add a learned (C_out,) bias.
-      impl: "fast" (``conv2d_fast``: hand-written GEMM kernel gradient), "lax"
-        (``lax.conv_general_dilated`` and its automatic gradient, exactly ``nn.Conv``) or
-        "onednn" (``jaxcnn.ops.onednn.conv2d_onednn``: forward and both gradients in oneDNN,
-        float32 on CPU; falls back to "fast" where oneDNN is not installed). Models resolve
-        "auto" with :func:`resolve_conv_impl`.
       padding (keyword-only): "SAME" | "VALID" | int | (ph, pw) | ((top, bottom), (left, right)).
-      dtype (keyword-only): compute dtype (None: promote input and params, like ``nn.Conv``);
-        products accumulate in float32.
+      dtype (keyword-only): compute dtype (None: promote input and params, like ``nn.Conv``).
       param_dtype (keyword-only): dtype of ``kernel`` and ``bias``.
       kernel_init / bias_init (keyword-only): as in ``nn.Conv`` (LeCun normal, zeros).
     """
@@ -147,21 +113,19 @@ class Conv(_ConvLayer):
     kernel_size: int | Sequence[int] = (3, 3)
     strides: int | Sequence[int] = 1
     use_bias: bool = True
-    impl: str = "fast"
 
     @nn.compact
     def __call__(self, x):
         """x: (N, H, W, C_in) -> (N, Ho, Wo, features)."""
-        if self.impl not in CONV_IMPLS:
-            raise ValueError(f"impl must be one of {CONV_IMPLS}; got {self.impl!r}")
+        kernels = backend.resolve()
         ks = self._window(x)
         x, kernel, bias = self._params(x, (*ks, jnp.shape(x)[-1], self.features))
-        if self.impl == "fast":
-            y = conv2d_fast(x, kernel, self.strides, self.padding)
-        elif self.impl == "onednn":
+        if kernels == "onednn":  # falls back to conv2d_fast where oneDNN cannot run
             from jaxcnn.ops.onednn import conv2d_onednn
 
             return conv2d_onednn(x, kernel, self.strides, self.padding, bias=bias)
+        if kernels == "fast":
+            y = conv2d_fast(x, kernel, self.strides, self.padding)
         else:
             s = self.strides
             s = (s, s) if isinstance(s, int) else tuple(s)
@@ -178,50 +142,93 @@ class DepthwiseConv(_ConvLayer):
     """Depthwise 2-D convolution, NHWC in and out, same parameters as
     ``nn.Conv(C, kernel_size, feature_group_count=C, use_bias=...)``.
 
+    lax: XLA's grouped convolution; fast / onednn: shifted multiply-adds
+    (``jaxcnn.ops.depthwise.depthwise_conv2d``, 5-17x faster on XLA:CPU).
+
     Attributes:
       kernel_size: (kh, kw) or an int.
       strides: int or (sh, sw).
       use_bias: add a learned (C,) bias.
-      impl: "shift" (shifted multiply-adds, ``jaxcnn.ops.depthwise.depthwise_conv2d``), "lax"
-        (``lax.conv_general_dilated`` with ``feature_group_count=C``) or "auto" (shift on CPU).
       padding / dtype / param_dtype / kernel_init / bias_init (keyword-only): as in ``Conv``.
     """
 
     kernel_size: int | Sequence[int] = (3, 3)
     strides: int | Sequence[int] = 1
     use_bias: bool = False
-    impl: str = "auto"
 
     @nn.compact
     def __call__(self, x):
         """x: (N, H, W, C) -> (N, Ho, Wo, C)."""
-        impl = resolve_depthwise_impl(self.impl)
         ks = self._window(x)
         x, kernel, bias = self._params(x, (*ks, 1, jnp.shape(x)[-1]))
-        fn = depthwise_conv2d if impl == "shift" else depthwise_conv2d_lax
+        fn = depthwise_conv2d_lax if backend.resolve() == "lax" else depthwise_conv2d
         return self._add_bias(fn(x, kernel, self.strides, self.padding), bias)
 
 
-def max_pool_2x2(x, impl: str = "fast"):
+def max_pool_2x2(x):
     """2x2 max pooling with stride 2 (VALID: an odd last row/column is dropped).
 
-    Same values and gradient as ``flax.linen.max_pool(x, (2, 2), strides=(2, 2))``, which
-    ``impl="lax"`` calls. Any other impl ("fast", "onednn") uses
-    :func:`jaxcnn.ops.pool.max_pool_2x2`: a reshape-max whose hand-written gradient is one
-    elementwise pass instead of XLA's select-and-scatter, which is slow on CPU. Both send a
-    window's gradient to its first maximum (ties, such as all-zero windows after a ReLU, are
-    not split).
+    Same values and gradient as ``flax.linen.max_pool(x, (2, 2), strides=(2, 2))``, which the
+    lax backend calls; the others use :func:`jaxcnn.ops.pool.max_pool_2x2`, a reshape-max
+    whose hand-written gradient is one elementwise pass instead of XLA's select-and-scatter
+    (slow on CPUs). Both send a window's gradient to its first maximum (ties, such as
+    all-zero windows after a ReLU, are not split).
 
     Args:
       x: (N, H, W, C) with H, W >= 2.
-      impl: "lax", or "fast"/"onednn" (a resolved ``conv_impl``).
 
     Returns:
       (N, H // 2, W // 2, C).
     """
-    if impl == "lax":
+    if backend.resolve() == "lax":
         return nn.max_pool(x, (2, 2), strides=(2, 2))
     return pool_2x2_first_max(x)
+
+
+def batch_norm(train: bool, name: str, *, relu: bool = False, pool: bool = False,
+               use_scale: bool = True, zero_scale: bool = False, momentum: float = 0.9,
+               epsilon: float = 1e-5, dtype: Any = None,
+               param_dtype: Any = jnp.float32) -> Callable:
+    """BatchNorm submodule ``name`` [-> ReLU [-> 2x2 max pool]] as one callable (call it from
+    a compact method); the variables of ``nn.BatchNorm(use_scale=use_scale)`` on every backend.
+
+    Args:
+      train: normalise with the batch statistics and update the running ones (needs
+        ``mutable=["batch_stats"]``); else use the running statistics.
+      name: the BatchNorm's name in the parameter tree.
+      relu: then ReLU. pool: then 2x2 / stride 2 max pooling (needs ``relu``).
+      use_scale: learn a scale (else fixed at 1). zero_scale: start the scale at 0.
+      momentum: running = momentum * running + (1 - momentum) * batch. epsilon: added to the
+        variance. dtype / param_dtype: of the output / of scale and bias.
+
+    x: (N, H, W, C) -> (N, H, W, C), or (N, H // 2, W // 2, C) with ``pool``.
+    """
+    if pool and not relu:
+        raise ValueError("batch_norm: pool=True needs relu=True")
+    settings = dict(momentum=momentum, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype)
+    kernels = backend.resolve()
+    if kernels == "lax":
+        init = nn.initializers.zeros_init() if zero_scale else nn.initializers.ones_init()
+        layer = nn.BatchNorm(use_running_average=not train, use_scale=use_scale,
+                             scale_init=init, name=name, **settings)
+        if not relu:
+            return layer
+        if pool:
+            return lambda x: nn.max_pool(nn.relu(layer(x)), (2, 2), strides=(2, 2))
+        return lambda x: nn.relu(layer(x))
+
+    def layer(x):
+        # native: the C++ kernels for BatchNorm+ReLU; a bare BatchNorm stays in XLA (fused there
+        # with the residual add or activation that follows). The pool folds into the native
+        # kernel (even H, W); in pure JAX that fusion measured slower, so it stays separate.
+        native = kernels == "onednn" and relu
+        fold = native and pool and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0
+        y = FusedBatchNorm(use_running_average=not train, relu=relu, pool=fold,
+                           use_scale=use_scale, zero_scale=zero_scale, native=native,
+                           name=name, **settings)(x)
+        return pool_2x2_first_max(y) if pool and not fold else y
+
+    return layer
 
 
 class BatchNormNet(nn.Module):
@@ -258,31 +265,14 @@ class BatchNormNet(nn.Module):
             name=name,
         )
 
-    def bn_relu(self, train: bool, name: str, fused: bool, relu: bool = True,
-                zero_scale: bool = False, pool: bool = False, native: bool = False) -> Callable:
-        """BatchNorm submodule ``name``, then ReLU (``relu=True``), then 2x2 max pooling
-        (``pool=True``, needs ``relu``), as one callable.
-
-        ``fused=True`` uses :class:`FusedBatchNorm` (the variables and function of
-        ``nn.BatchNorm``; a hand-written backward pass that is faster on XLA:CPU), with its
-        training pass in the native kernels when ``native`` (see ``FusedBatchNorm.native``);
-        else ``nn.BatchNorm``, ``nn.relu`` and ``nn.max_pool``. ``zero_scale`` starts the scale
-        at 0.
-        """
-        if pool and not relu:
-            raise ValueError("bn_relu: pool=True needs relu=True")
-        if not fused:
-            layer = self.bn(train, name, zero_scale=zero_scale)
-            if not relu:
-                return layer
-            if pool:
-                return lambda x: nn.max_pool(nn.relu(layer(x)), (2, 2), strides=(2, 2))
-            return lambda x: nn.relu(layer(x))
-        return FusedBatchNorm(
-            use_running_average=not train, relu=relu, pool=pool, zero_scale=zero_scale,
-            native=native, momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
-            param_dtype=self.param_dtype, name=name,
-        )
+    def bn_relu(self, train: bool, name: str, relu: bool = True, pool: bool = False,
+                zero_scale: bool = False) -> Callable:
+        """BatchNorm submodule ``name`` with these settings, then ReLU (``relu=True``), then
+        2x2 max pooling (``pool=True``), as one callable: :func:`batch_norm`. ``zero_scale``
+        starts the scale at 0."""
+        return batch_norm(train, name, relu=relu, pool=pool, zero_scale=zero_scale,
+                          momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
+                          param_dtype=self.param_dtype)
 
     def shared_options(self) -> dict:
         """The attributes named in ``shared_fields``, to hand on to child blocks:
@@ -314,7 +304,7 @@ class FusedBatchNorm(nn.Module):
       native: in training, compute with the C++ kernels of
         :mod:`jaxcnn.ops.onednn.batchnorm` (fewer passes over memory than XLA:CPU's fusions;
         the ``onednn`` extra) where they run (float32 on the CPU), else in pure JAX. The same
-        function either way; models set it with ``conv_impl="onednn"``.
+        function either way; :func:`batch_norm` sets it on the onednn backend.
       momentum: running = momentum * running + (1 - momentum) * batch.
       epsilon: added to the variance.
       dtype: dtype of the output (statistics are float32); param_dtype: of scale and bias.

@@ -28,23 +28,15 @@ def relu6(x):
 
 class MobileNetBase(BatchNormNet):
     """Base of the mobile networks and their blocks: :class:`BatchNormNet` with TensorFlow's
-    BatchNorm defaults and the depthwise convolution's implementation.
+    BatchNorm defaults.
 
     Attributes (keyword-only):
       bn_momentum / bn_epsilon: 0.99 and 1e-3 (TensorFlow's).
-      depthwise_impl: ``"shift"`` (shifted multiply-adds,
-        :func:`jaxcnn.ops.depthwise.depthwise_conv2d`), ``"lax"`` (``nn.Conv`` with
-        ``feature_group_count``) or ``"auto"`` (shift on CPU, where XLA's grouped convolution
-        and above all its kernel gradient are 5-17x slower; lax on GPU/TPU). Same parameters,
-        same outputs up to float rounding.
     """
 
     _: dataclasses.KW_ONLY
     bn_momentum: float = 0.99
     bn_epsilon: float = 1e-3
-    depthwise_impl: str = "auto"
-
-    shared_fields = (*BatchNormNet.shared_fields, "depthwise_impl")
 
 
 class ConvBN(MobileNetBase):
@@ -71,7 +63,6 @@ class ConvBN(MobileNetBase):
                 padding=pad,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
-                impl=self.depthwise_impl,
                 name="conv",
             )(x)
         else:

@@ -89,7 +89,6 @@ class MobileNetV2(MobileNetBase):
       stages: (expansion, out, repeats, stride) per stage.
       bn_momentum / bn_epsilon: Keras' 0.999 and 1e-3.
       dtype: compute dtype (e.g. ``jnp.bfloat16``); params float32; outputs float32.
-      depthwise_impl: see :class:`jaxcnn.models.mbconv.MobileNetBase`.
 
     Any input size with H, W >= 32 works (the ImageNet weights were trained at 224x224); the
     spatial size shrinks by 32 (rounded up at every stride-2 layer).

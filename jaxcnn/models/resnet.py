@@ -23,7 +23,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.models.layers import BatchNormNet, Conv, pooled_classifier, resolve_conv_impl
+from jaxcnn.models.layers import BatchNormNet, Conv, pooled_classifier
 from jaxcnn.models.registry import register_variant
 
 SHORTCUTS = ("A", "B")
@@ -69,9 +69,6 @@ class BasicBlock(BatchNormNet):
     block is ``ReLU(shortcut(x))`` at init: the identity on non-negative inputs (Goyal et al.
     2017). Meaningless without the skip connection (the block would output zeros), so
     ``residual=False`` rejects it.
-
-    ``conv_impl``: "lax" (default here, as the ImageNet ResNets use it), "fast" or "auto"; see
-    ``CifarResNet``.
     """
 
     features: int
@@ -80,7 +77,6 @@ class BasicBlock(BatchNormNet):
     residual: bool = True
     zero_init_residual: bool = False
     conv_bias: bool = False
-    conv_impl: str = "lax"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -93,17 +89,12 @@ class BasicBlock(BatchNormNet):
             kernel_init=he_normal,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
-            impl=resolve_conv_impl(self.conv_impl),
         )
         s = self.strides
-        fused = conv_kw["impl"] != "lax"  # the hand-written BatchNorm backward on the CPU paths
-        # bn1 in the C++ kernels of jaxcnn.ops.onednn; bn2 and proj_bn stay in XLA, which fuses
-        # them with the residual add and ReLU (in C++ they measured 2.5% slower for resnet20).
-        native = conv_kw["impl"] == "onednn"
         y = Conv(self.features, (3, 3), (s, s), padding=PAD1, name="conv1", **conv_kw)(x)
-        y = self.bn_relu(train, "bn1", fused, native=native)(y)
+        y = self.bn_relu(train, "bn1")(y)
         y = Conv(self.features, (3, 3), padding=PAD1, name="conv2", **conv_kw)(y)
-        y = self.bn_relu(train, "bn2", fused, relu=False, zero_scale=self.zero_init_residual)(y)
+        y = self.bn_relu(train, "bn2", relu=False, zero_scale=self.zero_init_residual)(y)
         if not self.residual:
             return nn.relu(y)
         if s == 1 and x.shape[-1] == self.features:
@@ -112,7 +103,7 @@ class BasicBlock(BatchNormNet):
             residual = shortcut_a(x, self.features, s)
         else:
             residual = Conv(self.features, (1, 1), (s, s), name="proj_conv", **conv_kw)(x)
-            residual = self.bn_relu(train, "proj_bn", fused, relu=False)(residual)
+            residual = self.bn_relu(train, "proj_bn", relu=False)(residual)
         return nn.relu(y + residual)
 
 
@@ -139,12 +130,6 @@ class CifarResNet(BatchNormNet):
       zero_init_residual: start every block's last BN scale at 0 (residual nets only).
       bn_momentum / bn_epsilon: BatchNorm settings (0.9 / 1e-5).
       dtype: compute dtype; params stay ``param_dtype`` (float32), logits are float32.
-      conv_impl: ``"auto"`` (onednn where installed, else fast, on CPU; lax elsewhere),
-        ``"fast"`` (``jaxcnn.models.layers.Conv`` with the hand-written GEMM kernel gradient,
-        about 2x faster training on XLA:CPU), ``"onednn"`` (convolutions in oneDNN and the
-        BatchNorm+ReLUs in the C++ kernels of ``jaxcnn.ops.onednn``, ``jaxcnn[onednn]``) or
-        ``"lax"``
-        (XLA's gradients). Same function and parameters (``kernel``) for all of them.
     """
 
     num_classes: int = 10
@@ -153,7 +138,6 @@ class CifarResNet(BatchNormNet):
     residual: bool = True
     shortcut: str = "A"
     zero_init_residual: bool = False
-    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False):
@@ -166,12 +150,11 @@ class CifarResNet(BatchNormNet):
         if self.blocks_per_stage < 1:
             raise ValueError(f"blocks_per_stage must be >= 1, got {self.blocks_per_stage}")
         x = jnp.asarray(x, self.dtype)
-        impl = resolve_conv_impl(self.conv_impl)
         x = Conv(
             self.widths[0], (3, 3), padding=PAD1, use_bias=False, kernel_init=he_normal,
-            impl=impl, name="stem_conv", dtype=self.dtype, param_dtype=self.param_dtype,
+            name="stem_conv", dtype=self.dtype, param_dtype=self.param_dtype,
         )(x)
-        x = self.bn_relu(train, "stem_bn", fused=impl != "lax", native=impl == "onednn")(x)
+        x = self.bn_relu(train, "stem_bn")(x)
         for s, width in enumerate(self.widths, 1):
             for b in range(1, self.blocks_per_stage + 1):
                 x = BasicBlock(
@@ -180,7 +163,6 @@ class CifarResNet(BatchNormNet):
                     shortcut=self.shortcut,
                     residual=self.residual,
                     zero_init_residual=self.zero_init_residual,
-                    conv_impl=impl,
                     name=f"stage{s}_block{b}",
                     **self.shared_options(),
                 )(x, train)

@@ -11,7 +11,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.models.layers import BatchNormNet, Conv, max_pool_2x2, resolve_conv_impl
+from jaxcnn.models.layers import BatchNormNet, Conv, max_pool_2x2
 from jaxcnn.models.registry import register, register_variant
 
 VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -34,18 +34,16 @@ class VGGBlock(BatchNormNet):
 
     widths: tuple[int, ...]
     batch_norm: bool = False
-    conv_impl: str = "lax"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        impl = resolve_conv_impl(self.conv_impl)
         for i, width in enumerate(self.widths, 1):
-            x = Conv(width, (3, 3), padding="SAME", impl=impl, name=f"conv{i}", dtype=self.dtype,
+            x = Conv(width, (3, 3), padding="SAME", name=f"conv{i}", dtype=self.dtype,
                      param_dtype=self.param_dtype)(x)
             if self.batch_norm:
                 x = self.bn(train, f"bn{i}")(x)
             x = nn.relu(x)
-        return max_pool_2x2(x, impl)
+        return max_pool_2x2(x)
 
 
 class VGG(BatchNormNet):
@@ -72,7 +70,6 @@ class VGG(BatchNormNet):
     pooling: str | None = None
     dropout: float = 0.5
     batch_norm: bool = False
-    conv_impl: str = "lax"
 
     def _check(self, x):
         if x.ndim != 4:
@@ -107,7 +104,6 @@ class VGG(BatchNormNet):
             x = VGGBlock(
                 tuple(widths),
                 batch_norm=self.batch_norm,
-                conv_impl=self.conv_impl,
                 name=f"block{s}",
                 **self.shared_options(),
             )(x, train)
@@ -184,7 +180,6 @@ def vgg_mini(
     bn_momentum: float = 0.9,
     bn_epsilon: float = 1e-5,
     dtype: Any = jnp.float32,
-    conv_impl: str = "auto",
 ) -> VGG:
     """VGG for 32x32 inputs: stages of 3x3 convs (32, 32 | 64, 64 | 128, 128, 128), one dense.
 
@@ -200,13 +195,10 @@ def vgg_mini(
     Params for 32x32x3 and 10 classes with the defaults: convs 434,592 + BN scale/bias 1,152 +
     fc1 524,544 + head 2,570 = **962,858** (+1,152 BatchNorm running statistics);
     ``batch_norm=False``: 961,706. Any input size from 8x8 works (fc1 width follows it).
-
-    ``conv_impl``: "auto" (fast on CPU), "fast" (``jaxcnn.models.layers.Conv`` with the GEMM
-    kernel gradient and a reshape max-pool) or "lax"; same function and parameters.
     """
     return VGG(
         num_classes=num_classes, stages=tuple(tuple(s) for s in stages), top=(dense,),
         include_top=include_top, top_input_size=None, pooling=pooling, dropout=dropout,
-        batch_norm=batch_norm, conv_impl=conv_impl, bn_momentum=bn_momentum,
+        batch_norm=batch_norm, bn_momentum=bn_momentum,
         bn_epsilon=bn_epsilon, dtype=dtype,
     )
