@@ -370,7 +370,14 @@ def run(main: Callable[[list[str] | None], object], argv: list[str] | None = Non
     """Call ``main(argv)`` as a command: exit with its int result (0 for anything else);
     ``ValueError`` / ``FileNotFoundError`` become one ``error: <message>`` line on stderr and
     exit status 2 (``JAXCNN_TRACEBACK=1`` shows the traceback instead); Ctrl-C exits 130 with
-    one line. Use as ``if __name__ == "__main__": _cli.run(main)``."""
+    one line. Use as ``if __name__ == "__main__": _cli.run(main)``.
+
+    A command is a program, so it tunes the process for training on a CPU first: every thread
+    allocates from glibc's main arena (:func:`jaxcnn.host_malloc.share_main_arena`, so that
+    ``fit`` can keep XLA's per-step buffers mapped; ``JAXCNN_MALLOC=default`` opts out)."""
+    from jaxcnn import host_malloc
+
+    host_malloc.share_main_arena()  # before JAX starts its threads
     try:
         result = main(argv)
     except (ValueError, FileNotFoundError) as err:
