@@ -10,7 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import bench, conv_math, from_scratch
+from experiments import conv_math, from_scratch
+from experiments.bench import common as bench_common
+from experiments.bench import ops as bench_ops
+from experiments.bench.__main__ import build_parser as bench_parser
 from jaxcnn import ops
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -179,21 +182,21 @@ def test_numpy_loop_conv_matches_ops_conv(padding):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 6, 5, 3)).astype(np.float32)
     k = rng.standard_normal((3, 3, 3, 4)).astype(np.float32)
-    got = bench.numpy_conv_loops(x, k, padding)
+    got = bench_ops.numpy_conv_loops(x, k, padding)
     want = np.asarray(ops.conv(x, k, padding=padding))
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_bench_parser_has_ops_subcommand():
-    args = bench.build_parser().parse_args(["ops", "--repeats", "2", "--json"])
+    args = bench_parser().parse_args(["ops", "--repeats", "2", "--json"])
     assert args.command == "ops" and args.repeats == 2 and args.json
 
 
 def test_bench_table_and_interleaved_timer():
     fns = {"a": jax.jit(lambda v: v + 1.0), "b": jax.jit(lambda v: v * 2.0)}
     calls = []
-    times = bench.time_interleaved(fns, (jnp.ones(4),), repeats=3,
+    times = bench_common.time_interleaved(fns, (jnp.ones(4),), repeats=3,
                                    extra=("loops", lambda: calls.append(1), 2))
     assert set(times) == {"a", "b", "loops"} and len(calls) == 2
     assert all(t >= 0 for t in times.values())
@@ -208,5 +211,5 @@ def test_bench_table_and_interleaved_timer():
         "conv_reference_ns_per_output": 9.5, "speedup_per_output_vs_numpy_loops": 2570.0,
         "bars": {"within 3x": False, ">= 1000x": True},
     }
-    table = bench.format_ops(fake)
+    table = bench_ops.format_ops(fake)
     assert "[FAIL] within 3x" in table and "[PASS] >= 1000x" in table and "4.00" in table
