@@ -1,5 +1,5 @@
 """airbench94: layout and parameter count, dirac init, data-dependent whitening, BatchNorm
-momentum, conv_impl equivalence and bf16. References are written independently here (lax
+momentum, backend equivalence and bf16. References are written independently here (lax
 convolutions, numpy float64 patches via sliding windows)."""
 
 import functools

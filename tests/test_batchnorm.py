@@ -3,7 +3,7 @@
 Both implementations are checked: the pure-JAX functions of ``jaxcnn.ops.batchnorm`` and the
 C++ kernels of ``jaxcnn.ops.onednn.batchnorm`` (``native``; skipped where the library is
 unavailable). Reference: ``nn.BatchNorm(use_fast_variance=True)`` and autodiff, float32; and a
-float64 numpy evaluation of the forward formula. Tolerance: 1e-5 x max|reference| (DESIGN.md).
+float64 numpy evaluation of the forward formula. Tolerance: 1e-5 x max|reference| (docs/design.md).
 """
 
 from __future__ import annotations

@@ -162,7 +162,7 @@ def test_baselines_run_as_subprocesses_per_model_and_give_ratios(fake_baselines)
                                         "0.50"]
     assert "(not the same model: 123 parameters, jaxcnn 269,722)" in table
     assert "* jaxcnn: the peak RSS of the whole bench process" in table
-    assert "resnet20 train >=" not in table  # the bars are cnn3's (DESIGN.md)
+    assert "resnet20 train >=" not in table  # the bars are cnn3's (docs/design.md)
 
     out = train.train_json(r)
     assert set(out) == {"mlp", "cnn3", "resnet20", "cnn3@512", "baseline:keras-tf",

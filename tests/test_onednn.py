@@ -1,7 +1,7 @@
 """The optional oneDNN convolution (jaxcnn.ops.onednn) against lax, and its fallbacks.
 
 Tests marked ``needs_onednn`` skip where the kernels are unavailable (no ``jaxcnn[onednn]``, no
-compiler); the fallback and error tests run everywhere. Tolerance (DESIGN.md): float32 results
+compiler); the fallback and error tests run everywhere. Tolerance (docs/design.md): float32 results
 within 1e-5 x max|reference| of ``lax.conv_general_dilated`` and its autodiff gradients.
 """
 

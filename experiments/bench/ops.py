@@ -8,7 +8,7 @@ interleaved calls. Then a course-style numpy convolution written as four Python 
 smaller problem (batch 2, 16x16x8 -> 8), timed per output element, and the per-element
 speed-up of ``conv_reference`` over it.
 
-Bars (from DESIGN.md): conv_reference within 3x of lax conv; >= 1000x faster per output
+Bars (from docs/design.md): conv_reference within 3x of lax conv; >= 1000x faster per output
 element than the numpy loops. Measured results: ``visuals/bench/README.md``.
 """
 

@@ -31,7 +31,7 @@ images/s, peak RSS and the ratios jaxcnn / baseline. JSON: ``"baseline:keras-tf"
 ``train_images_per_s``, ``eval_images_per_s``, ``peak_rss_mb``, ``train_ratio`` and
 ``eval_ratio`` (jaxcnn / baseline), or ``error``.
 
-Bars (from DESIGN.md): cnn3 train images/s >= Keras (TF) and PyTorch on the same machine;
+Bars (from docs/design.md): cnn3 train images/s >= Keras (TF) and PyTorch on the same machine;
 input pipeline >= 5x the train step. Measured results, each with its command and machine
 (and what was tried to speed up the cnn3 train step on the CPU): ``visuals/bench/README.md``.
 """
@@ -67,7 +67,7 @@ from jaxcnn.host_malloc import reuse_freed_memory
 
 TRAIN_MODELS = ("mlp", "cnn3")
 TRAIN_BATCH_SIZES = (128, 512)
-PIPELINE_BAR = 5.0  # DESIGN.md: the input pipeline delivers >= 5x what the train step consumes
+PIPELINE_BAR = 5.0  # docs/design.md: the input pipeline delivers >= 5x what the train step consumes
 RSS_SCOPE = "the whole bench process (every model and batch size, the input pipeline)"
 _REEXEC_ENV = "JAXCNN_BENCH_XLA_REEXEC"
 

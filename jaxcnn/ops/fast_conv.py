@@ -28,7 +28,7 @@ kernels run 4-5x slower than the forward pass. The row-GEMM form measured fastes
 GEMMs (9 GEMMs with a narrow C-wide contraction operand: low arithmetic intensity), full im2col
 (one GEMM, but the (M, kh*kw*C) patch matrix costs more to write than the GEMM saves), batch
 chunking (split-K through a batched dot + sum) and the "kernel gradient as a forward conv"
-rewrite. See ``experiments/bench.py`` for the measurements.
+rewrite. See ``visuals/bench/README.md`` for the measurements.
 
 bfloat16 inputs are supported: every product accumulates in float32
 (``preferred_element_type``) and the results are cast back to the input dtypes.
