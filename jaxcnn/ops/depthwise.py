@@ -8,10 +8,10 @@ A depthwise convolution (``feature_group_count == C``, one (kh, kw) filter per c
 all: it is ``kh * kw`` elementwise multiply-adds of strided windows of ``xp``, which XLA fuses
 into one vectorised loop. XLA:CPU instead runs ``lax.conv_general_dilated`` with
 ``feature_group_count=C`` through a generic grouped-convolution path that is 5-17x slower on the
-layer shapes of MobileNetV2 / EfficientNet-Lite (measured in ``python -m experiments.bench ops``-style
-timings: (32, 80, 80, 96) 3x3 1022 ms vs 198 ms; (32, 20, 20, 480) 199 ms vs 12 ms). The
-gradient is plain autodiff of the same elementwise program (pads, slices, multiply-adds,
-reductions): no convolution in either direction.
+layer shapes of MobileNetV2 / EfficientNet-Lite (measured in timings in the style of
+``python -m experiments.bench ops``: (32, 80, 80, 96) 3x3 1022 ms vs 198 ms; (32, 20, 20, 480)
+199 ms vs 12 ms). The gradient is plain autodiff of the same elementwise program (pads, slices,
+multiply-adds, reductions): no convolution in either direction.
 
 ``depthwise_conv2d`` computes exactly what ``lax.conv_general_dilated(x, kernel, stride,
 padding, dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=C)`` computes (up to
