@@ -11,7 +11,7 @@ import pytest
 from tiny_data import random_dataset, tiny_cnn3
 
 from jaxcnn.train import FitConfig, fit, resolve_data_on_device
-from jaxcnn.train import loop as loop_module
+from jaxcnn.train import phases
 
 TRAIN, EVAL = random_dataset(48, 0), random_dataset(10, 1)
 MODEL = tiny_cnn3()
@@ -42,9 +42,9 @@ def test_progress_defaults_to_whether_stderr_is_a_terminal(monkeypatch):
             return True
 
     monkeypatch.setattr(sys, "stderr", Terminal())
-    assert loop_module._stderr_is_terminal()
+    assert phases.stderr_is_terminal()
     monkeypatch.setattr(sys, "stderr", io.StringIO())
-    assert not loop_module._stderr_is_terminal()
+    assert not phases.stderr_is_terminal()
 
 
 def test_data_on_device_gives_the_same_run(tmp_path):

@@ -5,9 +5,12 @@
 * :func:`build` -- the one builder: model + config + training set -> :class:`Engine` (starting
   state, jitted train/eval steps, preprocessing, schedule); used by :func:`fit` and the
   benchmarks, its compiled programs reused across calls.
-* :func:`fit` / :func:`evaluate_dataset` -- the training loop with checkpoints, resume and
-  ``metrics.jsonl``; its batches come from the host (:class:`HostFeed`) or from a dataset kept
-  on the device (:class:`DeviceFeed`, ``FitConfig.data_on_device``), see :func:`make_feed`.
+* :func:`fit` -- the training loop (:mod:`~jaxcnn.train.loop`), made of the phases of
+  :mod:`~jaxcnn.train.phases` (restore or start, run an epoch, evaluate, record, save:
+  checkpoints, resume, ``metrics.jsonl``), which :mod:`jaxcnn.transfer`'s runs share; its
+  batches come from the host (:class:`HostFeed`) or from a dataset kept on the device
+  (:class:`DeviceFeed`, ``FitConfig.data_on_device``), see :func:`make_feed`
+  (:mod:`~jaxcnn.train.feeds`). :func:`evaluate_dataset` (:mod:`~jaxcnn.train.evaluation`).
 * :class:`TrainState` / :func:`create_train_state` -- step, params, batch_stats, opt_state, rng.
 * :func:`make_optimizer` / :func:`make_schedule` / :class:`ParamGroup` -- SGD-Nesterov or AdamW
   with decoupled weight decay; per-group learning-rate scale, weight decay and training window
@@ -39,16 +42,9 @@ from jaxcnn.train.ensemble import (
     make_ensemble_train_step,
     member,
 )
-from jaxcnn.train.loop import (
-    DeviceFeed,
-    FitResult,
-    HostFeed,
-    TrainingDiverged,
-    evaluate_dataset,
-    fit,
-    make_feed,
-    resolve_data_on_device,
-)
+from jaxcnn.train.evaluation import evaluate_dataset
+from jaxcnn.train.feeds import DeviceFeed, HostFeed, make_feed, resolve_data_on_device
+from jaxcnn.train.loop import FitResult, fit
 from jaxcnn.train.mesh import (
     batch_sharding,
     jit_eval_step,
@@ -69,6 +65,7 @@ from jaxcnn.train.optim import (
     make_optimizer,
     make_schedule,
 )
+from jaxcnn.train.phases import TrainingDiverged
 from jaxcnn.train.state import TrainState, create_train_state
 from jaxcnn.train.steps import (
     Preprocess,

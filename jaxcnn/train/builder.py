@@ -51,6 +51,7 @@ from jaxcnn.train.mesh import (
     replicate,
 )
 from jaxcnn.train.optim import make_optimizer, make_schedule
+from jaxcnn.train.runconfig import check_fit_resume, fit_run_config
 from jaxcnn.train.state import TrainState, create_train_state
 from jaxcnn.train.steps import (
     Preprocess,
@@ -84,6 +85,9 @@ class Engine:
       schedule: ``step -> learning rate`` of the schedule (before any group's scale).
       tx: the optax optimizer in ``state.tx``.
       config, mesh, steps_per_epoch: what it was built for.
+      run_config: what a checkpoint of the run records (the config, the model, the
+        normalisation, the training set's shape: :func:`~jaxcnn.train.runconfig.
+        fit_run_config`), compared on resume.
     """
 
     state: TrainState
@@ -96,6 +100,7 @@ class Engine:
     config: FitConfig
     mesh: Mesh
     steps_per_epoch: int
+    run_config: dict
 
     @property
     def total_steps(self) -> int:
@@ -207,7 +212,7 @@ def build(
     *,
     normalization: tuple | None = None,
     mesh: Mesh | None = None,
-    restore: dict | None = None,
+    restore: tuple[dict, dict] | None = None,
 ) -> Engine:
     """Build the state and compiled steps that train ``model`` on ``train_ds`` with ``config``.
 
@@ -220,8 +225,11 @@ def build(
       normalization: ``(mean, std)`` per channel in [0, 1] units; default: the training set's
         own (:func:`resolve_normalization`).
       mesh: default :func:`make_mesh` (every device).
-      restore: a checkpoint's arrays (``checkpoint.restore(workdir)[0]``) to start from instead
-        of a fresh init (``init_fn`` is then not run: its result is in the checkpoint).
+      restore: a checkpoint to start from instead of a fresh init, as
+        ``checkpoint.restore(workdir)`` returns it: ``(arrays, meta)``. Its saved
+        configuration must be this run's (``FitConfig.RESUMABLE_CHANGES`` aside): a
+        ValueError naming the differences otherwise, before anything is compiled.
+        ``init_fn`` is then not run (its result is in the checkpoint).
 
     Returns:
       An :class:`Engine` (``state``, ``train_step``, ``eval_step``, ...).
@@ -229,6 +237,11 @@ def build(
     mesh = make_mesh() if mesh is None else mesh
     steps_per_epoch = check_inputs(model, config, train_ds, mesh)
     preprocess = make_preprocess(config, *resolve_normalization(normalization, train_ds))
+    run_config = fit_run_config(config, model, preprocess, train_ds)
+    if restore is not None:
+        saved = restore[1]
+        check_fit_resume(saved.get("config", {}), run_config,
+                         f"the checkpoint of epoch {saved.get('epoch')}")
     tx, schedule = make_fit_optimizer(config, steps_per_epoch)
     input_shape = (1, *train_ds.image_shape)
     ensemble = config.ensemble > 1
@@ -237,7 +250,7 @@ def build(
     else:
         state = create_train_state(model, tx, jax.random.key(config.seed), input_shape)
     if restore is not None:
-        state = checkpoint.tree_to_state(state, restore)
+        state = checkpoint.tree_to_state(state, restore[0])
     elif config.init_fn is not None:
         state = run_init_fn(config, state, train_ds.images)
     num_classes = int(train_ds.num_classes)
@@ -255,6 +268,7 @@ def build(
         config=config,
         mesh=mesh,
         steps_per_epoch=steps_per_epoch,
+        run_config=run_config,
     )
 
 

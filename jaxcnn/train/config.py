@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from jaxcnn.ops.backend import BACKENDS
 from jaxcnn.train.optim import (
     DEFAULT_PARAM_GROUPS,
     OPTIMIZERS,
@@ -97,6 +98,12 @@ class FitConfig:
       steps_per_dispatch: device path only: train steps per call (``lax.scan``; unrolled on
         CPU, where XLA runs a rolled loop of the step slower), to cut Python dispatch where it
         shows (fast accelerators, small models). Not checked on resume.
+      backend: which kernels compute the layers, one of :data:`jaxcnn.ops.backend.BACKENDS`
+        (``"lax"``, ``"fast"``, ``"onednn"``; ``"auto"``, the default: the setting around the
+        call (``jaxcnn.ops.backend.use``, else ``$JAXCNN_BACKEND``), else the platform's
+        choice). ``fit`` runs its whole body with it (build, compilation, epochs,
+        evaluation). A kernel choice, not a hyper-parameter: every backend computes the same
+        function, so a run may resume on another one. Not checked on resume.
     """
 
     epochs: int = 30
@@ -130,14 +137,17 @@ class FitConfig:
     keep_checkpoints: int = 2
     data_on_device: bool | str = "auto"
     steps_per_dispatch: int = 1
+    backend: str = "auto"
 
-    # Fields that may change between a run and its resumption (they do not change the numbers).
+    # Fields that may change between a run and its resumption (they do not change the numbers,
+    # or, for the backend, change only the kernels that compute the same function).
     RESUMABLE_CHANGES = (
         "eval_batch_size",
         "log_every",
         "keep_checkpoints",
         "data_on_device",
         "steps_per_dispatch",
+        "backend",
     )
 
     # Fields added after checkpoints were first written: a saved configuration without one was
@@ -191,6 +201,11 @@ class FitConfig:
             raise ValueError(
                 "FitConfig.data_on_device must be True, False or 'auto', got "
                 f"{self.data_on_device!r}"
+            )
+        if self.backend not in BACKENDS:
+            raise ValueError(
+                f"FitConfig.backend must be one of {', '.join(map(repr, BACKENDS))}, got "
+                f"{self.backend!r}"
             )
         # Groups read back from JSON (a list of dicts) become ParamGroup rules again.
         groups = tuple(

@@ -7,17 +7,18 @@ classifier_apply`, with the loss :func:`jaxcnn.train.cross_entropy` (optional cl
 the optimizer :func:`jaxcnn.train.make_optimizer` (AdamW, cosine schedule, no weight decay on
 biases and BatchNorm; :func:`~jaxcnn.transfer.freezing.transfer_optimizer`), the batches of
 :func:`jaxcnn.data.batching.epoch_indices` and the batched inference
-:func:`jaxcnn.evaluate.run_batched`. Their history has ``fit``'s keys: one record per epoch
-``{epoch, train_loss, train_accuracy, eval_loss, eval_accuracy, lr, images_per_s,
-epoch_seconds}``.
+:func:`jaxcnn.evaluate.run_batched`. Their epochs go through ``fit``'s phases
+(:mod:`jaxcnn.train.phases`: restore or start, run an epoch, evaluate, record, save), so with a
+``workdir`` they write ``checkpoints/{latest,best}`` and ``metrics.jsonl`` and a killed run
+resumes; their history has ``fit``'s keys: one record per epoch ``{epoch, train_loss,
+train_accuracy, eval_loss, eval_accuracy, lr, images_per_s, epoch_seconds}``.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import time
 from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 
 import flax.linen as nn
 import jax
@@ -27,13 +28,17 @@ import numpy as np
 from jaxcnn import evaluate
 from jaxcnn.data.batching import epoch_indices
 from jaxcnn.train import (
+    DeviceFeed,
     TrainState,
+    checkpoint,
     cross_entropy,
-    learning_rate_at,
     make_indexed_train_step,
     make_schedule,
     make_train_step,
 )
+from jaxcnn.train.config import callable_name
+from jaxcnn.train.phases import Run, make_workdir, restore_or_start, train_epochs
+from jaxcnn.train.runconfig import as_json, model_signature
 from jaxcnn.transfer.features import extract_activations, run_on_images
 from jaxcnn.transfer.freezing import (
     freeze_labels,
@@ -44,43 +49,53 @@ from jaxcnn.transfer.freezing import (
 from jaxcnn.transfer.head import classifier_apply, init_head
 
 
-def _train_epochs(state, run_epoch, *, epochs, steps, batch_size, schedule, evaluate_fn,
-                  log: bool = False):
-    """``run_epoch(state, epoch) -> (state, {"loss": (steps,), "accuracy": (steps,)})`` for
-    each epoch, then ``evaluate_fn(variables) -> (eval_loss, eval_accuracy)`` (None: no
-    evaluation); one ``fit``-style history record per epoch, printed as JSON when ``log``."""
-    history = []
-    for epoch in range(epochs):
-        t0 = time.perf_counter()
-        state, metrics = run_epoch(state, epoch)
-        metrics = jax.device_get(metrics)
-        train_seconds = time.perf_counter() - t0
-        rec = {"epoch": epoch + 1, "train_loss": float(np.mean(metrics["loss"])),
-               "train_accuracy": float(np.mean(metrics["accuracy"])),
-               "eval_loss": None, "eval_accuracy": None}
-        if evaluate_fn is not None:
-            rec["eval_loss"], rec["eval_accuracy"] = evaluate_fn(state.variables)
-        rec.update(lr=learning_rate_at(schedule, (epoch + 1) * steps - 1),
-                   images_per_s=steps * batch_size / train_seconds,
-                   epoch_seconds=time.perf_counter() - t0)
-        history.append(rec)
-        if log:
-            print(json.dumps(rec))
-    return state, history
-
-
 def _evaluator(logits_fn, labels, num_classes: int):
-    """``variables -> (plain cross-entropy, accuracy)`` of ``logits_fn(variables)`` (the
-    logits of the evaluation inputs, from :func:`jaxcnn.evaluate.run_batched`)."""
+    """The evaluate phase: ``state -> {"loss": plain cross-entropy, "accuracy"}`` of
+    ``logits_fn(variables)`` (the logits of the evaluation inputs, from
+    :func:`jaxcnn.evaluate.run_batched`)."""
     labels = np.asarray(labels)
 
-    def evaluate_fn(variables):
-        logits = logits_fn(variables)
+    def evaluate_fn(state):
+        logits = logits_fn(state.variables)
         loss = cross_entropy(jnp.asarray(logits), jnp.asarray(labels), num_classes,
                              reduction="mean")
-        return float(loss), float((logits.argmax(-1) == labels).mean())
+        return {"loss": float(loss), "accuracy": evaluate.accuracy(logits, labels)}
 
     return evaluate_fn
+
+
+def _phase(workdir, resume: bool, state: TrainState, run_config: dict, **run):
+    """The :class:`~jaxcnn.train.phases.Run` of a transfer phase (``workdir`` None: nothing
+    kept) and its start: ``state``, or its latest checkpoint when ``resume``."""
+    run = Run(workdir=None if workdir is None else make_workdir(workdir),
+              run_config=as_json(run_config), **run)
+    start = restore_or_start(run, resume)
+    if start.arrays is not None:
+        state = checkpoint.tree_to_state(state, start.arrays)
+    return run, state, start
+
+
+class _InputFeed:
+    """The feed of fine-tuning (:mod:`jaxcnn.train.feeds`' protocol): step ``s`` of epoch ``e``
+    trains on ``inputs(idx[s], mirror[s])``, ``idx`` the rows of
+    :func:`~jaxcnn.data.batching.epoch_indices` and ``mirror`` a random half of them (from
+    ``[seed, e]``) when ``flip`` (else None)."""
+
+    on_device = False
+
+    def __init__(self, step, inputs: Callable, labels, batch_size: int, seed: int, flip: bool):
+        self.step, self.inputs, self.labels = step, inputs, np.asarray(labels)
+        self.batch_size, self.seed, self.flip = batch_size, seed, flip
+
+    def epoch(self, state, epoch: int):
+        """Yield ``(state, metrics, 1)`` per step."""
+        idx = epoch_indices(len(self.labels), self.batch_size, seed=self.seed, epoch=epoch)
+        mirror = (np.random.default_rng([self.seed, epoch]).random(idx.shape) < 0.5
+                  if self.flip else None)
+        for s, rows in enumerate(idx):
+            x = self.inputs(rows, None if mirror is None else mirror[s])
+            state, metrics = self.step(state, x, self.labels[rows])
+            yield state, metrics, 1
 
 
 def _check_positive_int(name: str, value) -> None:
@@ -120,6 +135,8 @@ def train_head(
     head: dict | None = None,
     eval_batch_size: int = 1024,
     progress: bool = True,
+    workdir: str | os.PathLike | None = None,
+    resume: bool = True,
 ) -> tuple[dict, list[dict]]:
     """Train a Dense head on fixed features: AdamW with a cosine schedule, dropout before it.
 
@@ -135,6 +152,10 @@ def train_head(
       class_weights: optional (K,) loss weights (e.g. :func:`jaxcnn.data.image_folder.
         class_weights`) for imbalanced classes.
       head: start from these head params (default: a fresh :func:`init_head`).
+      progress: progress bars and one line per epoch.
+      workdir: ``checkpoints/`` and ``metrics.jsonl`` of the run, as :func:`jaxcnn.train.fit`
+        writes them (None: nothing is kept). resume: continue from its latest checkpoint (the
+        settings and the data's shape must be the same; a ValueError names what differs).
 
     Returns:
       ``(head, history)``: head params and ``fit``'s per-epoch records (``eval_*`` None
@@ -151,36 +172,39 @@ def train_head(
     params = head if head is not None else init_head(key, x.shape[1], num_classes)
     tx = transfer_optimizer(lr, total_steps=epochs * steps, weight_decay=weight_decay)
     state = _state(params, {}, tx, classifier_apply(dropout=dropout), jax.random.fold_in(key, 1))
+    config = dict(phase="head", train_size=len(x), feature_size=x.shape[1],
+                  num_classes=num_classes, epochs=epochs, batch_size=bs, lr=lr,
+                  weight_decay=weight_decay, dropout=dropout, label_smoothing=label_smoothing,
+                  class_weights=_listed(class_weights), seed=seed,
+                  head=None if head is None else checkpoint.tree_digest(head))
+    schedule = make_schedule("cosine", lr, total_steps=epochs * steps, warmup_steps=0)
+    run, state, start = _phase(workdir, resume, state, config, epochs=epochs,
+                               steps_per_epoch=steps, batch_size=bs, schedule=schedule,
+                               progress=bool(progress), verbose=bool(progress),
+                               desc="head epoch")
     step = jax.jit(make_indexed_train_step(make_train_step(
         None, label_smoothing=label_smoothing, num_classes=num_classes,
         class_weights=class_weights, train_bn=False)))
-    xs, ys = jax.device_put(x), jax.device_put(y)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=epochs, desc="training head", unit="epoch", leave=False)
-
-    def run_epoch(state, epoch):
-        state, metrics = step(state, xs, ys, epoch_indices(len(x), bs, seed=seed, epoch=epoch))
-        if bar is not None:
-            bar.update()
-            bar.set_postfix(loss=f"{float(metrics['loss'].mean()):.3f}",
-                            acc=f"{float(metrics['accuracy'].mean()):.3f}")
-        return state, metrics
-
-    evaluate_fn = None
+    evaluate_fn = _no_evaluation
     if val is not None:
         predict = jax.jit(state.apply_fn)
         evaluate_fn = _evaluator(lambda v: evaluate.run_batched(
             predict, v, val[0], min(eval_batch_size, len(val[0]))), val[1], num_classes)
-    state, history = _train_epochs(
-        state, run_epoch, epochs=epochs, steps=steps, batch_size=bs,
-        schedule=make_schedule("cosine", lr, total_steps=epochs * steps, warmup_steps=0),
-        evaluate_fn=evaluate_fn)
-    if bar is not None:
-        bar.close()
+
+    def feed():  # the features on the device, one call per epoch
+        return DeviceFeed(step, SimpleNamespace(images=x, labels=y), bs, None, seed,
+                          steps_per_dispatch=steps)
+
+    state, history, _ = train_epochs(run, state, start, feed, evaluate_fn)
     return jax.device_get(state.params), history
+
+
+def _no_evaluation(state):
+    return None
+
+
+def _listed(class_weights):
+    return None if class_weights is None else np.asarray(class_weights, np.float64).tolist()
 
 
 def fine_tune_state(model: nn.Module, variables, tx, *, seed: int = 0, dropout: float = 0.2,
@@ -229,6 +253,8 @@ def fine_tune(
     cache_activations: bool = True,
     cache_dir: str | os.PathLike | None = None,
     cache_name: str = "activations",
+    workdir: str | os.PathLike | None = None,
+    resume: bool = True,
 ) -> tuple[dict, list[dict]]:
     """Phase 2: train the modules in ``trainable`` (see :func:`~jaxcnn.transfer.freezing.
     top_blocks`) with the head, on images.
@@ -264,6 +290,11 @@ def fine_tune(
         full forward pass when that is not possible.
       cache_dir, cache_name: the activations are cached as ``<cache_dir>/<cache_name>-train-
         <hash>.npz`` (and ``-train-flipped``, ``-val``); None keeps them in memory only.
+      progress: progress bars and one line per epoch.
+      workdir: ``checkpoints/`` and ``metrics.jsonl`` of the run, as :func:`jaxcnn.train.fit`
+        writes them (None: nothing is kept). resume: continue from its latest checkpoint (the
+        settings, the starting ``variables`` and the data's shape must be the same; a
+        ValueError names what differs).
 
     Returns:
       ``(variables, history)`` with ``fit``'s history keys.
@@ -281,12 +312,24 @@ def fine_tune(
                             weight_decay=weight_decay, labels=labels)
     start = split_point(model, params, trainable) if cache_activations and freeze_bn else None
     state = fine_tune_state(model, variables, tx, seed=seed, dropout=dropout, start=start)
+    config = dict(phase="fine_tune", model=model_signature(model),
+                  variables=checkpoint.tree_digest(variables), trainable=_named(trainable),
+                  train_size=len(train), image_shape=list(train.image_shape),
+                  num_classes=train.num_classes, epochs=epochs, batch_size=batch_size, lr=lr,
+                  weight_decay=weight_decay, freeze_bn=freeze_bn, dropout=dropout,
+                  label_smoothing=label_smoothing, flip=flip,
+                  class_weights=_listed(class_weights), seed=seed, cached=start is not None)
+    schedule = make_schedule("cosine", lr, total_steps=total, warmup_steps=warmup)
+    run, state, resumed = _phase(workdir, resume, state, config, epochs=epochs,
+                                 steps_per_epoch=steps, batch_size=batch_size,
+                                 schedule=schedule, log_every=5, progress=bool(progress),
+                                 verbose=bool(progress), desc="fine-tune epoch")
     step = jax.jit(make_fine_tune_step(labels, train.num_classes, freeze_bn=freeze_bn,
                                        label_smoothing=label_smoothing,
                                        class_weights=class_weights))
     predict = jax.jit(state.apply_fn)
     eval_bs = None if val is None else min(eval_batch_size, len(val))
-    evaluate_fn = None
+    evaluate_fn = _no_evaluation
     if start is None:
         if progress and cache_activations:
             print("fine-tune: full forward pass per step (cached activations need a model "
@@ -323,26 +366,13 @@ def fine_tune(
             evaluate_fn = _evaluator(lambda v: evaluate.run_batched(predict, v, a_val, eval_bs),
                                      val.labels, train.num_classes)
 
-    def run_epoch(state, epoch):
-        idx = epoch_indices(len(train), batch_size, seed=seed, epoch=epoch)
-        flips = np.random.default_rng([seed, epoch]).random(idx.shape) < 0.5 if flip else None
-        it = range(steps)
-        if progress:
-            from tqdm.auto import tqdm
+    def feed():
+        return _InputFeed(step, train_inputs, train.labels, batch_size, seed, flip)
 
-            it = tqdm(it, desc=f"fine-tune epoch {epoch + 1}/{epochs}", unit="step", leave=False)
-        metrics, t0 = [], time.perf_counter()
-        for s in it:
-            x = train_inputs(idx[s], None if flips is None else flips[s])
-            state, m = step(state, x, train.labels[idx[s]])
-            metrics.append(m)
-            if progress and s % 5 == 0:
-                it.set_postfix(loss=f"{float(m['loss']):.3f}", acc=f"{float(m['accuracy']):.3f}",
-                               img_s=f"{(s + 1) * batch_size / (time.perf_counter() - t0):.1f}")
-        return state, jax.tree.map(lambda *a: jnp.stack(a), *metrics)
-
-    state, history = _train_epochs(
-        state, run_epoch, epochs=epochs, steps=steps, batch_size=batch_size,
-        schedule=make_schedule("cosine", lr, total_steps=total, warmup_steps=warmup),
-        evaluate_fn=evaluate_fn, log=progress)
+    state, history, _ = train_epochs(run, state, resumed, feed, evaluate_fn)
     return jax.device_get(state.variables), history
+
+
+def _named(trainable):
+    """``trainable`` (module names or a predicate) as a JSON value for the run config."""
+    return callable_name(trainable) if callable(trainable) else list(trainable)

@@ -1,0 +1,195 @@
+"""Where the training batches come from: the feeds that run a train step over an epoch.
+
+A feed is any object with ``on_device`` (whether its metrics come stacked per dispatch) and
+``epoch(state, epoch)``, a generator of ``(state, metrics, steps)`` per dispatch: the train
+phase of :func:`jaxcnn.train.fit` (and of :mod:`jaxcnn.transfer`'s phases) runs one.
+
+* :class:`HostFeed` (the *host path*): each step's batch gathered in numpy
+  (:func:`~jaxcnn.data.epoch_batches`, this process's slice) and copied to the devices
+  (:func:`~jaxcnn.train.mesh.shard_batch`). The multi-host contract.
+* :class:`DeviceFeed` (the *device path*): the uint8 training set put on every device once,
+  each call sends only row indices (:func:`~jaxcnn.data.batching.epoch_indices`: the same
+  seeded permutation, hence the same batches in the same order and the same numbers), K steps
+  per call with ``lax.scan``. Single-process.
+
+With ``FitConfig.flip="alternate"`` both mirror the same rows
+(:func:`~jaxcnn.data.alternating_flip_mask`: numpy on the host, after the gather on the device).
+:func:`resolve_data_on_device` picks the path for ``FitConfig.data_on_device``.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from jaxcnn.train.builder import Engine
+from jaxcnn.train.mesh import replicated, shard_batch
+
+# data_on_device="auto" on an accelerator keeps the training set on the devices when one copy
+# (every device holds a full copy) takes at most this share of a device's memory...
+DEVICE_DATA_FRACTION = 0.25
+# ... or, when the device does not report its memory, at most this many bytes.
+DEVICE_DATA_FALLBACK_BYTES = 1 << 30
+
+
+def dataset_nbytes(dataset) -> int:
+    """Bytes of a dataset's uint8 images plus its int32 labels (one copy)."""
+    return int(np.asarray(dataset.images).nbytes + 4 * len(dataset.labels))
+
+
+def resolve_data_on_device(setting, dataset, mesh=None) -> bool:
+    """Whether ``fit`` keeps ``dataset`` on the devices, for a ``FitConfig.data_on_device``
+    setting (``True``, ``False`` or ``"auto"``; see :class:`FitConfig`).
+
+    Always False with several processes (the device path is single-process). ``"auto"``: False
+    on CPU; on an accelerator True when one copy of the dataset is at most
+    ``DEVICE_DATA_FRACTION`` of the smallest device memory of the mesh (or
+    ``DEVICE_DATA_FALLBACK_BYTES`` when the device does not report it).
+    """
+    if not (isinstance(setting, bool) or setting == "auto"):
+        raise ValueError(f"data_on_device must be True, False or 'auto', got {setting!r}")
+    if setting is False or jax.process_count() > 1:
+        return False
+    if setting is True:
+        return True
+    devices = list(mesh.devices.flat) if mesh is not None else jax.local_devices()
+    if any(d.platform == "cpu" for d in devices):
+        return False
+    limits = []
+    for d in devices:
+        try:
+            stats = d.memory_stats() or {}
+        except Exception:  # noqa: BLE001 - a backend without memory stats
+            stats = {}
+        if stats.get("bytes_limit"):
+            limits.append(int(stats["bytes_limit"]))
+    budget = DEVICE_DATA_FRACTION * min(limits) if limits else DEVICE_DATA_FALLBACK_BYTES
+    return dataset_nbytes(dataset) <= budget
+
+
+class HostFeed:
+    """Host path: each step's batch gathered in numpy (``epoch_batches``, this process's slice)
+    and copied to the devices (``shard_batch``), one jitted step per batch. ``alternate_flip``:
+    the rows that :func:`~jaxcnn.data.alternating_flip_mask` picks are mirrored in numpy
+    first."""
+
+    on_device = False
+
+    def __init__(
+        self, train_step, dataset, batch_size: int, mesh, seed: int, alternate_flip: bool = False
+    ):
+        self.step, self.dataset, self.batch_size = train_step, dataset, batch_size
+        self.mesh, self.seed, self.alternate_flip = mesh, seed, bool(alternate_flip)
+
+    def epoch(self, state, epoch: int):
+        """Yield ``(state, metrics, steps)`` per dispatch; metrics are per-step scalars."""
+        from jaxcnn.data import epoch_batches
+
+        batches = epoch_batches(self.dataset, self.batch_size, seed=self.seed, epoch=epoch,
+                                alternate_flip=self.alternate_flip)
+        for images, labels in batches:
+            state, metrics = self.step(state, *shard_batch(self.mesh, images, labels))
+            yield state, metrics, 1
+
+
+class DeviceFeed:
+    """Device path: the uint8 dataset replicated on every device once; each call sends only
+    ``(K, B)`` int32 row indices (:func:`~jaxcnn.data.batching.epoch_indices`) and runs K steps
+    that gather their batches on the device (``mesh`` None: a plain ``jax.jit`` step on the
+    default device). ``dataset``: anything with ``images`` (N, ...) and ``labels`` (N,)
+    (cached features serve too). ``alternate_flip``: each call also sends the
+    ``(K, B)`` bool mask of :func:`~jaxcnn.data.alternating_flip_mask` (the indexed step must
+    take it: ``jit_indexed_train_step(..., flips=True)``) and the step mirrors those rows after
+    its gather. Single-process."""
+
+    on_device = True
+
+    def __init__(
+        self,
+        indexed_step,
+        dataset,
+        batch_size: int,
+        mesh,
+        seed: int,
+        steps_per_dispatch: int = 1,
+        alternate_flip: bool = False,
+    ):
+        if jax.process_count() > 1:
+            raise ValueError(
+                "the device data path is single-process; with several processes use the host "
+                "path (data_on_device=False)"
+            )
+        if isinstance(steps_per_dispatch, bool) or not isinstance(steps_per_dispatch, int) or (
+            steps_per_dispatch < 1
+        ):
+            raise ValueError(
+                f"steps_per_dispatch must be a positive int, got {steps_per_dispatch!r}"
+            )
+        self.step, self.batch_size, self.seed = indexed_step, batch_size, seed
+        self.steps_per_dispatch = steps_per_dispatch
+        self.alternate_flip = bool(alternate_flip)
+        self.size = len(dataset.labels)
+        rep = None if mesh is None else replicated(mesh)  # None: the default device
+        self.images = jax.device_put(np.asarray(dataset.images), rep)
+        self.labels = jax.device_put(np.asarray(dataset.labels, np.int32), rep)
+
+    def epoch(self, state, epoch: int):
+        """Yield ``(state, metrics, steps)`` per dispatch; metrics have a leading steps axis."""
+        from jaxcnn.data.batching import alternating_flip_mask, epoch_indices
+
+        idx = epoch_indices(self.size, self.batch_size, seed=self.seed, epoch=epoch)
+        flips = (
+            alternating_flip_mask(idx, epoch, self.size, self.seed) if self.alternate_flip else None
+        )
+        k = self.steps_per_dispatch
+        for start in range(0, len(idx), k):
+            block = idx[start : start + k]
+            if flips is None:
+                state, metrics = self.step(state, self.images, self.labels, block)
+            else:
+                state, metrics = self.step(
+                    state, self.images, self.labels, block, flips[start : start + k]
+                )
+            yield state, metrics, len(block)
+
+
+def make_feed(
+    engine: Engine,
+    dataset,
+    *,
+    on_device: bool = False,
+    steps_per_dispatch: int | None = None,
+) -> HostFeed | DeviceFeed:
+    """The training-batch source ``fit`` uses (also for benchmarks): ``feed.epoch(state, e)``
+    yields ``(state, metrics, steps)`` for every dispatch of epoch ``e``, with the engine's
+    steps (:func:`~jaxcnn.train.build`), its config's batch size and seed.
+    ``on_device`` picks :class:`DeviceFeed` (``steps_per_dispatch`` steps per call; default the
+    config's) over :class:`HostFeed`; both give the same batches in the same order (mirrored
+    alike with ``flip="alternate"``)."""
+    config = engine.config
+    alternate = engine.preprocess.alternating_flips
+    if on_device:
+        k = config.steps_per_dispatch if steps_per_dispatch is None else steps_per_dispatch
+        return DeviceFeed(engine.indexed_step, dataset, config.batch_size, engine.mesh,
+                          config.seed, k, alternate_flip=alternate)
+    return HostFeed(engine.train_step, dataset, config.batch_size, engine.mesh, config.seed,
+                    alternate_flip=alternate)
+
+
+def stack_metrics(entries, stacked: bool) -> dict[str, np.ndarray]:
+    """Fetch a list of per-dispatch metric dicts to host arrays with a leading steps axis."""
+    got = jax.device_get(entries)
+    join = np.concatenate if stacked else np.stack
+    return {k: join([np.asarray(g[k]) for g in got]) for k in got[0]}
+
+
+__all__ = [
+    "DEVICE_DATA_FALLBACK_BYTES",
+    "DEVICE_DATA_FRACTION",
+    "DeviceFeed",
+    "HostFeed",
+    "dataset_nbytes",
+    "make_feed",
+    "resolve_data_on_device",
+    "stack_metrics",
+]
