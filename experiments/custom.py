@@ -19,7 +19,9 @@ Steps:
    > 0): the top ``--trainable-blocks`` modules and the head fine-tuned at a lower learning
    rate with BatchNorm statistics frozen. The frozen modules' output is computed once (also
    cached; ``--no-cache-activations`` runs the whole network every step instead) so each step
-   costs only the trainable top part.
+   costs only the trainable top part. Both phases write checkpoints and ``metrics.jsonl`` in
+   ``<workdir>/efficientnet_lite0/{head,finetune}/``: a killed run resumes where it stopped
+   (``--no-resume`` starts over).
 5. Export to ``<workdir>/bundle/`` (``python -m jaxcnn.predict`` reads it), metrics in
    ``<workdir>/results.json``, a figure of held-out predictions in ``<workdir>/figures/``
    (``--visuals-dir visuals/custom`` rewrites the README's committed one instead).
@@ -53,13 +55,16 @@ def build_parser():
     _cli.add_transfer_training(p, zero_epochs_skip=True)
     p.add_argument("--batch-size", type=_cli.positive_int, default=32,
                    help="phase 2 batch size, capped at the number of training images")
+    p.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="train the head and the fine-tuning from scratch even when their "
+                        "checkpoints exist in --workdir")
     _cli.add_progress(p)
     return p
 
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    from jaxcnn import export, models, pretrained, transfer
+    from jaxcnn import evaluate, export, models, pretrained, transfer
     from jaxcnn.data import load_image_folder, scan_image_folder
     from jaxcnn.data.image_folder import class_weights
     from jaxcnn.data.splits import stratified_split
@@ -96,6 +101,7 @@ def main(argv=None) -> dict:
     prep = transfer.backbone_preprocess("efficientnet_lite0", size)
     t0 = time.perf_counter()
     cache = args.workdir / "cache"
+    runs = args.workdir / "efficientnet_lite0"  # checkpoints and metrics.jsonl of each phase
     f_train = transfer.extract_features(model, variables, train.images, prep, 64,
                                         cache_dir=cache, name="train", progress=args.progress)
     f_val = transfer.extract_features(model, variables, val.images, prep, 64,
@@ -103,9 +109,10 @@ def main(argv=None) -> dict:
     head, hist = transfer.train_head(f_train, train.labels, train.num_classes,
                                      val=(f_val, val.labels), epochs=args.head_epochs,
                                      lr=args.head_lr, class_weights=cw, seed=args.seed,
-                                     progress=args.progress)
+                                     progress=args.progress, workdir=runs / "head",
+                                     resume=args.resume)
     logits = np.asarray(transfer.head_logits(head, f_val))
-    row = {"phase1_val_accuracy": float((logits.argmax(-1) == val.labels).mean())}
+    row = {"phase1_val_accuracy": evaluate.accuracy(logits, val.labels)}
     print(f"phase 1 (head on frozen features): {row['phase1_val_accuracy']:.2%}")
     model_k = models.create("efficientnet_lite0", num_classes=train.num_classes)
     tuned = transfer.with_head(variables, head)
@@ -116,12 +123,12 @@ def main(argv=None) -> dict:
             model_k, tuned, train, val, prep, trainable=trainable, epochs=args.fine_tune_epochs,
             batch_size=min(args.batch_size, len(train)), lr=args.fine_tune_lr, class_weights=cw,
             seed=args.seed, progress=args.progress, cache_activations=args.cache_activations,
-            cache_dir=cache)
+            cache_dir=cache, workdir=runs / "finetune", resume=args.resume)
         logits = transfer.predict_logits(model_k, tuned, val.images, prep)
-        row["phase2_val_accuracy"] = float((logits.argmax(-1) == val.labels).mean())
+        row["phase2_val_accuracy"] = evaluate.accuracy(logits, val.labels)
         print(f"phase 2 (top {args.trainable_blocks} blocks fine-tuned): "
               f"{row['phase2_val_accuracy']:.2%}")
-    row.update(val_accuracy=float((logits.argmax(-1) == val.labels).mean()),
+    row.update(val_accuracy=row.get("phase2_val_accuracy", row["phase1_val_accuracy"]),
                n_train=len(train), n_val=len(val), imbalance_ratio=ratio,
                class_weights=[round(float(w), 4) for w in weights] if use_w else None,
                skipped=[f"{p}: {r}" for p, r in scan.skipped],

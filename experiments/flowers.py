@@ -18,7 +18,10 @@ The data is an image folder (``--data-dir``: ``PATH/<class>/*.jpg``) or, without
 ``tf_flowers`` (needs the prepared dataset or a network). A stratified ``--val-fraction`` of
 the images is held out (:func:`jaxcnn.data.splits.stratified_split` with ``--seed``) and never
 trained on; accuracies are on it. An image that fails to decode (truncated JPEGs included) is
-named with the reason and left out. Each mode writes a bundle to ``<workdir>/<mode>/bundle/``
+named with the reason and left out. Every training writes checkpoints and ``metrics.jsonl``
+(``<workdir>/scratch/``, ``<workdir>/efficientnet_lite0/{head,finetune}/``), so a killed run
+resumes where it stopped (``--no-resume`` starts over). Each mode writes a bundle to
+``<workdir>/<mode>/bundle/``
 (transfer bundles are an ``efficientnet_lite0`` with ``num_classes=5``: they predict from uint8
 images of any size), a row of ``<workdir>/results.json``; figures go to ``<workdir>/figures/``
 (``--visuals-dir visuals/flowers`` rewrites the README's committed ones instead).
@@ -69,7 +72,7 @@ def build_parser():
                    help="scratch: training epochs")
     p.add_argument("--batch-size", type=_cli.positive_int, default=32,
                    help="batch size of scratch training and fine-tuning")
-    _cli.add_run_flags(p, resume=False)
+    _cli.add_run_flags(p)
     return p
 
 
@@ -129,15 +132,17 @@ def save_bundle(args, mode, name, options, variables, ds, prep_dict, row):
 def run_transfer(ds, val_idx, train_idx, args, modes, outcomes):
     import jax
 
-    from jaxcnn import models, transfer
+    from jaxcnn import evaluate, models, transfer
 
     model, variables, prep, feats, extract_s = lite0_features(ds, args)
+    runs = args.workdir / "efficientnet_lite0"  # checkpoints and metrics.jsonl of each phase
     print(f"features {feats.shape} in {extract_s:.0f} s (cached in {args.workdir / 'cache'})")
     yv, yt = ds.labels[val_idx], ds.labels[train_idx]
     start = time.perf_counter()
     head, hist = transfer.train_head(feats[train_idx], yt, ds.num_classes,
                                      val=(feats[val_idx], yv), epochs=args.head_epochs,
-                                     lr=args.head_lr, seed=args.seed, progress=args.progress)
+                                     lr=args.head_lr, seed=args.seed, progress=args.progress,
+                                     workdir=runs / "head", resume=args.resume)
     head_s = time.perf_counter() - start
     logits = np.asarray(transfer.head_logits(head, feats[val_idx]))
     model_k = models.create("efficientnet_lite0", num_classes=ds.num_classes)
@@ -145,7 +150,7 @@ def run_transfer(ds, val_idx, train_idx, args, modes, outcomes):
     prep_dict = dict(input_size=(args.input_size,) * 2, mean=prep.mean, std=prep.std)
     if "feature_extraction" in modes:
         row = dict(mode="feature_extraction", model="efficientnet_lite0 (frozen) + Dense head",
-                   val_accuracy=float((logits.argmax(-1) == yv).mean()),
+                   val_accuracy=evaluate.accuracy(logits, yv),
                    trainable_params=int(head["kernel"].size + head["bias"].size),
                    feature_seconds=extract_s, train_seconds=head_s, epochs=args.head_epochs,
                    input_size=args.input_size, n_train=len(train_idx), n_val=len(val_idx))
@@ -164,14 +169,15 @@ def run_transfer(ds, val_idx, train_idx, args, modes, outcomes):
             epochs=args.fine_tune_epochs, batch_size=args.batch_size, lr=args.fine_tune_lr,
             freeze_bn=not args.train_bn, seed=args.seed, progress=args.progress,
             cache_activations=args.cache_activations, cache_dir=args.workdir / "cache",
-            cache_name="efficientnet_lite0-activations")
+            cache_name="efficientnet_lite0-activations", workdir=runs / "finetune",
+            resume=args.resume)
         ft_s = time.perf_counter() - start
         logits2 = transfer.predict_logits(model_k, tuned, val.images, prep)
         n_head = len(hist)
         history = hist + [dict(r, epoch=r["epoch"] + n_head) for r in hist2]
         row = dict(mode="fine_tuning", model="efficientnet_lite0, top "
                    f"{args.trainable_blocks} blocks + head",
-                   val_accuracy=float((logits2.argmax(-1) == yv).mean()),
+                   val_accuracy=evaluate.accuracy(logits2, yv),
                    trainable_params=int(sum(np.size(x) for k in trainable for x in
                                             jax.tree.leaves(tuned["params"][k]))),
                    feature_seconds=extract_s, train_seconds=head_s + ft_s,
@@ -184,7 +190,7 @@ def run_transfer(ds, val_idx, train_idx, args, modes, outcomes):
 def run_scratch(ds, val_idx, train_idx, args, outcomes):
     from jaxcnn import models
     from jaxcnn.data import ArrayDataset, resize_images
-    from jaxcnn.evaluate import predict_logits
+    from jaxcnn.evaluate import accuracy, predict_logits
     from jaxcnn.train import FitConfig, fit
 
     size = (args.scratch_size,) * 2
@@ -197,14 +203,14 @@ def run_scratch(ds, val_idx, train_idx, args, outcomes):
     start = time.perf_counter()
     # Normalisation defaults to the training images' per-channel statistics.
     result = fit(model, train, val, config=config, workdir=args.workdir / "scratch",
-                 progress=args.progress)
+                 resume=args.resume, progress=args.progress)
     seconds = time.perf_counter() - start
     preprocess = result.preprocess
     variables = result.state.variables
     logits = predict_logits(model.apply, variables, val.images, mean=preprocess.mean,
                             std=preprocess.std, batch_size=100)
     row = dict(mode="scratch", model=f"{args.scratch_model} at {args.scratch_size}px",
-               val_accuracy=float((logits.argmax(-1) == val.labels).mean()),
+               val_accuracy=accuracy(logits, val.labels),
                trainable_params=models.count_params(variables["params"]), feature_seconds=0.0,
                train_seconds=seconds, epochs=args.scratch_epochs, input_size=args.scratch_size,
                n_train=len(train), n_val=len(val))

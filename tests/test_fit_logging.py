@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from tiny_data import random_dataset, tiny_cnn3
 
-from jaxcnn.train import FitConfig, fit, resolve_data_on_device
-from jaxcnn.train import phases
+from jaxcnn.train import FitConfig, fit, phases, resolve_data_on_device
 
 TRAIN, EVAL = random_dataset(48, 0), random_dataset(10, 1)
 MODEL = tiny_cnn3()

@@ -151,7 +151,7 @@ def run_epoch(run: Run, feed, state, epoch: int):
     t0 = time.perf_counter()
     total = run.steps_per_epoch
     bar = tqdm(total=total, desc=f"{run.desc} {epoch + 1}/{run.epochs}", unit="step",
-               disable=not run.progress)
+               leave=False, disable=not run.progress)  # the epoch's line stays, not its bar
     metrics: list = []
     window_start, done, seen, t_window = 0, 0, 0, t0
     for new_state, m, k in feed.epoch(state, epoch):
