@@ -14,13 +14,13 @@ from tiny_data import tiny_cifar
 from experiments import (
     _cli,
     architectures,
-    bench,
     cifar10,
     conv_math,
     custom,
     flowers,
     from_scratch,
 )
+from experiments.bench import __main__ as bench
 
 EXPERIMENTS = (architectures, bench, cifar10, conv_math, custom, flowers, from_scratch)
 
@@ -298,9 +298,9 @@ def test_from_scratch_default_writes_figures_under_workdir(tmp_path, visuals_unt
 
 
 def test_lessons_import_only_shared_plumbing():
-    """DESIGN.md "One engine": a lesson imports ``experiments._cli`` (shared plumbing), never
-    another lesson; recipes come from the library (``jaxcnn.train.recipes``). The benchmark's
-    modules (``bench*.py``, one tool) may import each other."""
+    """docs/design.md "One engine": a lesson imports ``experiments._cli`` (shared plumbing),
+    never another lesson (nor the benchmarks, ``experiments.bench``); recipes come from the
+    library (``jaxcnn.train.recipes``)."""
     import ast
 
     shared = {"_cli"}
@@ -318,9 +318,7 @@ def test_lessons_import_only_shared_plumbing():
                          if a.name.startswith("experiments.")]
             else:
                 continue
-            allowed = shared | ({n for n in names if n.startswith("bench")}
-                                if path.stem.startswith("bench") else set())
-            assert set(names) <= allowed, f"{path.name} imports experiments.{names}"
+            assert set(names) <= shared, f"{path.name} imports experiments.{names}"
 
 
 # ------------------------------------------------------------------- results.json and tables
