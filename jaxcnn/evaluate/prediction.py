@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 
-def _as_stats(value, name: str) -> tuple[float, ...]:
+def as_stats(value, name: str) -> tuple[float, ...]:
     """``mean``/``std`` as a tuple of floats (a scalar becomes a 1-tuple)."""
     arr = np.asarray(value, dtype=np.float64).reshape(-1)
     if arr.size == 0 or not np.all(np.isfinite(arr)):
@@ -51,7 +51,7 @@ def _stats_arrays(mean, std) -> tuple[np.ndarray, np.ndarray]:
     scalar, which broadcasts over any channel count."""
     arrays = []
     for value, name in ((mean, "mean"), (std, "std")):
-        stats = _as_stats(value, name)
+        stats = as_stats(value, name)
         arrays.append(np.asarray(stats[0] if len(stats) == 1 else stats, np.float32))
     return arrays[0], arrays[1]
 
@@ -73,10 +73,10 @@ def normalize_on_device(images, mean, std, dtype=jnp.float32):
 
 @functools.lru_cache(maxsize=32)
 def _cached_forward(apply_fn, mean: tuple, std: tuple, tta: str):
-    return _build_forward(apply_fn, mean, std, tta)
+    return build_forward(apply_fn, mean, std, tta)
 
 
-def _build_forward(apply_fn, mean: tuple, std: tuple, tta: str = "none"):
+def build_forward(apply_fn, mean: tuple, std: tuple, tta: str = "none"):
     mean_arr, std_arr = _stats_arrays(mean, std)
     check_tta_mode(tta)
 
@@ -101,14 +101,14 @@ def make_forward(apply_fn: Callable, mean, std, tta: str = "none") -> Callable:
     are cached per ``(apply_fn, mean, std, tta)`` when ``apply_fn`` is hashable, so repeated
     calls reuse one compile.
     """
-    mean_t, std_t = _as_stats(mean, "mean"), _as_stats(std, "std")
+    mean_t, std_t = as_stats(mean, "mean"), as_stats(std, "std")
     check_tta_mode(tta)
     if not callable(apply_fn):
         raise ValueError(f"apply_fn must be callable (e.g. model.apply), got {apply_fn!r}")
     try:
         return _cached_forward(apply_fn, mean_t, std_t, tta)
     except TypeError:  # unhashable apply_fn: no cache
-        return _build_forward(apply_fn, mean_t, std_t, tta)
+        return build_forward(apply_fn, mean_t, std_t, tta)
 
 
 def run_batched(forward: Callable, variables, images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -183,7 +183,7 @@ def predict_logits(
             f"images must be uint8 (0-255), got dtype {images.dtype}; "
             "convert with np.clip(x, 0, 255).astype(np.uint8)"
         )
-    mean_t, std_t = _as_stats(mean, "mean"), _as_stats(std, "std")
+    mean_t, std_t = as_stats(mean, "mean"), as_stats(std, "std")
     channels = images.shape[-1]
     for name, stats in (("mean", mean_t), ("std", std_t)):
         if len(stats) not in (1, channels):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxcnn import evaluate
-from jaxcnn.evaluate.prediction import _build_forward
+from jaxcnn.evaluate.prediction import build_forward
 from jaxcnn.evaluate.tta import check_tta_mode
 
 DEFAULT_BATCH_SIZE = 64
@@ -126,7 +126,7 @@ class Bundle:
         self.mean = tuple(preprocessing["mean"])
         self.std = tuple(preprocessing["std"])
         self.tta = tta
-        self._forward = _build_forward(model.apply, self.mean, self.std, tta)
+        self._forward = build_forward(model.apply, self.mean, self.std, tta)
 
     @property
     def num_classes(self) -> int:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn.evaluate.prediction import _as_stats
+from jaxcnn.evaluate.prediction import as_stats
 from jaxcnn.evaluate.tta import check_tta_mode
 
 FORMAT_VERSION = 1
@@ -100,8 +100,8 @@ def check_preprocessing(preprocessing) -> dict:
         or min(size) < 1
     ):
         raise ValueError(f"preprocessing input_size must be (H, W) positive ints, got {size!r}")
-    mean = list(_as_stats(preprocessing["mean"], "mean"))
-    std = list(_as_stats(preprocessing["std"], "std"))
+    mean = list(as_stats(preprocessing["mean"], "mean"))
+    std = list(as_stats(preprocessing["std"], "std"))
     channels = preprocessing.get("channels", max(len(mean), len(std)))
     if isinstance(channels, bool) or not isinstance(channels, int | np.integer) or channels < 1:
         raise ValueError(f"preprocessing channels must be a positive int, got {channels!r}")
