@@ -7,9 +7,10 @@ record, epochs, steps per epoch, batch size, schedule, logging); :func:`train_ep
 them::
 
     for epoch in range(start.epoch, last_epoch):
-        state, metrics, seconds = run_epoch(run, feed, state, epoch)   # a feed's dispatches
+        state, metrics, seconds = run_epoch(run, feed, state, epoch)  # a feed's dispatches
         record = epoch_record(run, epoch, metrics, evaluate(state), seconds, t0)
-        best = save_epoch(run, state, record, history, best)          # checkpoint + metrics.jsonl
+        record_epoch(run, record, history)             # history, metrics.jsonl, a log line
+        best = save_epoch(run, state, history, best)   # checkpoints/{latest,best}
 
 so every run gets the same history records, ``checkpoints/{latest,best}``, ``metrics.jsonl``,
 resume, progress bars and NaN check. The training itself is the caller's: a feed
@@ -176,7 +177,7 @@ def run_epoch(run: Run, feed, state, epoch: int):
 
 def epoch_record(run: Run, epoch: int, metrics, evaluation, train_seconds: float,
                  started: float) -> dict[str, Any]:
-    """Phase "record": the history record of an epoch, ``{epoch, train_loss, train_accuracy,
+    """The history record of an epoch, ``{epoch, train_loss, train_accuracy,
     eval_loss, eval_accuracy, lr, images_per_s, epoch_seconds}`` (``eval_*`` None without an
     ``evaluation``); an ensemble's (metrics (steps, K)) are means over the members, plus
     ``*_members`` lists and ``ensemble_eval_accuracy``."""
@@ -201,11 +202,21 @@ def epoch_record(run: Run, epoch: int, metrics, evaluation, train_seconds: float
     return record
 
 
-def save_epoch(run: Run, state, record: dict, history: list, best: float | None):
-    """Phase "save": append ``record`` to ``history``, checkpoint ``state`` as ``latest`` (and
-    ``best`` when its metric, the eval accuracy or else the train accuracy, is the best so
-    far), append the record to ``metrics.jsonl``, print its line. Returns the best metric."""
+def record_epoch(run: Run, record: dict, history: list) -> None:
+    """Phase "record": append ``record`` to ``history`` and to ``metrics.jsonl``, print its
+    line."""
     history.append(record)
+    if run.workdir is not None:
+        with open(run.workdir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+    run.log(_epoch_line(record, run.epochs))
+
+
+def save_epoch(run: Run, state, history: list, best: float | None):
+    """Phase "save": checkpoint ``state`` after the last epoch of ``history`` as ``latest``,
+    and as ``best`` when its metric (the eval accuracy, else the train accuracy) is the best so
+    far. Returns the best metric."""
+    record = history[-1]
     metric = record["eval_accuracy"]
     metric = record["train_accuracy"] if metric is None else metric
     is_best = best is None or metric > best
@@ -215,9 +226,6 @@ def save_epoch(run: Run, state, record: dict, history: list, best: float | None)
                         meta={"best_metric": best, "history": history,
                               "config": run.run_config},
                         keep=run.keep_checkpoints)
-        with open(run.workdir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-    run.log(_epoch_line(record, run.epochs))
     return best
 
 
@@ -239,7 +247,8 @@ def train_epochs(run: Run, state, start: Start, make_feed: Callable[[], Any],
         t0 = time.perf_counter()
         state, metrics, seconds = run_epoch(run, feed, state, epoch)
         record = epoch_record(run, epoch, metrics, evaluate(state), seconds, t0)
-        best = save_epoch(run, state, record, history, best)
+        record_epoch(run, record, history)
+        best = save_epoch(run, state, history, best)
     return state, history, best
 
 
@@ -282,6 +291,7 @@ __all__ = [
     "TrainingDiverged",
     "epoch_record",
     "make_workdir",
+    "record_epoch",
     "restore_or_start",
     "run_epoch",
     "save_epoch",
