@@ -198,7 +198,7 @@ def run_transfer(name, train, evaluation, args):
     head, history = transfer.train_head(
         f_train, train.labels, train.num_classes, val=(f_eval, evaluation.labels),
         epochs=epochs, batch_size=args.batch_size, lr=args.transfer_lr,
-        seed=args.seed,
+        seed=args.seed, workdir=args.workdir / name / "head", resume=args.resume,
         progress=args.progress)
     head_s = time.perf_counter() - start
     logits = np.asarray(transfer.head_logits(head, f_eval))

@@ -65,8 +65,7 @@ def build_parser():
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     from jaxcnn import evaluate, export, models, pretrained, transfer
-    from jaxcnn.data import load_image_folder, scan_image_folder
-    from jaxcnn.data.image_folder import class_weights
+    from jaxcnn.data import balanced_class_weights, load_image_folder, scan_image_folder
     from jaxcnn.data.splits import stratified_split
     from jaxcnn.predict import predictions_figure
 
@@ -88,7 +87,7 @@ def main(argv=None) -> dict:
                                               num_classes=data.num_classes)
         train, val = data.take(train_idx), data.take(val_idx)
     names = train.class_names
-    weights = class_weights(train.labels, train.num_classes)
+    weights = balanced_class_weights(train.labels, train.num_classes)
     ratio = float(train.class_counts().max() / max(train.class_counts().min(), 1))
     use_w = args.class_weights == "on" or (args.class_weights == "auto"
                                             and ratio > args.weight_threshold)

@@ -1,4 +1,4 @@
-"""The engine (DESIGN.md "One engine"): parameter groups, EMA, freezing on a schedule, the
+"""The engine (docs/design.md, "One engine"): parameter groups, EMA, freezing on a schedule, the
 data-dependent init hook, recipes and overrides, one-step runs, and compiled programs reused by
 a second build with the same configuration."""
 

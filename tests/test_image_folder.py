@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxcnn.data import class_weights, load_image_folder, scan_image_folder
+from jaxcnn.data import balanced_class_weights, load_image_folder, scan_image_folder
 from jaxcnn.data.image_folder import decode_image, read_image_rgb
 
 
@@ -120,12 +120,12 @@ def test_stratified_split_of_a_loaded_folder(tmp_path):
 
 def test_class_weights_balanced():
     labels = np.array([0] * 6 + [1] * 3 + [2] * 1)
-    w = class_weights(labels, 4)
+    w = balanced_class_weights(labels, 4)
     np.testing.assert_allclose(w, [10 / 24, 10 / 12, 10 / 4, 0.0], rtol=1e-6)
     assert w.dtype == np.float32
-    np.testing.assert_allclose(class_weights(labels, 3)[labels].mean(), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(balanced_class_weights(labels, 3)[labels].mean(), 1.0, rtol=1e-6)
     with pytest.raises(ValueError, match="lie in"):
-        class_weights(np.array([0, 5]), 3)
+        balanced_class_weights(np.array([0, 5]), 3)
 
 
 def test_real_flowers_scan(flowers_dir):

@@ -146,7 +146,7 @@ def test_resume_with_speedrun_options_equals_uninterrupted(tmp_path):
 
 
 def test_checkpoints_from_before_the_new_fields_still_resume():
-    from jaxcnn.train.loop import _check_resume_config
+    from jaxcnn.train.runconfig import check_fit_resume as _check_resume_config
 
     current = json.loads(json.dumps(FitConfig().to_dict()))
     old = {k: v for k, v in current.items() if k not in FitConfig.LATER_FIELDS}

@@ -5,8 +5,8 @@ Layers: a module imports only modules listed before it (no circles, no arrows up
 * bottom: :mod:`~jaxcnn.data.errors` (:class:`DataNotFoundError`, :class:`DamagedDataError`),
   :mod:`~jaxcnn.data.splits` (the TFDS split grammar, stratified hold-outs),
   :mod:`~jaxcnn.data.download` (:func:`fetch`: sha256-checked, atomic, cached, failing fast),
-  :mod:`~jaxcnn.data.class_balance` (:func:`balanced_class_weights`, alias
-  :func:`class_weights`), :mod:`~jaxcnn.data.images` (the one image reader).
+  :mod:`~jaxcnn.data.class_balance` (:func:`balanced_class_weights`),
+  :mod:`~jaxcnn.data.images` (the one image reader).
 * :class:`ArrayDataset` (:mod:`~jaxcnn.data.dataset`) -- images (N, H, W, C) uint8, labels (N,)
   int32, class names; :mod:`~jaxcnn.data.npz_cache`, the cache of decoded datasets.
 * sources: :mod:`~jaxcnn.data.tfds_source` (a prepared TFDS array_record dir, no TensorFlow
@@ -39,7 +39,7 @@ from jaxcnn.data.batching import (
     pipeline_images_per_s,
     prefetch,
 )
-from jaxcnn.data.class_balance import balanced_class_weights, class_weights
+from jaxcnn.data.class_balance import balanced_class_weights
 from jaxcnn.data.dataset import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -70,7 +70,6 @@ __all__ = [
     "augment",
     "balanced_class_weights",
     "channel_stats",
-    "class_weights",
     "cutout",
     "epoch_batches",
     "epoch_permutation",

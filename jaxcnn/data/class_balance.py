@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["balanced_class_weights", "class_weights"]
+__all__ = ["balanced_class_weights"]
 
 
 def balanced_class_weights(labels, num_classes: int) -> np.ndarray:
@@ -56,4 +56,3 @@ def balanced_class_weights(labels, num_classes: int) -> np.ndarray:
     return weights.astype(np.float32)
 
 
-class_weights = balanced_class_weights  # the shorter name jaxcnn.data has always exported

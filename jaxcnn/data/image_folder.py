@@ -2,13 +2,13 @@
 
 ::
 
-    from jaxcnn.data import class_weights, load_image_folder, scan_image_folder
+    from jaxcnn.data import balanced_class_weights, load_image_folder, scan_image_folder
 
     scan = scan_image_folder("photos")        # classes, files per class, skipped files, imbalance
     print(scan.report())
     ds = load_image_folder("photos", image_size=(128, 128))          # one ArrayDataset
     val, train = ds.split(0.15, seed=0)                               # stratified hold-out
-    weights = class_weights(train.labels, train.num_classes)          # balanced: n / (k * count)
+    weights = balanced_class_weights(train.labels, train.num_classes)  # n / (k * count)
 
 Layouts:
 

@@ -1,4 +1,4 @@
-"""Training: the one engine every lesson configures (DESIGN.md, "One engine").
+"""Training: the one engine every lesson configures (docs/design.md, "One engine").
 
 * :class:`FitConfig` -- everything that defines a run; :mod:`jaxcnn.train.recipes` -- the
   course's models' configs (``recipes.get("cnn3")``) and command-line overrides.

@@ -92,7 +92,7 @@ class FitConfig:
         host gather or host-to-device copy); ``False``: host batches copied every step;
         ``"auto"`` (default): on for GPU/TPU when one copy of the training set takes at most
         ``DEVICE_DATA_FRACTION`` (1/4) of a device's memory, off on CPU (there it measured no
-        faster, see ``python -m experiments.bench_host``). The same batches in the same order,
+        faster, see ``python -m experiments.bench host``). The same batches in the same order,
         hence the same numbers, either way. Single-process only: with
         ``jax.process_count() > 1`` fit uses the host path. Not checked on resume.
       steps_per_dispatch: device path only: train steps per call (``lax.scan``; unrolled on

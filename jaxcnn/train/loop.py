@@ -49,7 +49,6 @@ from jaxcnn.train.phases import (
     stderr_is_terminal,
     train_epochs,
 )
-from jaxcnn.train.runconfig import check_fit_resume as _check_resume_config  # noqa: F401 (old home)
 from jaxcnn.train.runconfig import model_signature
 from jaxcnn.train.state import TrainState
 from jaxcnn.train.steps import Preprocess
