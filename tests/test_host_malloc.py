@@ -1,6 +1,7 @@
-"""jaxcnn.host_malloc: after ``import jaxcnn``, XLA:CPU's per-call buffers stop faulting in
-fresh pages inside ``reuse_freed_memory`` (which ``fit`` runs in); ``JAXCNN_MALLOC=default``
-keeps glibc's behaviour."""
+"""jaxcnn.host_malloc: in a program that shares glibc's main arena at its start (as the
+experiments' commands do), XLA:CPU's per-call buffers stop faulting in fresh pages inside
+``reuse_freed_memory`` (which ``fit`` runs in); ``JAXCNN_MALLOC=default`` keeps glibc's
+behaviour. ``import jaxcnn`` alone sets nothing (tests/test_backends.py)."""
 
 import json
 import os
@@ -21,6 +22,7 @@ _PROBE = r"""
 import json, resource
 import jaxcnn
 from jaxcnn import host_malloc
+host_malloc.share_main_arena()  # what a program does at its start (experiments._cli.run)
 import jax, jax.numpy as jnp
 
 def probe(n, m):
@@ -93,3 +95,17 @@ def test_reuse_freed_memory_nests_and_decorates(monkeypatch):
     with pytest.raises(RuntimeError), host_malloc.reuse_freed_memory():
         raise RuntimeError("restored on errors too")
     assert host_malloc.state()["reusing"] is False
+
+
+def test_a_command_shares_the_arena_and_a_plain_import_does_not():
+    """experiments._cli.run (every ``python -m experiments.<lesson>``) sets it; the library's
+    import does not."""
+    code = (
+        "import sys; from experiments import _cli; from jaxcnn import host_malloc\n"
+        "before = host_malloc.state()['arena']\n"
+        "_cli.run(lambda argv: print(before, '|', host_malloc.state()['arena']))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "JAXCNN_MALLOC"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120, check=True).stdout.strip()
+    assert out == "not applied | applied"
