@@ -121,8 +121,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _figure_problem(path: Path) -> str | None:
+    """Why no figure can be written to ``path`` (checked before any work), or None."""
+    if path.is_dir():
+        return f"{path} is a folder; give a file name, e.g. {path / 'predictions.png'}"
+    blocker = next((p for p in path.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        return f"{blocker} is a file, not a folder; choose another path"
+    return None
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.figure is not None and (problem := _figure_problem(args.figure)):
+        parser.error(f"argument --figure: {problem}")
     from jaxcnn import export
 
     try:

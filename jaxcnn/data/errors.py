@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["DamagedDataError", "DataNotFoundError", "not_found"]
+__all__ = ["DamagedDataError", "DataNotFoundError", "empty_split_message", "not_found"]
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -37,4 +37,13 @@ def not_found(name: str, split: str, data_dir: Path, reason: str,
         f"{reason}\n"
         "Fix: pass the TFDS data dir that holds a prepared copy with --data-dir DIR (Python: "
         f"data_dir=DIR) or set TFDS_DATA_DIR=DIR; {other_way}"
+    )
+
+
+def empty_split_message(split: str, name: str, sizes: str) -> str:
+    """The ValueError text for a split string that selects no examples (``'train[:0]'``,
+    ``'train[50000:]'``); ``sizes``: the examples per split, as text."""
+    return (
+        f"split {split!r} selects no examples of {name} ({sizes} examples); pass a slice that "
+        "holds some, e.g. 'train[:45000]' / 'train[45000:]' or 'train[:90%]'"
     )

@@ -92,8 +92,9 @@ def load_tfds(
         tried and how to fix it.
       DamagedDataError: a shard of the prepared copy cannot be read (a ``ValueError``); the
         message names the file and how to prepare or download the dataset afresh.
-      ValueError: unknown dataset name, malformed split string, images of different sizes
-        without ``image_size``, or a URL override without its checksum.
+      ValueError: unknown dataset name, malformed split string or one that selects no
+        examples, images of different sizes without ``image_size``, or a URL override without
+        its checksum.
     """
     parse_split(split)  # a malformed split fails here, before any read or download
     data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()

@@ -47,7 +47,7 @@ import numpy as np
 
 from jaxcnn.data import download
 from jaxcnn.data.dataset import ArrayDataset, resize_images
-from jaxcnn.data.errors import DataNotFoundError
+from jaxcnn.data.errors import DataNotFoundError, empty_split_message
 from jaxcnn.data.splits import parse_split, split_names
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
@@ -377,7 +377,8 @@ def select(split: str, datasets: dict[str, ArrayDataset], name: str = "dataset")
     """The examples of TFDS split string ``split`` from whole splits ``{name: ArrayDataset}``.
 
     Slicing follows TFDS exactly (its own parser and its rounding of percentages); parts joined
-    with '+' are concatenated in order.
+    with '+' are concatenated in order. A split that does not fit the sizes, or selects no
+    example at all (``'train[:0]'``), is a ValueError.
     """
 
     class _Info:  # what tfds's to_absolute reads from a SplitInfo
@@ -386,16 +387,18 @@ def select(split: str, datasets: dict[str, ArrayDataset], name: str = "dataset")
             self.shard_lengths = [n]
 
     instruction = parse_split(split)
+    sizes = ", ".join(f"{k!r}: {len(v):,}" for k, v in datasets.items())
     try:
         parts = instruction.to_absolute({k: _Info(len(v)) for k, v in datasets.items()})
     except ValueError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        sizes = ", ".join(f"{k!r}: {len(v):,}" for k, v in datasets.items())
         raise ValueError(
             f"split {split!r} does not fit {name} ({sizes} examples): {first}"
         ) from None
     pieces = [datasets[p.splitname] for p in parts]
     slices = [slice(p.from_, p.to) for p in parts]
+    if not any(len(range(*s.indices(len(d)))) for d, s in zip(pieces, slices, strict=True)):
+        raise ValueError(empty_split_message(split, name, sizes))
     if len(pieces) == 1:
         ds = pieces[0]
         return ArrayDataset(ds.images[slices[0]], ds.labels[slices[0]], ds.class_names)

@@ -17,7 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from jaxcnn.data.dataset import ArrayDataset, resize_images
-from jaxcnn.data.errors import DamagedDataError, DataNotFoundError, not_found
+from jaxcnn.data.errors import (
+    DamagedDataError,
+    DataNotFoundError,
+    empty_split_message,
+    not_found,
+)
 from jaxcnn.data.splits import split_names
 
 CHUNK_SIZE = 1024
@@ -114,7 +119,8 @@ def load_builder(builder, prepared: bool, name: str, split: str, data_dir: Path,
       DataNotFoundError: not prepared and preparing was disabled or failed, not array_record,
         or no such split.
       DamagedDataError: a shard cannot be read; the message names it.
-      ValueError: a split that does not fit, images of different sizes without ``image_size``.
+      ValueError: a split that does not fit or selects no examples, images of different sizes
+        without ``image_size``.
     """
     with _quiet_absl():
         if not prepared:
@@ -162,6 +168,13 @@ def _data_source(builder, name: str, split: str, data_dir: Path):
                 "TFDS_DATA_DIR pointing at a copy that includes it."
             ) from None
         sizes = {k: v.num_examples for k, v in builder.info.splits.items()}
+        try:
+            selected = builder.info.splits[split].num_examples
+        except (ValueError, KeyError):
+            selected = None
+        if selected == 0:  # TFDS refuses an empty selection with a message about paths
+            raise ValueError(empty_split_message(
+                split, name, ", ".join(f"{k!r}: {n:,}" for k, n in sizes.items()))) from None
         raise ValueError(
             f"split {split!r} does not fit {name!r} in {builder.data_dir} (examples per split: "
             f"{sizes}): {message.splitlines()[0] if message else type(exc).__name__}"
