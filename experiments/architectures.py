@@ -378,7 +378,6 @@ def run_vanishing(names, args) -> dict:
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     from jaxcnn import models
-    from jaxcnn.train import maybe_initialize_distributed
 
     default = DEFAULT_MODELS if args.lesson == "compare" else VANISHING_MODELS
     names = ([n.strip() for n in args.models.split(",") if n.strip()] if args.models
@@ -393,7 +392,6 @@ def main(argv=None) -> dict:
         return {"figures": [str(p) for p in paths]}
     if args.lesson != "gradients":
         _cli.warn_split_overlap(args.train_split, args.eval_split, _cli.CIFAR10_SPLIT_SIZES)
-    maybe_initialize_distributed()
     if args.lesson == "gradients":
         return run_gradients(names, args)
     if args.lesson == "vanishing":

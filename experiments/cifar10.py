@@ -350,14 +350,13 @@ def main(argv=None) -> dict:
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     from jaxcnn import export, models
     from jaxcnn.evaluate import accuracy, softmax
-    from jaxcnn.train import checkpoint, maybe_initialize_distributed
+    from jaxcnn.train import checkpoint
 
     unknown = [n for n in names if n not in accepted_models()]
     if unknown or not names:
         raise ValueError(f"--models: unknown model(s) {unknown or [args.models]}; available: "
                          f"{', '.join(accepted_models())}")
     _cli.warn_split_overlap(args.train_split, args.eval_split, _cli.CIFAR10_SPLIT_SIZES)
-    maybe_initialize_distributed()
     train, evaluation = load_data(args)
     print(f"train: {args.train_split} {len(train):,} images; eval: {args.eval_split} "
           f"{len(evaluation):,} images")

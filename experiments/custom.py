@@ -67,6 +67,7 @@ def main(argv=None) -> dict:
     from jaxcnn import evaluate, export, models, pretrained, transfer
     from jaxcnn.data import balanced_class_weights, load_image_folder, scan_image_folder
     from jaxcnn.data.splits import stratified_split
+    from jaxcnn.distributed import is_primary
     from jaxcnn.predict import predictions_figure
 
     scan = scan_image_folder(args.data_dir)
@@ -147,7 +148,7 @@ def main(argv=None) -> dict:
         results.append((Path(f"held-out #{i} (true: {names[val.labels[i]]})"), val.images[i],
                         [(names[j], float(probs[i, j])) for j in order]))
     fig = predictions_figure(results, _cli.figures_dir(args) / "predictions.png",
-                             title="Held-out predictions")
+                             title="Held-out predictions") if is_primary() else None
     print(f"bundle: {bundle}\nresults: {args.workdir / 'results.json'}\nfigure: {fig}\n"
           f"classify new images: python -m jaxcnn.predict {bundle} IMAGE...")
     return row

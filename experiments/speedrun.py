@@ -400,10 +400,8 @@ def main(argv=None) -> dict:
     parse_seeds(args.seeds)
     if args.ablate:
         parse_rungs(args.rungs)
-    from jaxcnn.train import maybe_initialize_distributed
 
     _cli.warn_split_overlap(args.train_split, args.eval_split, _cli.CIFAR10_SPLIT_SIZES)
-    maybe_initialize_distributed()
     train, evaluation = load_data(args)
     print(f"train: {args.train_split} {len(train):,} images; eval: {args.eval_split} "
           f"{len(evaluation):,} images")

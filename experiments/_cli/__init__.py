@@ -68,6 +68,7 @@ __all__ = [
     "make_parser",
     "non_negative_float",
     "non_negative_int",
+    "output_folder",
     "positive_float",
     "positive_int",
     "print_table",
@@ -129,6 +130,16 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's; in a multi-process run only process 0 writes figures
+        (``figures`` is False in the others)."""
+        parsed = super().parse_args(args, namespace)
+        from jaxcnn.distributed import is_primary
+
+        if getattr(parsed, "figures", None) and not is_primary():
+            parsed.figures = False
+        return parsed
+
 
 def make_parser(experiment: str, description: str) -> argparse.ArgumentParser:
     """An ``ArgumentParser`` for ``experiment`` whose ``--help`` shows the real defaults and
@@ -155,7 +166,7 @@ def add_common(
     if workdir:
         parser.add_argument(
             "--workdir",
-            type=Path,
+            type=output_folder,
             default=Path("runs") / experiment,
             help="folder for everything the run writes (figures and, where the experiment "
                  "has them, results JSON, logs, checkpoints, bundles); created if missing",
@@ -170,7 +181,7 @@ def add_common(
     if visuals:
         parser.add_argument(
             "--visuals-dir",
-            type=Path,
+            type=output_folder,
             default=None,
             help="folder the PNG figures are written to, created if missing (default: "
                  f"<workdir>/figures; --visuals-dir visuals/{experiment} rewrites the "
@@ -298,6 +309,18 @@ def _int_at_least(text: str, low: int) -> int:
     return value
 
 
+def output_folder(text: str) -> Path:
+    """argparse type: a folder a run writes to (created later if missing); an existing file at
+    that path, or above it, is an error now rather than after the training."""
+    path = Path(text)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "is a file" if existing == path else f"is inside {existing}, a file"
+        raise argparse.ArgumentTypeError(
+            f"{text} {where}, not a folder; pass a folder path (created if missing)")
+    return path
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     return _int_at_least(text, 1)
@@ -366,21 +389,51 @@ def check_batch_size(batch_size: int, n: int, *, flag: str = "--batch-size",
         )
 
 
+def _print_once() -> None:
+    """In a multi-process run: Python's output of process 0 goes to stdout, and nothing else
+    does (the other processes' prints, and the collectives library's own lines on file
+    descriptor 1, which is pointed at /dev/null)."""
+    from jaxcnn.distributed import is_primary
+
+    sys.stdout.flush()
+    real_stdout = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    if is_primary():
+        sys.stdout = os.fdopen(real_stdout, "w", buffering=1)
+    else:
+        os.close(real_stdout)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the process's lifetime)
+
+
 def run(main: Callable[[list[str] | None], object], argv: list[str] | None = None):
     """Call ``main(argv)`` as a command: exit with its int result (0 for anything else);
-    ``ValueError`` / ``FileNotFoundError`` become one ``error: <message>`` line on stderr and
-    exit status 2 (``JAXCNN_TRACEBACK=1`` shows the traceback instead); Ctrl-C exits 130 with
-    one line. Use as ``if __name__ == "__main__": _cli.run(main)``.
+    ``ValueError`` / ``OSError`` (``FileNotFoundError``, a checkpoint that cannot be written,
+    ...) become one ``error: <message>`` line on stderr and exit status 2
+    (``JAXCNN_TRACEBACK=1`` shows the traceback instead); Ctrl-C exits 130 with one line. Use
+    as ``if __name__ == "__main__": _cli.run(main)``.
 
-    A command is a program, so it tunes the process for training on a CPU first: every thread
-    allocates from glibc's main arena (:func:`jaxcnn.host_malloc.share_main_arena`, so that
-    ``fit`` can keep XLA's per-step buffers mapped; ``JAXCNN_MALLOC=default`` opts out)."""
-    from jaxcnn import host_malloc
+    A command is a program, so it sets up the process first:
+
+    * every thread allocates from glibc's main arena
+      (:func:`jaxcnn.host_malloc.share_main_arena`, so that ``fit`` can keep XLA's per-step
+      buffers mapped; ``JAXCNN_MALLOC=default`` opts out);
+    * in a multi-process launch (``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` /
+      ``JAX_PROCESS_ID``, SLURM, Open MPI, a TPU pod) it joins the run
+      (:func:`jaxcnn.distributed.initialize`); only process 0 prints to stdout and writes
+      results, bundles and figures. When another process is lost mid-run, this one stops with
+      exit status 3 and one line naming it (:mod:`jaxcnn.distributed`'s watchdog)."""
+    from jaxcnn import distributed, host_malloc
 
     host_malloc.share_main_arena()  # before JAX starts its threads
     try:
+        if distributed.initialize():
+            _print_once()
         result = main(argv)
-    except (ValueError, FileNotFoundError) as err:
+        distributed.mark_done()
+    except (ValueError, OSError) as err:
+        distributed.mark_done()  # the others see this process end, not vanish
         if os.environ.get("JAXCNN_TRACEBACK") == "1":
             raise
         message = str(err).strip() or type(err).__name__
@@ -389,4 +442,9 @@ def run(main: Callable[[list[str] | None], object], argv: list[str] | None = Non
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+    except Exception:
+        # A collective whose peer died fails at once; give the watchdog the time to name the
+        # lost process (it ends this one); any other error is raised as it is.
+        distributed.await_watchdog()
+        raise
     raise SystemExit(result if isinstance(result, int) and not isinstance(result, bool) else 0)

@@ -12,8 +12,13 @@ from pathlib import Path
 
 def write_json(path: str | os.PathLike, obj, *, sort_keys: bool = False) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically: a temporary file in the same folder
-    (created if missing) renamed over ``path``, so a reader never sees half a file."""
+    (created if missing) renamed over ``path``, so a reader never sees half a file. In a
+    multi-process run only process 0 writes (the others return the path)."""
+    from jaxcnn.distributed import is_primary
+
     path = Path(path)
+    if not is_primary():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jaxcnn.distributed import is_primary, sync
 from jaxcnn.evaluate.tta import check_tta_mode
 from jaxcnn.export import format as fmt
 from jaxcnn.export.bundle import DEFAULT_BATCH_SIZE, Bundle
@@ -87,7 +88,9 @@ def save(
     """Write a self-contained model bundle directory at ``path`` (atomically).
 
     Args:
-      path: the bundle directory (created; an existing bundle there is replaced).
+      path: the bundle directory (created; an existing bundle there is replaced). In a
+        multi-process run (:mod:`jaxcnn.distributed`) every process calls ``save`` with the
+        same arguments; process 0 writes, and all return once it is written.
       model_name: a name registered in ``jaxcnn.models`` (e.g. ``"cnn3"``).
       model_options: keyword options for ``jaxcnn.models.create`` (numbers, strings, dtypes,
         tuples); ``num_classes`` comes from ``class_names``.
@@ -143,7 +146,9 @@ def save(
     except TypeError as err:
         raise ValueError(f"metrics or preprocessing are not JSON serialisable: {err}") from err
     payload = flax.serialization.to_bytes(host)
-    fmt.write_atomic(path, {fmt.VARIABLES_FILE: payload, fmt.BUNDLE_JSON: text.encode()})
+    if is_primary():  # several processes: one copy, by process 0, read by all after the sync
+        fmt.write_atomic(path, {fmt.VARIABLES_FILE: payload, fmt.BUNDLE_JSON: text.encode()})
+    sync(f"jaxcnn.export.save {path}")
     return path
 
 

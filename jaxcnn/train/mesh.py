@@ -21,12 +21,12 @@ batch from row indices sharded like a batch (:func:`jit_indexed_train_step`).
 Multi-host: every process builds the same mesh over ``jax.devices()`` (all hosts), loads only
 its slice of each global batch (``epoch_batches`` slices by ``jax.process_index()``), and
 :func:`shard_batch` assembles the global array with ``jax.make_array_from_process_local_data``.
-Call :func:`maybe_initialize_distributed` first thing in a multi-process job.
+Start the runtime first thing in a multi-process job: :func:`jaxcnn.distributed.initialize`
+(the experiments' commands do).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 
 import jax
@@ -35,15 +35,6 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
-
-# Environment variables that mean "this process is one of several" for jax.distributed.
-_MULTIPROCESS_ENV = (
-    "JAX_COORDINATOR_ADDRESS",
-    "COORDINATOR_ADDRESS",
-    "MEGASCALE_COORDINATOR_ADDRESS",
-)
-_WORLD_SIZE_ENV = ("JAX_NUM_PROCESSES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "WORLD_SIZE")
-
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A 1-D mesh with axis ``"data"`` over ``devices`` (default: all devices, every host).
@@ -97,8 +88,26 @@ def padded_batch_size(batch_size: int, mesh: Mesh, num_examples: int | None = No
 
 
 def replicate(tree, mesh: Mesh):
-    """Place a pytree (e.g. a TrainState) on every device of the mesh."""
-    return jax.device_put(tree, replicated(mesh))
+    """Place a pytree (e.g. a TrainState) on every device of the mesh.
+
+    With several processes each one passes the same values (host arrays, or arrays on its own
+    devices) and builds its devices' copies from them (``jax.make_array_from_callback``: a
+    ``device_put`` cannot reach other processes' devices). Typed PRNG keys go as key data.
+    """
+    sharding = replicated(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put(leaf):
+        if isinstance(leaf, jax.Array) and leaf.sharding == sharding:
+            return leaf
+        if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(put(jax.random.key_data(leaf)),
+                                            impl=jax.random.key_impl(leaf))
+        host = np.asarray(leaf)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree)
 
 
 def shard_batch(mesh: Mesh, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
@@ -168,32 +177,3 @@ def jit_eval_step(step: Callable, mesh: Mesh) -> Callable:
     """
     rep, batch = replicated(mesh), batch_sharding(mesh)
     return jax.jit(step, in_shardings=(rep, batch, batch, batch))
-
-
-def _multiprocess_env() -> bool:
-    if any(os.environ.get(k) for k in _MULTIPROCESS_ENV):
-        return True
-    for k in _WORLD_SIZE_ENV:
-        try:
-            if int(os.environ.get(k, "1")) > 1:
-                return True
-        except ValueError:
-            continue
-    return False
-
-
-def maybe_initialize_distributed() -> bool:
-    """Call ``jax.distributed.initialize()`` when the environment describes several processes.
-
-    Looks for a coordinator address (``JAX_COORDINATOR_ADDRESS``, ...) or a world size > 1
-    (``JAX_NUM_PROCESSES``, ``SLURM_NTASKS``, ``OMPI_COMM_WORLD_SIZE``, ``WORLD_SIZE``);
-    ``initialize()`` then auto-detects the cluster (SLURM, Open MPI, Cloud TPU, or the
-    ``JAX_*`` variables). Must run before any other JAX call. Returns True if it initialised,
-    False on a single process (nothing to do) or if already initialised.
-    """
-    if not _multiprocess_env():
-        return False
-    if jax.distributed.is_initialized():
-        return False
-    jax.distributed.initialize()
-    return True

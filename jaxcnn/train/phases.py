@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
+from jaxcnn.distributed import is_primary
 from jaxcnn.train import checkpoint
 from jaxcnn.train.feeds import stack_metrics
 from jaxcnn.train.optim import learning_rate_at
@@ -71,7 +71,7 @@ class Run:
 
     def log(self, msg: str) -> None:
         """Print ``msg`` (above an open bar when there are bars) when verbose, on process 0."""
-        if not self.verbose or jax.process_index() != 0:
+        if not self.verbose or not is_primary():
             return
         if self.progress:
             from tqdm.auto import tqdm
@@ -152,7 +152,8 @@ def run_epoch(run: Run, feed, state, epoch: int):
     t0 = time.perf_counter()
     total = run.steps_per_epoch
     bar = tqdm(total=total, desc=f"{run.desc} {epoch + 1}/{run.epochs}", unit="step",
-               leave=False, disable=not run.progress)  # the epoch's line stays, not its bar
+               leave=False,  # the epoch's line stays, not its bar
+               disable=not run.progress or not is_primary())
     metrics: list = []
     window_start, done, seen, t_window = 0, 0, 0, t0
     for new_state, m, k in feed.epoch(state, epoch):
@@ -206,7 +207,7 @@ def record_epoch(run: Run, record: dict, history: list) -> None:
     """Phase "record": append ``record`` to ``history`` and to ``metrics.jsonl``, print its
     line."""
     history.append(record)
-    if run.workdir is not None:
+    if run.workdir is not None and is_primary():
         with open(run.workdir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
     run.log(_epoch_line(record, run.epochs))
@@ -237,7 +238,7 @@ def train_epochs(run: Run, state, start: Start, make_feed: Callable[[], Any],
     history, best = list(start.history), start.best
     if start.arrays is not None:
         run.log(f"resumed from epoch {start.epoch} ({run.workdir})")
-    if run.workdir is not None:  # metrics.jsonl mirrors the checkpointed history
+    if run.workdir is not None and is_primary():  # metrics.jsonl mirrors the checkpoints
         with open(run.workdir / "metrics.jsonl", "w") as f:
             f.writelines(json.dumps(rec) + "\n" for rec in history)
     last_epoch = run.epochs if last_epoch is None else min(run.epochs, last_epoch)
