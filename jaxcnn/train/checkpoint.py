@@ -55,6 +55,11 @@ class CheckpointUnreadable(ValueError):
     """Checkpoints exist but none of them can be read."""
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (no space left, a read-only folder, ...); the
+    checkpoints written before it are intact."""
+
+
 def checkpoint_dir(workdir: str | os.PathLike, which: str = "latest") -> Path:
     """``<workdir>/checkpoints/<which>``."""
     if which not in WHICH:
@@ -180,29 +185,51 @@ def save(
     meta.pop(_DIGESTS, None)
     meta[_DIGESTS] = {"state": tree_digest(tree), "meta": _meta_digest(meta)}
     for which in WHICH:
-        directory = checkpoint_dir(workdir, which)
-        steps = _step_dirs(directory)
-        writing = which == "latest" or best
-        stale = sorted(s for s in steps if s > epoch or (writing and s == epoch))
-        if not writing and not stale:
-            continue
-        with _manager(directory, keep if which == "latest" else 1) as mgr:
-            known = set(mgr.all_steps())
-            for s in stale:
-                if s in known:
-                    mgr.delete(s)
-                elif jax.process_index() == 0:
-                    shutil.rmtree(steps[s], ignore_errors=True)
-            if not writing:
-                continue
-            mgr.save(
-                epoch,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)
-                ),
-                force=True,
-            )
-            mgr.wait_until_finished()
+        try:
+            _save_one(checkpoint_dir(workdir, which), which, tree, meta, epoch, best, keep)
+        except jax.errors.JaxRuntimeError:
+            raise  # the runtime's (a lost process in a multi-process save), not the disk's
+        except Exception as err:  # an unwritable disk: OSError, or orbax's and tensorstore's
+            # own errors around it
+            raise _write_error(workdir, which, epoch, err) from err
+
+
+def _write_error(workdir, which: str, epoch: int, err: BaseException) -> CheckpointWriteError:
+    directory = checkpoint_dir(workdir, which)
+    kept = sorted(_step_dirs(directory))
+    kept_note = (f"the checkpoint of epoch {max(kept)} is intact" if kept else
+                 "no earlier checkpoint was written")
+    return CheckpointWriteError(
+        f"could not write the checkpoint of epoch {epoch} to {directory} "
+        f"({_short_error(err, directory)}); {kept_note}. Free disk space or make the folder "
+        "writable, then run the same command again to resume"
+    )
+
+
+def _save_one(directory: Path, which: str, tree, meta, epoch: int, best: bool, keep: int):
+    """Write (or only clean up) one of ``latest`` and ``best`` (see :func:`save`)."""
+    steps = _step_dirs(directory)
+    writing = which == "latest" or best
+    stale = sorted(s for s in steps if s > epoch or (writing and s == epoch))
+    if not writing and not stale:
+        return
+    with _manager(directory, keep if which == "latest" else 1) as mgr:
+        known = set(mgr.all_steps())
+        for s in stale:
+            if s in known:
+                mgr.delete(s)
+            elif jax.process_index() == 0:
+                shutil.rmtree(steps[s], ignore_errors=True)
+        if not writing:
+            return
+        mgr.save(
+            epoch,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)
+            ),
+            force=True,
+        )
+        mgr.wait_until_finished()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,5 +393,6 @@ def restore(
     listing = "; ".join(f"{bad} ({why})" for bad, why in failures)
     raise CheckpointUnreadable(
         f"no readable checkpoint in {checkpoint_dir(workdir, which).parent}: {listing}. "
-        "Move that directory away (or train with resume=False) to start from scratch."
+        "Move that directory away (or train with resume=False; --no-resume on the command "
+        "line) to start from scratch."
     )
