@@ -592,9 +592,18 @@ CASES = [
     # --workdir that is a file ------------------------------------------------------------------
     cli("workdir", "is-a-file", "cifar10",
          lambda e: [*e.cifar10("--batch-size", "8"), "--workdir", e.a_file()],
-         r"^error: workdir {file}/mlp is inside {file}, a file, not a folder"),
+         r"^python -m experiments.cifar10: error: argument --workdir: {file} is a file, not a "
+         r"folder; pass a folder path"),
     cli("workdir", "figures-lesson", "architectures",
-         lambda e: ["--lesson", "figures", "--workdir", e.a_file()], r"^error: .*{file}"),
+         lambda e: ["--lesson", "figures", "--workdir", e.a_file()],
+         r"^python -m experiments.architectures: error: argument --workdir: {file} is a file"),
+    cli("workdir", "inside-a-file", "from_scratch",
+         lambda e: ["--workdir", f"{e.a_file()}/run"],
+         r"^python -m experiments.from_scratch: error: argument --workdir: {file}/run is inside "
+         r"{file}, a file"),
+    cli("workdir", "visuals-dir-is-a-file", "cifar10",
+         lambda e: [*e.cifar10("--batch-size", "8"), "--visuals-dir", e.a_file()],
+         r"^python -m experiments.cifar10: error: argument --visuals-dir: {file} is a file"),
     api("workdir", "is-a-file-api", lambda e: _fit(e.a_file()), ValueError,
         r"^workdir {file} is a file, not a folder; pass a folder path"),
 ]
