@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from experiments import _cli
-from experiments.bench import host, layers, ops, train
+from experiments.bench import host, layers, memory, ops, train
 
-BENCHMARKS = (ops, train, layers, host)  # each adds its subcommand: add_parser(subparsers)
+BENCHMARKS = (ops, train, layers, host, memory)  # each adds its subcommand: add_parser(subparsers)
 
 
 def build_parser() -> argparse.ArgumentParser:
