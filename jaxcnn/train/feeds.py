@@ -100,7 +100,8 @@ class DeviceFeed:
     (cached features serve too). ``alternate_flip``: each call also sends the
     ``(K, B)`` bool mask of :func:`~jaxcnn.data.alternating_flip_mask` (the indexed step must
     take it: ``jit_indexed_train_step(..., flips=True)``) and the step mirrors those rows after
-    its gather. Single-process."""
+    its gather. On a mesh it is single-process; with ``mesh=None`` (one local device: the
+    transfer head) every process may run it, each the same computation."""
 
     on_device = True
 
@@ -114,7 +115,7 @@ class DeviceFeed:
         steps_per_dispatch: int = 1,
         alternate_flip: bool = False,
     ):
-        if jax.process_count() > 1:
+        if mesh is not None and jax.process_count() > 1:
             raise ValueError(
                 "the device data path is single-process; with several processes use the host "
                 "path (data_on_device=False)"
