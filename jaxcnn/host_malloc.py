@@ -44,7 +44,7 @@ import os
 import sys
 import threading
 
-__all__ = ["ENV_VAR", "reuse_freed_memory", "share_main_arena", "state"]
+__all__ = ["ENV_VAR", "release_free_memory", "reuse_freed_memory", "share_main_arena", "state"]
 
 ENV_VAR = "JAXCNN_MALLOC"
 
@@ -133,6 +133,17 @@ def reuse_freed_memory():
             if _state["depth"] == 0:
                 _mallopt(libc, *_AFTER)
                 libc.malloc_trim(0)
+
+
+def release_free_memory() -> None:
+    """Return the heap's free pages to the kernel (``malloc_trim(0)``), inside
+    :func:`reuse_freed_memory` too, where glibc keeps them otherwise. ``fit`` calls it after
+    every epoch: the heap's holes (freed step buffers that an aligned request of the same size
+    cannot reuse) then stop adding to the resident memory from epoch to epoch; the next step
+    faults its buffer in once. Does nothing with ``JAXCNN_MALLOC=default`` or off glibc."""
+    libc = _libc_to_tune()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def state() -> dict:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from jaxcnn.distributed import is_primary
+from jaxcnn.host_malloc import release_free_memory
 from jaxcnn.train import checkpoint
 from jaxcnn.train.feeds import stack_metrics
 from jaxcnn.train.optim import learning_rate_at
@@ -250,6 +251,7 @@ def train_epochs(run: Run, state, start: Start, make_feed: Callable[[], Any],
         record = epoch_record(run, epoch, metrics, evaluate(state), seconds, t0)
         record_epoch(run, record, history)
         best = save_epoch(run, state, history, best)
+        release_free_memory()  # the epoch's freed host memory back to the kernel
     return state, history, best
 
 
