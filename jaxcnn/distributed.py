@@ -108,7 +108,8 @@ def launch_settings(environ=None) -> dict | None:
 
 
 def heartbeat_timeout(environ=None) -> int:
-    """Seconds without a heartbeat after which the coordinator declares a process lost."""
+    """Seconds of silence after which the watchdog declares a process lost (JAX's own
+    heartbeat timeout is set to three times this)."""
     environ = os.environ if environ is None else environ
     return _int(environ, HEARTBEAT_ENV, 1) if environ.get(HEARTBEAT_ENV, "").strip() else 10
 
