@@ -19,6 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from jaxcnn.paths import file_in_the_way
+
 __all__ = ["main", "predict_files", "predictions_figure"]
 
 
@@ -125,8 +127,8 @@ def _figure_problem(path: Path) -> str | None:
     """Why no figure can be written to ``path`` (checked before any work), or None."""
     if path.is_dir():
         return f"{path} is a folder; give a file name, e.g. {path / 'predictions.png'}"
-    blocker = next((p for p in path.parents if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
+    blocker = file_in_the_way(path.parent)
+    if blocker is not None:
         return f"{blocker} is a file, not a folder; choose another path"
     return None
 

@@ -49,6 +49,7 @@ from experiments._cli.tfds_splits import (
     tfds_split,
     warn_split_overlap,
 )
+from jaxcnn.paths import file_in_the_way
 
 __all__ = [
     "CIFAR10_SPLIT_SIZES",
@@ -131,8 +132,7 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
     def parse_args(self, args=None, namespace=None):
-        """As argparse's; in a multi-process run only process 0 writes figures
-        (``figures`` is False in the others)."""
+        """As argparse's; with several processes only process 0 writes figures."""
         parsed = super().parse_args(args, namespace)
         from jaxcnn.distributed import is_primary
 
@@ -313,8 +313,8 @@ def output_folder(text: str) -> Path:
     """argparse type: a folder a run writes to (created later if missing); an existing file at
     that path, or above it, is an error now rather than after the training."""
     path = Path(text)
-    existing = next((p for p in (path, *path.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
+    existing = file_in_the_way(path)
+    if existing is not None:
         where = "is a file" if existing == path else f"is inside {existing}, a file"
         raise argparse.ArgumentTypeError(
             f"{text} {where}, not a folder; pass a folder path (created if missing)")

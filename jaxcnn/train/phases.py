@@ -33,6 +33,7 @@ import numpy as np
 
 from jaxcnn.distributed import is_primary
 from jaxcnn.host_malloc import release_free_memory
+from jaxcnn.paths import file_in_the_way
 from jaxcnn.train import checkpoint
 from jaxcnn.train.feeds import stack_metrics
 from jaxcnn.train.optim import learning_rate_at
@@ -114,8 +115,8 @@ def make_workdir(workdir) -> Path:
     """``workdir`` as a Path, created if missing; a ValueError, before any work, when it (or a
     folder above it) is an existing file."""
     path = Path(workdir)
-    existing = next((p for p in (path, *path.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
+    existing = file_in_the_way(path)
+    if existing is not None:
         what = "is a file" if existing == path else f"is inside {existing}, a file"
         raise ValueError(
             f"workdir {path} {what}, not a folder; pass a folder path (it is created if "
