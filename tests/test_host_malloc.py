@@ -98,14 +98,16 @@ def test_reuse_freed_memory_nests_and_decorates(monkeypatch):
 
 
 def test_a_command_shares_the_arena_and_a_plain_import_does_not():
-    """experiments._cli.run (every ``python -m experiments.<lesson>``) sets it; the library's
-    import does not."""
+    """experiments._cli.run (every ``python -m experiments.<lesson>``) sets it; importing the
+    library (its models and engine too) sets nothing, nor the kernel setting."""
     code = (
-        "import sys; from experiments import _cli; from jaxcnn import host_malloc\n"
+        "import os, jaxcnn, jaxcnn.models, jaxcnn.train\n"
+        "from experiments import _cli; from jaxcnn import host_malloc\n"
         "before = host_malloc.state()['arena']\n"
+        "assert 'JAXCNN_BACKEND' not in os.environ\n"
         "_cli.run(lambda argv: print(before, '|', host_malloc.state()['arena']))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "JAXCNN_MALLOC"}
+    env = {k: v for k, v in os.environ.items() if k not in ("JAXCNN_MALLOC", "JAXCNN_BACKEND")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=120, check=True).stdout.strip()
     assert out == "not applied | applied"
