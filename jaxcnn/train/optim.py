@@ -1,4 +1,4 @@
-"""Optimizers and learning-rate schedules (optax).
+"""Optimizers (optax): SGD, AdamW and Muon, with parameter groups.
 
 * ``sgd``: Nesterov momentum with decoupled weight decay. The update of a weight ``w`` is
   ``w -= lr_t * (nesterov_momentum(g) + wd * w)``: the decay is added after the momentum
@@ -10,11 +10,10 @@
   rest get the plain settings). The default rule, :data:`DEFAULT_PARAM_GROUPS`, exempts the
   1-D leaves from weight decay: biases and BatchNorm scale/bias (decaying BN scales fights
   normalisation); kernels (ndim >= 2: conv and dense weights) are decayed.
-* Schedules: ``onecycle`` (``optax.cosine_onecycle_schedule``: warm up from lr/25 to lr over
-  ``warmup_steps``, then cosine down to lr/25e4), ``cosine`` (linear warm-up from 0 then cosine
-  to 0), ``constant`` (optional linear warm-up), ``triangle`` (airbench's: linear from
-  ``lr * initial_lr_scale`` up to lr at ``warmup_steps``, default 23% of the run, then linear
-  down to ``lr * final_lr_scale`` at ``total_steps``).
+* A group may use Muon instead (``ParamGroup(..., optimizer="muon")``, :mod:`jaxcnn.train.muon`):
+  airbench94_muon trains its conv filters with it and everything else with Nesterov SGD.
+* Schedules (:mod:`jaxcnn.train.schedules`): ``onecycle``, ``cosine``, ``constant`` and
+  ``triangle``.
 * ``ema_decay``: the optimizer state also keeps an exponential moving average of the weights
   (:mod:`jaxcnn.train.ema`).
 * ``lookahead_every``: the optimizer state keeps slow weights that the params are pulled to and
@@ -36,11 +35,19 @@ import jax
 import jax.numpy as jnp
 import optax
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("onecycle", "cosine", "constant", "triangle")
+from jaxcnn.train.schedules import (  # noqa: F401  (re-exported: the optimizer's schedules)
+    SCHEDULES,
+    TRIANGLE_PEAK,
+    _check_lr_scale,
+    default_warmup_steps,
+    learning_rate_at,
+    make_schedule,
+    triangle_schedule,
+)
 
-# Where the triangle schedule peaks by default (airbench: 23% of the run).
-TRIANGLE_PEAK = 0.23
+OPTIMIZERS = ("sgd", "adamw")
+# What a parameter group may use instead of the run's optimizer (None: the run's).
+GROUP_OPTIMIZERS = (None, "muon")
 
 # ``ParamGroup.match`` labels that select leaves by their shape instead of their name.
 PREDICATES: dict[str, Callable[[jax.Array], bool]] = {
@@ -69,6 +76,13 @@ class ParamGroup:
         (None: to the end); outside that window its learning rate is 0, so its leaves do not
         change at all (no decay either). Fractions of an epoch are rounded to whole steps.
         E.g. ``ParamGroup("stem/bias", stop_epoch=3)``: trained for 3 epochs, then frozen.
+      anneal_in_window: the run's schedule is compressed into the group's window, so it ends
+        where the window ends (with a linear decay to 0: ``lr * (1 - step / stop)``) instead
+        of being cut off there. Needs ``stop_epoch``.
+      optimizer: None: the run's optimizer; ``"muon"``: Muon (:mod:`jaxcnn.train.muon`:
+        orthogonalised momentum, filters kept at norm sqrt(C_out); kernels only, no weight
+        decay).
+      momentum: the group's momentum (None: the run's).
     """
 
     match: str
@@ -76,6 +90,9 @@ class ParamGroup:
     weight_decay: float | None = None
     start_epoch: float = 0.0
     stop_epoch: float | None = None
+    anneal_in_window: bool = False
+    optimizer: str | None = None
+    momentum: float | None = None
 
     def __post_init__(self):
         if not isinstance(self.match, str) or not self.match:
@@ -107,6 +124,19 @@ class ParamGroup:
                 f"ParamGroup.stop_epoch must be None or a number > start_epoch "
                 f"({self.start_epoch}), got {self.stop_epoch!r}"
             )
+
+        if self.anneal_in_window and self.stop_epoch is None:
+            raise ValueError("ParamGroup.anneal_in_window needs a stop_epoch (the window's end)")
+        if self.optimizer not in GROUP_OPTIMIZERS:
+            raise ValueError(f"ParamGroup.optimizer must be one of {GROUP_OPTIMIZERS}, got "
+                             f"{self.optimizer!r}")
+        if self.optimizer == "muon" and self.weight_decay:
+            raise ValueError("ParamGroup: a Muon group keeps its filters at a fixed norm and "
+                             f"takes no weight decay; got weight_decay={self.weight_decay!r}")
+        if self.momentum is not None and not (_number(self.momentum)
+                                              and 0 <= self.momentum < 1):
+            raise ValueError(f"ParamGroup.momentum must be None or in [0, 1), got "
+                             f"{self.momentum!r}")
 
     def matches(self, path: str, leaf) -> bool:
         """Whether the leaf at ``path`` (keys joined by ``/``) belongs to this group."""
@@ -153,135 +183,18 @@ def decay_mask(params, groups: tuple[ParamGroup, ...] = DEFAULT_PARAM_GROUPS, we
     )
 
 
-def default_warmup_steps(schedule: str, total_steps: int) -> int:
-    """Warm-up used when none is given: 30% for one-cycle (at least one step, and fewer than
-    ``total_steps``), 5% for cosine, 23% for triangle (``TRIANGLE_PEAK``, airbench's peak
-    position), none for constant."""
-    if schedule == "onecycle":
-        return min(max(1, int(0.3 * total_steps)), total_steps - 1)
-    if schedule == "cosine":
-        return int(0.05 * total_steps)
-    if schedule == "triangle":
-        return min(int(TRIANGLE_PEAK * total_steps), total_steps - 1)
-    return 0
-
-
-def _check_lr_scale(name: str, value) -> float:
-    if not (_number(value) and value >= 0):
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-    return float(value)
-
-
-def triangle_schedule(
-    learning_rate: float,
-    *,
-    total_steps: int,
-    warmup_steps: int,
-    initial_lr_scale: float = 0.2,
-    final_lr_scale: float = 0.07,
-) -> Callable[[int], jax.Array]:
-    """airbench's triangular schedule: linear from ``learning_rate * initial_lr_scale`` at step
-    0 up to ``learning_rate`` at ``warmup_steps``, then linear down to ``learning_rate *
-    final_lr_scale`` at ``total_steps`` (and constant after it). ``warmup_steps`` 0 starts at the
-    peak. Piecewise linear, like ``np.interp(step, [0, warmup_steps, total_steps], [lr *
-    initial_lr_scale, lr, lr * final_lr_scale])``, in float32."""
-    lr = float(learning_rate)
-    if warmup_steps:
-        xp = (0.0, float(warmup_steps), float(total_steps))
-        fp = (lr * initial_lr_scale, lr, lr * final_lr_scale)
-    else:
-        xp, fp = (0.0, float(total_steps)), (lr, lr * final_lr_scale)
-
-    def schedule(step):
-        t = jnp.asarray(step, jnp.float32)
-        return jnp.interp(t, jnp.asarray(xp, jnp.float32), jnp.asarray(fp, jnp.float32))
-
-    return schedule
-
-
-def make_schedule(
-    schedule: str,
-    learning_rate: float,
-    *,
-    total_steps: int,
-    warmup_steps: int | None = None,
-    initial_lr_scale: float = 0.2,
-    final_lr_scale: float = 0.07,
-) -> Callable[[int], float]:
-    """An optax schedule ``step -> learning rate`` peaking at ``learning_rate``.
-
-    ``initial_lr_scale`` and ``final_lr_scale`` (numbers >= 0) are used by ``"triangle"`` only
-    (:func:`triangle_schedule`): its start and end as fractions of the peak; the other schedules
-    ignore them."""
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
-    if not (isinstance(learning_rate, int | float) and learning_rate > 0):
-        raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
-    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-        raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
-    initial_lr_scale = _check_lr_scale("initial_lr_scale", initial_lr_scale)
-    final_lr_scale = _check_lr_scale("final_lr_scale", final_lr_scale)
-    if warmup_steps is None:
-        warmup_steps = default_warmup_steps(schedule, total_steps)
-    limit = total_steps if schedule != "constant" else None
-    if (
-        isinstance(warmup_steps, bool)
-        or not isinstance(warmup_steps, int)
-        or warmup_steps < 0
-        or (limit is not None and warmup_steps >= limit)
-    ):
-        raise ValueError(
-            f"warmup_steps must be an int in [0, total_steps={total_steps}), got {warmup_steps!r}"
-        )
-    lr = float(learning_rate)
-    if schedule == "triangle":
-        return triangle_schedule(
-            lr,
-            total_steps=total_steps,
-            warmup_steps=warmup_steps,
-            initial_lr_scale=initial_lr_scale,
-            final_lr_scale=final_lr_scale,
-        )
-    if schedule == "onecycle":
-        return optax.cosine_onecycle_schedule(
-            transition_steps=total_steps,
-            peak_value=lr,
-            pct_start=max(warmup_steps, 1) / total_steps,
-            div_factor=25.0,
-            final_div_factor=1e4,
-        )
-    if schedule == "cosine":
-        return optax.warmup_cosine_decay_schedule(
-            init_value=0.0,
-            peak_value=lr,
-            warmup_steps=warmup_steps,
-            decay_steps=total_steps,
-            end_value=0.0,
-        )
-    if warmup_steps:
-        return optax.join_schedules(
-            [optax.linear_schedule(0.0, lr, warmup_steps), optax.constant_schedule(lr)],
-            [warmup_steps],
-        )
-    return optax.constant_schedule(lr)
-
-
-def learning_rate_at(schedule: Callable | float, step: int) -> float:
-    """The learning rate a schedule (or a constant) gives at ``step``, as a Python float."""
-    if callable(schedule):
-        return float(schedule(int(step)))
-    return float(schedule)
-
-
-def _group_schedule(base, group: ParamGroup, steps_per_epoch: int):
-    """``base`` times the group's ``lr_scale``, and 0 outside its training window."""
+def _group_schedule(base, group: ParamGroup, steps_per_epoch: int, total_steps: int):
+    """``base`` times the group's ``lr_scale``, and 0 outside its training window (with
+    ``anneal_in_window``, ``base`` runs its whole course within the window)."""
     start = int(round(group.start_epoch * steps_per_epoch))
     stop = None if group.stop_epoch is None else int(round(group.stop_epoch * steps_per_epoch))
     if group.lr_scale == 1 and start == 0 and stop is None:
         return base  # the plain schedule, bit for bit
+    stretch = total_steps / max(stop - start, 1) if group.anneal_in_window else None
 
     def schedule(step):
-        lr = base(step) * group.lr_scale
+        at = step if stretch is None else (step - start) * stretch
+        lr = base(at) * group.lr_scale
         on = step >= start
         if stop is not None:
             on = on & (step < stop)
@@ -396,13 +309,18 @@ def _make_optimizer(
         group = group or ParamGroup(".*")
         if group.lr_scale == 0:
             return optax.set_to_zero()  # frozen: bitwise unchanged, no state
-        lr = _group_schedule(base, group, steps_per_epoch)
+        lr = _group_schedule(base, group, steps_per_epoch, total_steps)
         wd = weight_decay if group.weight_decay is None else group.weight_decay
+        mu = momentum if group.momentum is None else group.momentum
+        if group.optimizer == "muon":
+            from jaxcnn.train.muon import muon
+
+            return muon(lr, momentum=mu, nesterov=nesterov)
         if name == "adamw":
             return optax.adamw(lr, weight_decay=wd)
         parts = []
-        if momentum:
-            parts.append(optax.trace(decay=momentum, nesterov=nesterov))
+        if mu:
+            parts.append(optax.trace(decay=mu, nesterov=nesterov))
         if wd:
             parts.append(optax.add_decayed_weights(wd))
         parts.append(optax.scale_by_learning_rate(lr))
