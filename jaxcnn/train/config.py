@@ -104,6 +104,9 @@ class FitConfig:
         choice). ``fit`` runs its whole body with it (build, compilation, epochs,
         evaluation). A kernel choice, not a hyper-parameter: every backend computes the same
         function, so a run may resume on another one. Not checked on resume.
+      eval_every: evaluate after every this many epochs and after the last (1: each epoch);
+        0: never during training (the history's ``eval_*`` are None; a timed run evaluates
+        after it, as airbench does). Not checked on resume.
     """
 
     epochs: int = 30
@@ -138,6 +141,7 @@ class FitConfig:
     data_on_device: bool | str = "auto"
     steps_per_dispatch: int = 1
     backend: str = "auto"
+    eval_every: int = 1
 
     # Fields that may change between a run and its resumption (they do not change the numbers,
     # or, for the backend, change only the kernels that compute the same function).
@@ -148,11 +152,13 @@ class FitConfig:
         "data_on_device",
         "steps_per_dispatch",
         "backend",
+        "eval_every",
     )
 
     # Fields added after checkpoints were first written: a saved configuration without one was
     # made with its default (whose numbers it reproduces), so resuming such a run still works.
-    LATER_FIELDS = ("initial_lr_scale", "final_lr_scale", "lookahead_every", "lookahead_decay")
+    LATER_FIELDS = ("initial_lr_scale", "final_lr_scale", "lookahead_every", "lookahead_decay",
+                    "eval_every")
 
     def __post_init__(self):
         def positive_int(name):
@@ -169,6 +175,11 @@ class FitConfig:
             "steps_per_dispatch",
         ):
             positive_int(name)
+        if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or (
+            self.eval_every < 0
+        ):
+            raise ValueError(f"FitConfig.eval_every must be an int >= 0 (0: no evaluation during "
+                             f"training), got {self.eval_every!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"FitConfig.optimizer {self.optimizer!r} not in {OPTIMIZERS}")
         if self.schedule not in SCHEDULES:
@@ -238,9 +249,20 @@ class FitConfig:
     def to_dict(self) -> dict[str, Any]:
         """The fields as JSON-ready values (groups as dicts, ``init_fn`` as its name)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        out["param_groups"] = [dataclasses.asdict(g) for g in self.param_groups]
+        out["param_groups"] = [group_dict(g) for g in self.param_groups]
         out["init_fn"] = callable_name(self.init_fn)
         return out
+
+
+# ParamGroup fields added after checkpoints were first written: left out of a group's dict
+# while they have their default, so older checkpoints' configurations still compare equal.
+_LATER_GROUP_FIELDS = {"anneal_in_window": False, "optimizer": None, "momentum": None}
+
+
+def group_dict(group: ParamGroup) -> dict[str, Any]:
+    """A parameter group as a JSON-ready dict (later fields only when not at their default)."""
+    return {k: v for k, v in dataclasses.asdict(group).items()
+            if k not in _LATER_GROUP_FIELDS or v != _LATER_GROUP_FIELDS[k]}
 
 
 def callable_name(fn) -> str | None:

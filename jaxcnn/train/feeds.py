@@ -19,9 +19,12 @@ With ``FitConfig.flip="alternate"`` both mirror the same rows
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import numpy as np
 
+from jaxcnn.host_malloc import reuse_freed_memory
 from jaxcnn.train.builder import Engine
 from jaxcnn.train.mesh import replicated, shard_batch
 
@@ -67,19 +70,45 @@ def resolve_data_on_device(setting, dataset, mesh=None) -> bool:
     return dataset_nbytes(dataset) <= budget
 
 
+# The largest temporary buffer of a CPU train step whose freed memory an epoch keeps for reuse
+# (jaxcnn.host_malloc.reuse_freed_memory; the same 1 GiB as its trim threshold). glibc cannot
+# reuse a freed hole for an aligned request of the same size, so a larger buffer is allocated
+# afresh at the top of the heap every step: resident memory doubles and nothing is saved
+# (airbench94_muon's step at batch 2000, float32: 8.0 GB instead of 4.4 GB, no faster).
+REUSE_LIMIT_BYTES = 1 << 30
+
+
+def step_temp_bytes(train_step, state, batch_size: int, image_shape) -> int | None:
+    """The temporary buffer of the jitted ``train_step(state, images, labels)`` on uint8
+    batches of ``batch_size`` x ``image_shape``, from XLA's memory analysis of the compiled
+    step (which the jitted function then reuses: nothing compiles twice); None when the backend
+    does not report it."""
+    structs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
+    images = jax.ShapeDtypeStruct((batch_size, *image_shape), np.uint8)
+    labels = jax.ShapeDtypeStruct((batch_size,), np.int32)
+    try:
+        analysis = train_step.lower(structs, images, labels).compile().memory_analysis()
+    except (NotImplementedError, AttributeError):
+        return None
+    return None if analysis is None else int(analysis.temp_size_in_bytes)
+
+
 class HostFeed:
     """Host path: each step's batch gathered in numpy (``epoch_batches``, this process's slice)
     and copied to the devices (``shard_batch``), one jitted step per batch. ``alternate_flip``:
     the rows that :func:`~jaxcnn.data.alternating_flip_mask` picks are mirrored in numpy
-    first."""
+    first. ``reuse_memory``: each epoch runs in :func:`~jaxcnn.host_malloc.reuse_freed_memory`
+    (:func:`make_feed` decides it from the step's buffer size)."""
 
     on_device = False
 
     def __init__(
-        self, train_step, dataset, batch_size: int, mesh, seed: int, alternate_flip: bool = False
+        self, train_step, dataset, batch_size: int, mesh, seed: int, alternate_flip: bool = False,
+        reuse_memory: bool = False,
     ):
         self.step, self.dataset, self.batch_size = train_step, dataset, batch_size
         self.mesh, self.seed, self.alternate_flip = mesh, seed, bool(alternate_flip)
+        self.reuse_memory = bool(reuse_memory)
 
     def epoch(self, state, epoch: int):
         """Yield ``(state, metrics, steps)`` per dispatch; metrics are per-step scalars."""
@@ -87,9 +116,10 @@ class HostFeed:
 
         batches = epoch_batches(self.dataset, self.batch_size, seed=self.seed, epoch=epoch,
                                 alternate_flip=self.alternate_flip)
-        for images, labels in batches:
-            state, metrics = self.step(state, *shard_batch(self.mesh, images, labels))
-            yield state, metrics, 1
+        with reuse_freed_memory() if self.reuse_memory else contextlib.nullcontext():
+            for images, labels in batches:
+                state, metrics = self.step(state, *shard_batch(self.mesh, images, labels))
+                yield state, metrics, 1
 
 
 class DeviceFeed:
@@ -173,8 +203,13 @@ def make_feed(
         k = config.steps_per_dispatch if steps_per_dispatch is None else steps_per_dispatch
         return DeviceFeed(engine.indexed_step, dataset, config.batch_size, engine.mesh,
                           config.seed, k, alternate_flip=alternate)
+    reuse = False
+    if jax.default_backend() == "cpu":  # the step compiles here, in the first epoch's time
+        temp = step_temp_bytes(engine.train_step, engine.state, config.batch_size,
+                               dataset.images.shape[1:])
+        reuse = temp is not None and temp <= REUSE_LIMIT_BYTES
     return HostFeed(engine.train_step, dataset, config.batch_size, engine.mesh, config.seed,
-                    alternate_flip=alternate)
+                    alternate_flip=alternate, reuse_memory=reuse)
 
 
 def stack_metrics(entries, stacked: bool) -> dict[str, np.ndarray]:
@@ -189,8 +224,10 @@ __all__ = [
     "DEVICE_DATA_FRACTION",
     "DeviceFeed",
     "HostFeed",
+    "REUSE_LIMIT_BYTES",
     "dataset_nbytes",
     "make_feed",
     "resolve_data_on_device",
     "stack_metrics",
+    "step_temp_bytes",
 ]

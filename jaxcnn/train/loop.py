@@ -25,7 +25,6 @@ from typing import Any
 
 import flax.linen as nn
 
-from jaxcnn.host_malloc import reuse_freed_memory
 from jaxcnn.ops import backend
 from jaxcnn.train import checkpoint
 from jaxcnn.train.builder import build
@@ -70,7 +69,6 @@ class FitResult:
     preprocess: Preprocess | None = None
 
 
-@reuse_freed_memory()  # XLA:CPU's step buffers stay mapped (jaxcnn.host_malloc)
 def fit(
     model: nn.Module,
     train_ds,
@@ -149,6 +147,7 @@ def fit(
             keep_checkpoints=config.keep_checkpoints,
             progress=stderr_is_terminal() if progress is None else bool(progress),
             verbose=bool(verbose),
+            eval_every=config.eval_every,
         )
         on_device = resolve_data_on_device(config.data_on_device, train_ds, mesh)
 

@@ -8,7 +8,8 @@ them::
 
     for epoch in range(start.epoch, last_epoch):
         state, metrics, seconds = run_epoch(run, feed, state, epoch)  # a feed's dispatches
-        record = epoch_record(run, epoch, metrics, evaluate(state), seconds, t0)
+        evaluation = evaluate(state) if run.evaluates_after(epoch) else None
+        record = epoch_record(run, epoch, metrics, evaluation, seconds, t0)
         record_epoch(run, record, history)             # history, metrics.jsonl, a log line
         best = save_epoch(run, state, history, best)   # checkpoints/{latest,best}
 
@@ -35,6 +36,7 @@ from jaxcnn.distributed import is_primary
 from jaxcnn.host_malloc import release_free_memory
 from jaxcnn.paths import file_in_the_way
 from jaxcnn.train import checkpoint
+from jaxcnn.train.compile_clock import compile_clock
 from jaxcnn.train.feeds import stack_metrics
 from jaxcnn.train.optim import learning_rate_at
 from jaxcnn.train.runconfig import check_resume_config
@@ -57,6 +59,7 @@ class Run:
       keep_checkpoints: how many ``latest`` checkpoints to keep.
       progress: tqdm bars; verbose: one line per epoch (and on resume), process 0 only.
       desc: the bars' label (``"<desc> 3/30"``).
+      eval_every: evaluate after every this many epochs and after the last; 0: never.
     """
 
     workdir: Path | None
@@ -70,6 +73,12 @@ class Run:
     progress: bool = False
     verbose: bool = True
     desc: str = "epoch"
+    eval_every: int = 1
+
+    def evaluates_after(self, epoch: int) -> bool:
+        """Whether the evaluate phase runs after (0-based) ``epoch``."""
+        done = epoch + 1
+        return self.eval_every > 0 and (done % self.eval_every == 0 or done == self.epochs)
 
     def log(self, msg: str) -> None:
         """Print ``msg`` (above an open bar when there are bars) when verbose, on process 0."""
@@ -182,8 +191,9 @@ def epoch_record(run: Run, epoch: int, metrics, evaluation, train_seconds: float
                  started: float) -> dict[str, Any]:
     """The history record of an epoch, ``{epoch, train_loss, train_accuracy,
     eval_loss, eval_accuracy, lr, images_per_s, epoch_seconds}`` (``eval_*`` None without an
-    ``evaluation``); an ensemble's (metrics (steps, K)) are means over the members, plus
-    ``*_members`` lists and ``ensemble_eval_accuracy``."""
+    ``evaluation``; :func:`train_epochs` adds ``compile_seconds``, the part of the epoch JAX
+    spent tracing and compiling); an ensemble's (metrics (steps, K)) are means over the
+    members, plus ``*_members`` lists and ``ensemble_eval_accuracy``."""
     train_loss = np.mean(metrics["loss"], axis=0)
     train_acc = np.mean(metrics["accuracy"], axis=0)
     record: dict[str, Any] = {
@@ -246,10 +256,13 @@ def train_epochs(run: Run, state, start: Start, make_feed: Callable[[], Any],
     last_epoch = run.epochs if last_epoch is None else min(run.epochs, last_epoch)
     feed = None
     for epoch in range(start.epoch, last_epoch):
-        feed = make_feed() if feed is None else feed
         t0 = time.perf_counter()
-        state, metrics, seconds = run_epoch(run, feed, state, epoch)
-        record = epoch_record(run, epoch, metrics, evaluate(state), seconds, t0)
+        with compile_clock() as compiling:
+            feed = make_feed() if feed is None else feed  # may compile the step
+            state, metrics, seconds = run_epoch(run, feed, state, epoch)
+            evaluation = evaluate(state) if run.evaluates_after(epoch) else None
+        record = epoch_record(run, epoch, metrics, evaluation, seconds, t0)
+        record["compile_seconds"] = compiling.seconds
         record_epoch(run, record, history)
         best = save_epoch(run, state, history, best)
         release_free_memory()  # the epoch's freed host memory back to the kernel
