@@ -42,13 +42,22 @@ Measured accuracies and times, with their commands and machines, are in
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import time
-from pathlib import Path
 
 import numpy as np
 
 from experiments import _cli
+from experiments._speedrun_report import (
+    evaluate_and_export,
+    fit_net,
+    format_table,
+    write_ladder_figure,
+)
+
+# The recipes of jaxcnn.train.recipes this lesson trains, each on the registry's net of the same
+# name; the first is the default.
+RECIPE_NAMES = ("airbench94_muon", "airbench94")
 
 # The ladder: (rung name, what it adds). Each rung keeps everything above it.
 RUNGS = (
@@ -59,7 +68,8 @@ RUNGS = (
     ("whiten_bias_freeze", "+ first-layer bias frozen after 3 epochs"),
     ("lookahead", "+ lookahead every 5 steps, BatchNorm momentum 0.4"),
     ("multicrop_tta", "+ multi-crop TTA (mirror and 1-pixel translations)"),
-    ("alternating_flip", "+ alternating (not random) flips: the full recipe"),
+    ("alternating_flip", "+ alternating (not random) flips: the full airbench94 recipe"),
+    ("muon", "+ Muon for the conv filters, batch 2000, no lookahead: airbench94_muon"),
 )
 RUNG_NAMES = tuple(name for name, _ in RUNGS)
 
@@ -70,9 +80,17 @@ def build_parser():
     p = _cli.make_parser("speedrun", __doc__.split("\n")[0])
     _cli.add_common(p, "speedrun", seed=False, data_dir=True)
     _cli.add_cifar10_training(
-        p, epochs_help="training epochs (default: the recipe's, 10)", batch_size=None,
-        batch_size_help="global batch size (default: the recipe's, 1024); the learning rates "
-                        "are tuned for it")
+        p, epochs_help="training epochs (default: the recipe's: 8, or 10 for airbench94)",
+        batch_size=None,
+        batch_size_help="global batch size (default: the recipe's: 2000, or 1024 for "
+                        "airbench94); the learning rates are tuned for it")
+    p.add_argument("--recipe", choices=RECIPE_NAMES, default=RECIPE_NAMES[0],
+                   help="the training recipe and its net (default airbench94_muon: Muon, 8 "
+                        "epochs at batch 2000; airbench94: Nesterov SGD with lookahead, 10 "
+                        "epochs at batch 1024)")
+    p.add_argument("--eval-every", type=_cli.non_negative_int, default=0,
+                   help="evaluate the held-out split after every this many epochs (default 0: "
+                        "only after training, as airbench times its runs; 1 draws a curve)")
     p.add_argument("--seeds", default="0",
                    help="comma-separated seeds; one full run each (in <workdir>/seed<k>), "
                         "reported as mean +- std")
@@ -83,9 +101,18 @@ def build_parser():
                    help="channels of the three conv groups, e.g. 32,64,64 for a quick try "
                         "(default: airbench94's 64,256,256, which the recipe is tuned for)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
-                   help="compute dtype (auto: bfloat16 on a GPU or TPU, float32 on a CPU)")
+                   help="compute dtype; parameters and optimizer state stay float32 (auto: "
+                        "bfloat16 on a GPU or TPU and on a CPU with native bfloat16 and the "
+                        "onednn extra, float32 elsewhere)")
     p.add_argument("--eval-batch-size", type=_cli.positive_int, default=1000,
                    help="batch size of evaluation")
+    p.add_argument("--device-check", action="store_true",
+                   help="time the recipe on synthetic data (random images and labels, kept "
+                        "and augmented on the device) on whatever device is present, and "
+                        "project the time of a full run; needs no dataset")
+    p.add_argument("--check-images", type=_cli.positive_int, default=50_000,
+                   help="--device-check: synthetic training images (default 50,000, "
+                        "CIFAR-10's training split)")
     p.add_argument("--ablate", action="store_true",
                    help="train the ablation ladder instead of the full run")
     p.add_argument("--rungs", default=",".join(RUNG_NAMES),
@@ -124,11 +151,21 @@ def parse_rungs(text: str) -> list[str]:
 
 
 def resolve_dtype(dtype: str) -> str:
+    """``--dtype``: ``auto`` is bfloat16 on a GPU or TPU, and on a CPU whose convolutions run
+    in oneDNN and that multiplies bfloat16 natively (AVX512_BF16 or AMX:
+    :func:`jaxcnn.ops.onednn.conv.native_bf16`), where the recipe's accuracy holds in bfloat16
+    (``visuals/speedrun/README.md``); float32 elsewhere."""
     import jax
+
+    from jaxcnn.ops import backend
 
     if dtype != "auto":
         return dtype
-    return "bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32"
+    if jax.default_backend() in ("gpu", "tpu"):
+        return "bfloat16"
+    from jaxcnn.ops.onednn.conv import native_bf16
+
+    return "bfloat16" if backend.resolve() == "onednn" and native_bf16() else "float32"
 
 
 def parse_widths(text: str) -> tuple[int, int, int]:
@@ -155,9 +192,14 @@ def model_options(dtype: str, widths=None, **options) -> dict:
     return dict(options, dtype=jnp.bfloat16) if dtype == "bfloat16" else dict(options)
 
 
-def rung_setup(rung: str, base):
-    """The model options, FitConfig and TTA mode of a ladder rung: the full recipe ``base``
-    with every ingredient above ``rung`` taken out again."""
+def rung_setup(rung: str, base, muon_base=None):
+    """The model options, FitConfig and TTA mode of a ladder rung: the airbench94 recipe
+    ``base`` with every ingredient above ``rung`` taken out again; the ``muon`` rung is the
+    airbench94_muon recipe ``muon_base`` (on its own net, :func:`rung_model`)."""
+    if rung == "muon":
+        if muon_base is None:
+            raise ValueError("the muon rung needs the airbench94_muon recipe (muon_base)")
+        return {}, muon_base, "flip_translate"
     level = RUNG_NAMES.index(rung)
     has = {name: level >= RUNG_NAMES.index(name) for name in RUNG_NAMES}
     options = dict(whiten_bn=not has["whitening"], dirac=has["dirac"],
@@ -175,100 +217,18 @@ def rung_setup(rung: str, base):
     return options, config, tta
 
 
-def train_flops_per_image(model, variables, image_shape) -> float:
-    """FLOPs of one training image: 3x the forward pass (forward, input and weight gradients),
-    as XLA counts the forward."""
-    from jaxcnn.flops import forward_flops
-
-    return 3.0 * forward_flops(model, variables, (1, *image_shape))
+def rung_model(rung: str) -> str:
+    """The registry net a rung trains: airbench94_muon's for the muon rung, else airbench94."""
+    return "airbench94_muon" if rung == "muon" else "airbench94"
 
 
-@dataclasses.dataclass(frozen=True)
-class Trained:
-    """One fitted airbench94: what ``evaluate_and_export`` needs, and who trained it."""
-
-    name: str
-    model: object
-    options: dict
-    config: object
-    result: object  # jaxcnn.train.FitResult
-
-
-def fit_airbench(name: str, options: dict, config, train, evaluation, args,
-                 workdir) -> Trained:
-    """Fit ``airbench94(**options)`` with ``config`` (checkpoints in ``workdir``, resumed
-    unless ``--no-resume``)."""
-    from jaxcnn import models
-    from jaxcnn.data import CIFAR10_MEAN, CIFAR10_STD
-    from jaxcnn.train import fit
-
-    model = models.create("airbench94", num_classes=train.num_classes, **options)
-    result = fit(model, train, evaluation, config=config, workdir=workdir,
-                 normalization=(CIFAR10_MEAN, CIFAR10_STD), resume=args.resume,
-                 progress=args.progress)
-    return Trained(name, model, options, config, result)
-
-
-def evaluate_and_export(name: str, trained: Trained, tta: str, train, evaluation, args,
-                        workdir) -> tuple[dict, dict]:
-    """Evaluate a fitted model with ``tta``, export its bundle to ``workdir/bundle``; returns
-    (row, outcome)."""
-    from jaxcnn import export, models
-    from jaxcnn.evaluate import accuracy, predict_logits
-
-    model, config, result = trained.model, trained.config, trained.result
-    variables = result.state.variables
-    prep = result.preprocess
-    start = time.perf_counter()
-    plain = predict_logits(model.apply, variables, evaluation.images, mean=prep.mean,
-                           std=prep.std, batch_size=args.eval_batch_size)
-    logits = plain if tta == "none" else predict_logits(
-        model.apply, variables, evaluation.images, mean=prep.mean, std=prep.std,
-        batch_size=args.eval_batch_size, tta=tta)
-    eval_s = time.perf_counter() - start
-    history = result.history
-    # Epoch 1 includes compilation: the steady rate is the median of the others.
-    steady = [h["images_per_s"] for h in history[1:]] or [h["images_per_s"] for h in history]
-    img_s = float(np.median(steady)) if steady else float("nan")
-    flops = train_flops_per_image(model, variables, train.image_shape)
-    row = {
-        "run": name,
-        "accuracy": accuracy(logits, evaluation.labels),
-        "accuracy_no_tta": accuracy(plain, evaluation.labels),
-        "tta": tta,
-        "eval_split": args.eval_split,
-        "n_train": len(train),
-        "epochs": config.epochs,
-        # The epochs' wall time from the history (compilation in epoch 1, each epoch's
-        # held-out evaluation included), so a resumed run reports its whole training.
-        "train_seconds": float(sum(h["epoch_seconds"] for h in history)),
-        "eval_seconds": eval_s,
-        "seconds_per_epoch": float(np.median([h["epoch_seconds"] for h in history[1:]]))
-        if len(history) > 1 else float("nan"),
-        "images_per_s": img_s,
-        "train_gflop_per_image": flops / 1e9,
-        "gflop_per_s": img_s * flops / 1e9,
-        "params": models.count_params(variables["params"]),
-        "model_options": {k: v for k, v in trained.options.items() if k != "dtype"},
-        "recipe": config.to_dict(),
-        "history": [h["eval_accuracy"] for h in history],
-    }
-    if trained.name != name:
-        row["trained_as"] = trained.name  # the same training as that run, another TTA
-    export.save(workdir / "bundle", model_name="airbench94", model_options=trained.options,
-                variables=variables, class_names=train.class_names,
-                preprocessing=dict(input_size=train.image_shape[:2], mean=prep.mean,
-                                   std=prep.std),
-                metrics={k: v for k, v in row.items() if k not in ("recipe", "history")},
-                tta=tta)
-    return row, dict(history=history, logits=logits)
-
-
-def base_recipe(args, seed: int):
+def base_recipe(args, seed: int, name: str | None = None):
+    """The recipe ``name`` (default ``--recipe``) with the run's seed, dtype, ``--eval-every``
+    and any ``--epochs`` / ``--batch-size``."""
     from jaxcnn.train import recipes
 
-    config = recipes.get("airbench94")
-    changes = dict(seed=seed, dtype=resolve_dtype(args.dtype))
+    config = recipes.get(name or args.recipe)
+    changes = dict(seed=seed, dtype=resolve_dtype(args.dtype), eval_every=args.eval_every)
     if args.epochs is not None:
         changes["epochs"] = args.epochs
     if args.batch_size is not None:
@@ -284,7 +244,7 @@ def run_full(train, evaluation, args) -> dict:
         _cli.check_batch_size(config.batch_size, len(train))
         options = model_options(config.dtype, args.widths)
         name, workdir = f"seed{seed}", args.workdir / f"seed{seed}"
-        trained = fit_airbench(name, options, config, train, evaluation, args, workdir)
+        trained = fit_net(name, args.recipe, options, config, train, evaluation, args, workdir)
         row, outcomes[name] = evaluate_and_export(name, trained, args.tta, train, evaluation,
                                                   args, workdir)
         row["seed"] = seed
@@ -292,13 +252,18 @@ def run_full(train, evaluation, args) -> dict:
         rows.append(row)
         print(f"seed {seed}: {100 * row['accuracy']:.2f}% on {args.eval_split} "
               f"({args.tta} TTA; {100 * row['accuracy_no_tta']:.2f}% without), "
-              f"{row['train_seconds']:.0f} s")
+              f"{row['train_seconds']:.0f} s training + {row['compile_seconds']:.0f} s "
+              f"compiling, {row['train_pflop_50k']:.3f} PFLOP per 50,000-image run")
     accs = [r["accuracy"] for r in rows]
     summary = {
         "seeds": seeds,
         "accuracy_mean": float(np.mean(accs)),
         "accuracy_std": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
+        "recipe": args.recipe,
         "train_seconds_mean": float(np.mean([r["train_seconds"] for r in rows])),
+        "compile_seconds_mean": float(np.mean([r["compile_seconds"] for r in rows])),
+        "train_pflop_50k": rows[0]["train_pflop_50k"],
+        "peak_rss_mib": max(r["peak_rss_mib"] for r in rows),
         "eval_split": args.eval_split,
         "tta": args.tta,
     }
@@ -313,7 +278,7 @@ def run_full(train, evaluation, args) -> dict:
         figures.mkdir(parents=True, exist_ok=True)
         fig.training_curves({k: o["history"] for k, o in outcomes.items()},
                             figures / "training_curves.png",
-                            title="airbench94 on CIFAR-10 (eval split dashed)")
+                            title=f"{args.recipe} on CIFAR-10 (eval split dashed)")
         print(f"figures: {figures}/")
     return results
 
@@ -325,18 +290,24 @@ def run_ablation(train, evaluation, args) -> dict:
     n = min(args.ablate_train_size, len(train))
     subset = ArrayDataset(train.images[:n], train.labels[:n], train.class_names)
     seed = parse_seeds(args.seeds)[0]
-    base = dataclasses.replace(base_recipe(args, seed), epochs=args.ablate_epochs)
+    base = dataclasses.replace(base_recipe(args, seed, "airbench94"), epochs=args.ablate_epochs)
+    muon_base = dataclasses.replace(base_recipe(args, seed, "airbench94_muon"),
+                                    epochs=args.ablate_epochs)
     _cli.check_batch_size(base.batch_size, n)
+    if "muon" in rungs:
+        _cli.check_batch_size(muon_base.batch_size, n)
     rows, outcomes, fitted = [], {}, []
     for rung in rungs:
-        options, config, tta = rung_setup(rung, base)
+        options, config, tta = rung_setup(rung, base, muon_base)
         options = model_options(config.dtype, args.widths, **options)
         workdir = args.workdir / "ablate" / rung
         print(f"rung {rung}: {dict(RUNGS)[rung]}")
         # A rung that changes only the evaluation (multi-crop TTA) reuses the net trained above.
-        trained = next((t for t in fitted if (t.options, t.config) == (options, config)), None)
+        trained = next((t for t in fitted if (t.model_name, t.options, t.config)
+                        == (rung_model(rung), options, config)), None)
         if trained is None:
-            trained = fit_airbench(rung, options, config, subset, evaluation, args, workdir)
+            trained = fit_net(rung, rung_model(rung), options, config, subset, evaluation, args,
+                              workdir)
             fitted.append(trained)
         else:
             print(f"rung {rung}: the same training as rung {trained.name}, evaluated with "
@@ -355,44 +326,63 @@ def run_ablation(train, evaluation, args) -> dict:
                                {r["run"]: r["accuracy"] for r in rows})
 
 
-def write_ladder_figure(figures: Path, rows, outcomes, n_train: int, args) -> None:
-    """Held-out accuracy (no TTA) after each epoch for every rung, and each rung's final
-    accuracy with its TTA."""
-    import matplotlib
+def synthetic_cifar(n: int, seed: int = 0):
+    """``n`` random uint8 32x32x3 images with random labels of CIFAR-10's classes."""
+    from jaxcnn.data import ArrayDataset
+    from jaxcnn.data.official import CIFAR10_CLASSES
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figures.mkdir(parents=True, exist_ok=True)
-    f, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for i, row in enumerate(rows):
-        acc = [h["eval_accuracy"] for h in outcomes[row["run"]]["history"]]
-        ax.plot(range(1, len(acc) + 1), acc, marker="o", ms=3, color=f"C{i}", label=row["run"])
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"accuracy on {args.eval_split} (no TTA)")
-    ax.set_title(f"Ablation ladder: {n_train:,} training images")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    names = [r["run"] for r in rows]
-    accs = [r["accuracy"] for r in rows]
-    bars = bx.barh(names, accs, color=[f"C{i}" for i in range(len(rows))])
-    for b, a in zip(bars, accs, strict=True):
-        bx.text(a, b.get_y() + b.get_height() / 2, f" {a:.1%}", va="center", fontsize=8)
-    bx.invert_yaxis()
-    bx.set_xlim(min(accs) - 0.05, min(1.0, max(accs) + 0.05))
-    bx.set_xlabel("final accuracy, with each rung's TTA")
-    f.tight_layout()
-    f.savefig(figures / "ablation_ladder.png", dpi=150)
-    plt.close(f)
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    return ArrayDataset(images, rng.integers(0, 10, n).astype(np.int32), CIFAR10_CLASSES)
 
 
-def format_table(rows) -> str:
-    columns = [("run", 20), ("accuracy", 9), ("no TTA", 8), ("min", 6), ("s/epoch", 8),
-               ("img/s", 7), ("GFLOP/s", 8)]
-    return _cli.format_table(columns, [
-        [r["run"], f"{100 * r['accuracy']:.2f}%", f"{100 * r['accuracy_no_tta']:.2f}%",
-         f"{r['train_seconds'] / 60:.1f}", f"{r['seconds_per_epoch']:.1f}",
-         f"{r['images_per_s']:.0f}", f"{r['gflop_per_s']:.0f}"] for r in rows])
+def run_device_check(args) -> dict:
+    """Train the recipe on synthetic data with the dataset and its augmentation on the device,
+    for ``--epochs`` (default 2), and project a full run: the recipe's epochs times the median
+    steady epoch, plus the compilation."""
+    import jax
+
+    seed = parse_seeds(args.seeds)[0]
+    config = base_recipe(args, seed)
+    epochs = args.epochs or 2
+    config = dataclasses.replace(config, epochs=epochs, eval_every=0, data_on_device=True)
+    recipe_epochs = base_recipe(argparse.Namespace(**{**vars(args), "epochs": None}),
+                                seed).epochs
+    train = synthetic_cifar(args.check_images, seed)
+    _cli.check_batch_size(config.batch_size, len(train))
+    device = jax.devices()[0]
+    print(f"device check: {args.recipe}, {len(train):,} synthetic images, {epochs} epoch(s) on "
+          f"{jax.device_count()} x {device.device_kind} ({device.platform}), {config.dtype}")
+    trained = fit_net("device_check", args.recipe, model_options(config.dtype, args.widths),
+                      config, train, None, argparse.Namespace(**{**vars(args), "resume": False}),
+                      args.workdir / "device_check")
+    history = trained.result.history
+    compile_s = float(sum(h.get("compile_seconds", 0.0) for h in history))
+    steady = [h["epoch_seconds"] for h in history[1:]] or [
+        history[0]["epoch_seconds"] - compile_s]
+    per_epoch = float(np.median(steady))
+    row = {
+        "device": f"{jax.device_count()} x {device.device_kind}",
+        "platform": device.platform,
+        "recipe": args.recipe,
+        "dtype": config.dtype,
+        "images": len(train),
+        "epochs_timed": epochs,
+        "seconds_per_epoch": per_epoch,
+        "images_per_s": float(np.median([h["images_per_s"] for h in history[1:]]
+                                        or [history[0]["images_per_s"]])),
+        "compile_seconds": compile_s,
+        "recipe_epochs": recipe_epochs,
+        "projected_train_seconds": recipe_epochs * per_epoch,
+    }
+    _cli.print_table(_cli.format_table(
+        [("device", 24), ("s/epoch", 8), ("img/s", 8), ("compile s", 9), ("full run s", 10)],
+        [[row["device"], f"{per_epoch:.2f}", f"{row['images_per_s']:.0f}", f"{compile_s:.1f}",
+          f"{row['projected_train_seconds']:.1f}"]]))
+    print(f"projected: {recipe_epochs} epochs of {args.recipe} in "
+          f"{row['projected_train_seconds']:.1f} s of training (+ {compile_s:.1f} s compiling), "
+          "the budget at which it reaches 94% on held-out data")
+    return _cli.update_results(args.workdir / "results.json", "device_check", row)
 
 
 def main(argv=None) -> dict:
@@ -400,6 +390,8 @@ def main(argv=None) -> dict:
     parse_seeds(args.seeds)
     if args.ablate:
         parse_rungs(args.rungs)
+    if args.device_check:
+        return run_device_check(args)
 
     _cli.warn_split_overlap(args.train_split, args.eval_split, _cli.CIFAR10_SPLIT_SIZES)
     train, evaluation = load_data(args)

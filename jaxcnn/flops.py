@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-__all__ = ["cost_flops", "forward_flops", "function_flops"]
+__all__ = ["cost_flops", "forward_flops", "function_flops", "train_step_flops", "tta_flops"]
 
 
 def cost_flops(analysis: Any) -> float:
@@ -36,16 +36,20 @@ def cost_flops(analysis: Any) -> float:
     return float(analysis["flops"])
 
 
-def function_flops(fn: Callable, *args) -> float:
+def function_flops(fn: Callable, *args, compile: bool = True) -> float:
     """FLOPs of ``fn(*args)`` as XLA counts them: the compiled program's cost analysis, falling
     back to the lowered (unoptimised) program's when the compiled one reports none.
 
     ``args`` may be arrays or ``jax.ShapeDtypeStruct``s (nothing is executed).
+    ``compile=False`` reads the lowered program's analysis only (no compilation: cheap for a
+    large training step; the count is the program as written, before XLA's fusions).
     """
     from jaxcnn.ops.onednn import pure_jax
 
     with pure_jax():  # XLA counts no FLOPs inside the oneDNN FFI calls: trace the JAX twin
         lowered = jax.jit(fn).lower(*args)
+    if not compile:
+        return cost_flops(lowered.cost_analysis())
     try:
         return cost_flops(lowered.compile().cost_analysis())
     except (ValueError, NotImplementedError, TypeError):
@@ -76,3 +80,30 @@ def forward_flops(
     x = jax.ShapeDtypeStruct(shape, dtype)
     v = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), variables)
     return function_flops(forward, v, x)
+
+
+def _structs(tree):
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), tree)
+
+
+def train_step_flops(train_step: Callable, state, batch_size: int,
+                     image_shape: Sequence[int]) -> float:
+    """FLOPs of one training step ``train_step(state, images, labels)`` (the engine's: forward,
+    backward and the optimizer update, Muon's Newton-Schulz iterations included) on a batch of
+    ``batch_size`` uint8 images of ``image_shape`` (H, W, C), from the lowered program (nothing
+    is compiled or run). Times the run's steps, the training FLOPs of a run."""
+    images = jax.ShapeDtypeStruct((int(batch_size), *map(int, image_shape)), jnp.uint8)
+    labels = jax.ShapeDtypeStruct((int(batch_size),), jnp.int32)
+    return function_flops(train_step, _structs(state), images, labels, compile=False)
+
+
+def tta_flops(model, variables, image_shape: Sequence[int], mode: str) -> float:
+    """FLOPs of evaluating one image of ``image_shape`` (H, W, C) with test-time augmentation
+    ``mode`` (:mod:`jaxcnn.evaluate.tta`: 1, 2 or 6 forward passes, and their averaging)."""
+    from jaxcnn.evaluate.tta import tta_logits
+
+    def evaluate(v, x):
+        return tta_logits(lambda y: model.apply(v, y, train=False), x, mode)
+
+    x = jax.ShapeDtypeStruct((1, *map(int, image_shape)), jnp.float32)
+    return function_flops(evaluate, _structs(variables), x)

@@ -1,10 +1,10 @@
 """End to end: ``python -m experiments.speedrun`` on a tiny generated CIFAR-like dataset.
 
-The full recipe (whitened first layer, lookahead, alternating flips, multi-crop TTA) for two
-seeds and two epochs, then the ablation ladder for two rungs; checks the results file, that the
-whitening filters stay exactly as the data made them, and that each exported bundle reproduces
-the reported (TTA) accuracy from the bundle alone. The same command on 8 fake devices, through
-the download path, runs in a subprocess.
+The default recipe (airbench94_muon: whitened first layer, Muon, alternating flips, multi-crop
+TTA) for two seeds and two epochs, then the ablation ladder for a few rungs; checks the results
+file, that the whitening filters stay exactly as the data made them, and that each exported
+bundle reproduces the reported (TTA) accuracy from the bundle alone. The same command on 8 fake
+devices, through the download path, runs in a subprocess.
 """
 
 import dataclasses
@@ -59,8 +59,16 @@ def test_full_recipe_two_seeds_exports_tta_bundles(tmp_path, fake_data, capsys):
     for seed in (0, 1):
         row = results[f"seed{seed}"]
         assert row["tta"] == "flip_translate" and row["epochs"] == 2
-        assert row["recipe"]["flip"] == "alternate" and row["recipe"]["lookahead_every"] == 5
+        assert row["model"] == "airbench94_muon" and row["recipe"]["flip"] == "alternate"
+        assert "muon" in [g.get("optimizer") for g in row["recipe"]["param_groups"]]
         assert row["gflop_per_s"] > 0 and row["train_gflop_per_image"] > 0
+        # XLA's count of the step times the steps: 2 epochs of 4 steps of 64 images
+        assert row["train_pflop"] * 1e15 == pytest.approx(8 * row["train_gflop_per_step"] * 1e9)
+        assert row["train_pflop_50k"] > row["train_pflop"] and row["eval_gflop"] > 0
+        # seed 1 reuses seed 0's compiled programs (same shapes, same optimizer)
+        assert (row["compile_seconds"] > 0) == (seed == 0) and row["train_seconds"] > 0
+        assert row["peak_rss_mib"] >= row["peak_rss_after_fit_mib"] > 0
+        assert row["history"] == [None, None]  # --eval-every 0: evaluated after training only
         assert row["model_options"]["widths"] == [16, 32, 32]
         bundle, acc = _bundle_accuracy(workdir / f"seed{seed}" / "bundle", evaluation)
         assert bundle.tta == "flip_translate"
@@ -83,13 +91,45 @@ def test_full_recipe_two_seeds_exports_tta_bundles(tmp_path, fake_data, capsys):
         assert second["train_seconds"] == pytest.approx(first["train_seconds"], rel=1e-9)
 
 
+def test_recipe_flag_trains_the_2024_airbench94_with_per_epoch_evaluation(tmp_path, fake_data):
+    results = speedrun.main(["--recipe", "airbench94", "--epochs", "2", "--batch-size", "64",
+                             "--eval-every", "1", *SMALL, "--eval-split", "fake",
+                             "--workdir", str(tmp_path / "run"), "--no-figures",
+                             "--no-progress"])
+    row = results["seed0"]
+    assert row["model"] == "airbench94" and row["recipe"]["lookahead_every"] == 5
+    assert results["summary"]["recipe"] == "airbench94"
+    assert all(acc is not None for acc in row["history"]) and len(row["history"]) == 2
+    assert export.load(tmp_path / "run" / "seed0" / "bundle").model_name == "airbench94"
+
+
+def test_device_check_times_the_recipe_on_synthetic_data_without_a_dataset(tmp_path, capsys,
+                                                                           monkeypatch):
+    def no_data(args):
+        raise AssertionError("--device-check must not load a dataset")
+
+    monkeypatch.setattr(speedrun, "load_data", no_data)
+    results = speedrun.main(["--device-check", "--check-images", "256", "--batch-size", "64",
+                             *SMALL, "--workdir", str(tmp_path / "run"), "--no-progress"])
+    row = results["device_check"]
+    assert row["images"] == 256 and row["epochs_timed"] == 2 and row["recipe_epochs"] == 8
+    assert row["platform"] == "cpu" and row["recipe"] == "airbench94_muon"
+    assert row["projected_train_seconds"] == pytest.approx(8 * row["seconds_per_epoch"])
+    assert row["compile_seconds"] > 0
+    out = capsys.readouterr().out
+    assert "projected: 8 epochs of airbench94_muon" in out
+
+
 def test_ablation_ladder_trains_each_rung_and_plots(tmp_path, fake_data):
     workdir = tmp_path / "run"
-    results = speedrun.main(["--ablate", "--rungs", "multicrop_tta,lookahead,baseline",
+    results = speedrun.main(["--ablate", "--rungs", "multicrop_tta,lookahead,baseline,muon",
                              "--ablate-epochs", "1", "--ablate-train-size", "128",
                              "--batch-size", "64", "--eval-split", "fake", *SMALL,
                              "--workdir", str(workdir), "--no-progress"])
-    assert set(results["ablate/summary"]) == {"baseline", "lookahead", "multicrop_tta"}
+    assert set(results["ablate/summary"]) == {"baseline", "lookahead", "multicrop_tta", "muon"}
+    muon = results["ablate/muon"]
+    assert muon["model"] == "airbench94_muon" and muon["n_train"] == 128
+    assert muon["recipe"]["lookahead_every"] == 0 and len(muon["history"]) == 1
     base, look, crop = (results[f"ablate/{r}"] for r in ("baseline", "lookahead", "multicrop_tta"))
     assert base["n_train"] == look["n_train"] == 128
     assert (base["tta"], look["tta"], crop["tta"]) == ("flip", "flip", "flip_translate")
@@ -119,11 +159,16 @@ def test_top_rung_is_the_full_recipe_and_each_rung_adds_one_thing():
     assert options == dict(whiten_bn=True, dirac=False, bn_momentum=0.9)
     assert config.param_groups == () and config.init_fn is None
     assert config.lookahead_every == 0 and config.flip is True and tta == "flip"
-    configs = [speedrun.rung_setup(r, base)[1:] for r in speedrun.RUNG_NAMES]
-    options = [speedrun.rung_setup(r, base)[0] for r in speedrun.RUNG_NAMES]
+    rungs = [r for r in speedrun.RUNG_NAMES if r != "muon"]
+    configs = [speedrun.rung_setup(r, base)[1:] for r in rungs]
+    options = [speedrun.rung_setup(r, base)[0] for r in rungs]
     for i in range(1, len(configs)):  # every rung changes something
         assert (configs[i], options[i]) != (configs[i - 1], options[i - 1])
     assert dataclasses.replace(base, epochs=3).epochs == 3
+    muon_base = recipes.get("airbench94_muon")
+    assert speedrun.rung_setup("muon", base, muon_base) == ({}, muon_base, "flip_translate")
+    assert speedrun.rung_model("muon") == "airbench94_muon"
+    assert speedrun.rung_model("alternating_flip") == "airbench94"
 
 
 @pytest.mark.parametrize("argv, match", [
