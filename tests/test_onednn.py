@@ -149,11 +149,74 @@ def test_model_onednn_equals_fast_backend(name):
                                    err_msg=str(path))
 
 
-def test_bfloat16_falls_back_to_fast_conv():
+def test_bfloat16_falls_back_to_fast_conv_without_native_bfloat16(monkeypatch):
+    from jaxcnn.ops.onednn import conv as onednn_conv
+
+    monkeypatch.setattr(onednn_conv, "native_bf16", lambda: False)
     x, k = _random((2, 8, 8, 3), 0).astype(jnp.bfloat16), _random((3, 3, 3, 4), 1)
     k = k.astype(jnp.bfloat16)
+    assert "custom_call" not in jax.jit(conv2d_onednn).lower(x, k).as_text()
     np.testing.assert_array_equal(np.asarray(jax.jit(conv2d_onednn)(x, k), np.float32),
                                   np.asarray(jax.jit(conv2d_fast)(x, k), np.float32))
+
+
+# bfloat16 (docs/design.md): oneDNN accumulates in float32 and rounds each result to bfloat16
+# once, so outputs and gradients are within 2^-8 relative of the float32 convolution of the
+# same (bfloat16) operands, plus accumulation-order noise: 1e-2 x max|reference| is asserted.
+BF16_RTOL = 1e-2
+
+def _check_bf16_against_f32(x, k, stride, padding, bias=None):
+    from jaxcnn.ops.onednn.conv import native_bf16
+
+    if not (build.available() and native_bf16()):
+        pytest.skip("oneDNN kernels or native bfloat16 unavailable on this CPU")
+    xb, kb = x.astype(jnp.bfloat16), k.astype(jnp.bfloat16)
+    lowered = jax.jit(lambda x, k: conv2d_onednn(x, k, stride, padding)).lower(xb, kb)
+    assert "jaxcnn_onednn_conv_forward" in lowered.as_text()
+    y32 = _lax_conv(xb.astype(jnp.float32), kb.astype(jnp.float32), stride, padding)
+    g = _random(y32.shape, 3)
+    got = jax.jit(lambda x, k, g: _values_and_grads(
+        lambda x, k: conv2d_onednn(x, k, stride, padding), x, k, g))(xb, kb,
+                                                                     g.astype(jnp.bfloat16))
+    want = _values_and_grads(lambda x, k: _lax_conv(x, k, stride, padding),
+                             xb.astype(jnp.float32), kb.astype(jnp.float32),
+                             g.astype(jnp.bfloat16).astype(jnp.float32))
+    for a, b, what in zip(got, want, ("output", "input gradient", "kernel gradient"),
+                          strict=True):
+        assert a.dtype == jnp.bfloat16, what
+        b = np.asarray(b, np.float64)
+        err = np.abs(np.asarray(a, np.float64) - b).max() / max(np.abs(b).max(), 1e-30)
+        assert err <= BF16_RTOL, f"bfloat16 {what}: max error {err:.2e} x max|ref|"
+
+
+@needs_onednn
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 3), h=st.integers(3, 11), w=st.integers(3, 11), c=st.integers(1, 8),
+    o=st.integers(1, 8), kh=st.integers(1, 3), kw=st.integers(1, 3), sh=st.integers(1, 2),
+    sw=st.integers(1, 2), padding=st.sampled_from(["SAME", "VALID", 1, ((0, 2), (1, 0))]),
+)
+def test_bfloat16_matches_float32_property(n, h, w, c, o, kh, kw, sh, sw, padding):
+    _check_bf16_against_f32(_random((n, h, w, c), h * 7 + w), _random((kh, kw, c, o), c + o),
+                            (sh, sw), padding)
+
+
+@needs_onednn
+def test_bfloat16_on_airbench_shapes_and_with_a_bias():
+    _check_bf16_against_f32(_random((16, 15, 15, 64), 0), _random((3, 3, 64, 256), 1) * 0.05,
+                            1, "SAME")
+    from jaxcnn.ops.onednn.conv import native_bf16
+
+    if native_bf16():  # a bias on bfloat16 operands: added after the convolution
+        x, k = _random((2, 9, 9, 3), 0), _random((2, 2, 3, 24), 1)
+        b = _random((24,), 2)
+        got = conv2d_onednn(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16), 1, "VALID",
+                            bias=b.astype(jnp.bfloat16))
+        want = _lax_conv(x.astype(jnp.bfloat16).astype(jnp.float32),
+                         k.astype(jnp.bfloat16).astype(jnp.float32), 1, "VALID") + b.astype(
+            jnp.bfloat16).astype(jnp.float32)
+        err = np.abs(np.asarray(got, np.float64) - np.asarray(want)).max()
+        assert err <= BF16_RTOL * np.abs(np.asarray(want)).max()
 
 
 def test_bad_arguments_are_named():

@@ -1,7 +1,9 @@
 // oneDNN 2-D convolutions (forward, input gradient, kernel gradient) as XLA FFI handlers.
 //
-// Layouts are jaxcnn's: activations NHWC, kernels HWIO, float32, cross-correlation, explicit
-// (lo, hi) padding per spatial axis, no dilation, no groups:
+// Layouts are jaxcnn's: activations NHWC, kernels HWIO, cross-correlation, explicit (lo, hi)
+// padding per spatial axis, no dilation, no groups. Operands are float32, or all bfloat16
+// (oneDNN accumulates those in float32; the result is rounded to bfloat16 once); a bias is
+// float32 and only with float32 operands:
 //
 //   y[n, p, q, o] = sum_{i, j, c} xp[n, p*sh + i, q*sw + j, c] * w[i, j, c, o]
 //
@@ -46,19 +48,21 @@ dnnl::engine& cpu_engine() {
 struct Problem {
   int64_t n, h, w, c, kh, kw, o, ho, wo, sh, sw, pt, pb, pl, pr;
   bool bias = false;
+  dt type = dt::f32;  // of x, w, y and their gradients
   auto key() const {
-    return std::make_tuple(n, h, w, c, kh, kw, o, sh, sw, pt, pb, pl, pr, bias);
+    return std::make_tuple(n, h, w, c, kh, kw, o, sh, sw, pt, pb, pl, pr, bias,
+                           static_cast<int>(type));
   }
 };
 
 // oneDNN's logical dims are (N, C, H, W) and (O, I, kh, kw); the tag gives the memory layout.
-memory::desc src_md(const Problem& p) { return {{p.n, p.c, p.h, p.w}, dt::f32, tag::nhwc}; }
-memory::desc dst_md(const Problem& p) { return {{p.n, p.o, p.ho, p.wo}, dt::f32, tag::nhwc}; }
+memory::desc src_md(const Problem& p) { return {{p.n, p.c, p.h, p.w}, p.type, tag::nhwc}; }
+memory::desc dst_md(const Problem& p) { return {{p.n, p.o, p.ho, p.wo}, p.type, tag::nhwc}; }
 memory::desc user_weights_md(const Problem& p) {
-  return {{p.o, p.c, p.kh, p.kw}, dt::f32, tag::hwio};
+  return {{p.o, p.c, p.kh, p.kw}, p.type, tag::hwio};
 }
 memory::desc any_weights_md(const Problem& p) {
-  return {{p.o, p.c, p.kh, p.kw}, dt::f32, tag::any};
+  return {{p.o, p.c, p.kh, p.kw}, p.type, tag::any};
 }
 memory::desc bias_md(const Problem& p) { return {{p.o}, dt::f32, tag::x}; }
 
@@ -202,7 +206,7 @@ class PooledStream {
 
 // The kernel as ``change`` wants it: the user's HWIO buffer itself, or a reordered copy in a
 // per-thread buffer.
-memory weights_as(const LayoutChange& change, const Problem& p, float* hwio, dnnl::stream& s) {
+memory weights_as(const LayoutChange& change, const Problem& p, void* hwio, dnnl::stream& s) {
   memory user(user_weights_md(p), cpu_engine(), hwio);
   if (!change.needed) return user;
   memory blocked = thread_memory(change.pd.dst_desc(), kWeights);
@@ -211,13 +215,33 @@ memory weights_as(const LayoutChange& change, const Problem& p, float* hwio, dnn
   return blocked;
 }
 
-ffi::Error problem_from(ffi::Span<const int64_t> x, ffi::Span<const int64_t> wt,
-                        ffi::Span<const int64_t> y, int64_t sh, int64_t sw, int64_t pt,
+// The oneDNN type of three buffers of one type (float32 or bfloat16), else an error.
+ffi::Error common_type(const ffi::AnyBuffer& a, const ffi::AnyBuffer& b, const ffi::AnyBuffer& c,
+                       dt* type) {
+  auto t = a.element_type();
+  if (b.element_type() != t || c.element_type() != t) {
+    return ffi::Error::InvalidArgument("onednn conv: x, kernel and y must have one dtype");
+  }
+  if (t == ffi::DataType::F32) {
+    *type = dt::f32;
+  } else if (t == ffi::DataType::BF16) {
+    *type = dt::bf16;
+  } else {
+    return ffi::Error::InvalidArgument("onednn conv: dtype must be float32 or bfloat16");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error problem_from(const ffi::AnyBuffer& xb, const ffi::AnyBuffer& wb,
+                        const ffi::AnyBuffer& yb, int64_t sh, int64_t sw, int64_t pt,
                         int64_t pb, int64_t pl, int64_t pr, Problem* p) {
+  auto x = xb.dimensions(), wt = wb.dimensions(), y = yb.dimensions();
   if (x.size() != 4 || wt.size() != 4 || y.size() != 4) {
     return ffi::Error::InvalidArgument("onednn conv: x, kernel and y must be rank 4");
   }
   *p = Problem{x[0], x[1], x[2], x[3], wt[0], wt[1], wt[3], y[1], y[2], sh, sw, pt, pb, pl, pr};
+  auto type_err = common_type(xb, wb, yb, &p->type);
+  if (type_err.failure()) return type_err;
   if (wt[2] != x[3] || y[0] != x[0] || y[3] != wt[3]) {
     return ffi::Error::InvalidArgument("onednn conv: inconsistent shapes");
   }
@@ -228,22 +252,23 @@ ffi::Error problem_from(ffi::Span<const int64_t> x, ffi::Span<const int64_t> wt,
 }
 
 // y = conv(x, w) (+ b when ``b`` is not null).
-ffi::Error forward(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& w, float* b,
-                   ffi::ResultBuffer<ffi::F32>& y, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
-                   int64_t pl, int64_t pr) {
+ffi::Error forward(ffi::AnyBuffer& x, ffi::AnyBuffer& w, float* b, ffi::Result<ffi::AnyBuffer>& y,
+                   int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
   Problem p;
-  auto err = problem_from(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl,
-                          pr, &p);
+  auto err = problem_from(x, w, *y, sh, sw, pt, pb, pl, pr, &p);
   if (err.failure()) return err;
   p.bias = b != nullptr;
+  if (p.bias && p.type != dt::f32) {
+    return ffi::Error::InvalidArgument("onednn conv: a bias needs float32 operands");
+  }
   try {
     auto& prims = primitives_for(p);
     auto& eng = cpu_engine();
     PooledStream pooled;
     auto& s = pooled.get();
-    memory src(src_md(p), eng, x.typed_data());
-    memory dst(dst_md(p), eng, y->typed_data());
-    memory wts = weights_as(prims.to_fwd_weights, p, w.typed_data(), s);
+    memory src(src_md(p), eng, x.untyped_data());
+    memory dst(dst_md(p), eng, y->untyped_data());
+    memory wts = weights_as(prims.to_fwd_weights, p, w.untyped_data(), s);
     std::unordered_map<int, memory> args{
         {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wts}, {DNNL_ARG_DST, dst}};
     if (p.bias) args.insert({DNNL_ARG_BIAS, memory(bias_md(p), eng, b)});
@@ -254,15 +279,14 @@ ffi::Error forward(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& w, float* b,
   return ffi::Error::Success();
 }
 
-ffi::Error conv_forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                        ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt,
-                        int64_t pb, int64_t pl, int64_t pr) {
+ffi::Error conv_forward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y,
+                        int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
   return forward(x, w, nullptr, y, sh, sw, pt, pb, pl, pr);
 }
 
-ffi::Error conv_forward_bias(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                             ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> y, int64_t sh,
-                             int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+ffi::Error conv_forward_bias(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Buffer<ffi::F32> b,
+                             ffi::Result<ffi::AnyBuffer> y, int64_t sh, int64_t sw, int64_t pt,
+                             int64_t pb, int64_t pl, int64_t pr) {
   if (b.element_count() != static_cast<size_t>(w.dimensions()[3])) {
     return ffi::Error::InvalidArgument("onednn conv: bias must have C_out elements");
   }
@@ -270,21 +294,20 @@ ffi::Error conv_forward_bias(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
 }
 
 // dx from dy and w.
-ffi::Error conv_backward_data(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
-                              ffi::ResultBuffer<ffi::F32> dx, int64_t sh, int64_t sw,
-                              int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+ffi::Error conv_backward_data(ffi::AnyBuffer dy, ffi::AnyBuffer w,
+                              ffi::Result<ffi::AnyBuffer> dx, int64_t sh, int64_t sw, int64_t pt,
+                              int64_t pb, int64_t pl, int64_t pr) {
   Problem p;
-  auto err = problem_from(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl,
-                          pr, &p);
+  auto err = problem_from(*dx, w, dy, sh, sw, pt, pb, pl, pr, &p);
   if (err.failure()) return err;
   try {
     auto& prims = primitives_for(p);
     auto& eng = cpu_engine();
     PooledStream pooled;
     auto& s = pooled.get();
-    memory diff_dst(dst_md(p), eng, dy.typed_data());
-    memory diff_src(src_md(p), eng, dx->typed_data());
-    memory wts = weights_as(prims.to_bwd_data_weights, p, w.typed_data(), s);
+    memory diff_dst(dst_md(p), eng, dy.untyped_data());
+    memory diff_src(src_md(p), eng, dx->untyped_data());
+    memory wts = weights_as(prims.to_bwd_data_weights, p, w.untyped_data(), s);
     execute_with_scratchpad(
         prims.bwd_data, prims.bwd_data_pd, s,
         {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, wts}, {DNNL_ARG_DIFF_SRC, diff_src}});
@@ -295,22 +318,24 @@ ffi::Error conv_backward_data(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
 }
 
 // dw (HWIO) from x and dy, and db = sum of dy over (N, Ho, Wo) when ``db`` is not null.
-ffi::Error backward_weights(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& dy,
-                            ffi::ResultBuffer<ffi::F32>& dw, float* db, int64_t sh, int64_t sw,
-                            int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+ffi::Error backward_weights(ffi::AnyBuffer& x, ffi::AnyBuffer& dy, ffi::Result<ffi::AnyBuffer>& dw,
+                            float* db, int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl,
+                            int64_t pr) {
   Problem p;
-  auto err = problem_from(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, pt, pb, pl,
-                          pr, &p);
+  auto err = problem_from(x, *dw, dy, sh, sw, pt, pb, pl, pr, &p);
   if (err.failure()) return err;
   p.bias = db != nullptr;
+  if (p.bias && p.type != dt::f32) {
+    return ffi::Error::InvalidArgument("onednn conv: a bias needs float32 operands");
+  }
   try {
     auto& prims = primitives_for(p);
     auto& eng = cpu_engine();
     PooledStream pooled;
     auto& s = pooled.get();
-    memory src(src_md(p), eng, x.typed_data());
-    memory diff_dst(dst_md(p), eng, dy.typed_data());
-    memory user(user_weights_md(p), eng, dw->typed_data());
+    memory src(src_md(p), eng, x.untyped_data());
+    memory diff_dst(dst_md(p), eng, dy.untyped_data());
+    memory user(user_weights_md(p), eng, dw->untyped_data());
     const auto& change = prims.from_diff_weights;
     memory diff_w = change.needed ? thread_memory(change.pd.src_desc(), kDiffWeights) : user;
     std::unordered_map<int, memory> args{
@@ -327,14 +352,14 @@ ffi::Error backward_weights(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& dy,
   return ffi::Error::Success();
 }
 
-ffi::Error conv_backward_weights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
-                                 ffi::ResultBuffer<ffi::F32> dw, int64_t sh, int64_t sw,
+ffi::Error conv_backward_weights(ffi::AnyBuffer x, ffi::AnyBuffer dy,
+                                 ffi::Result<ffi::AnyBuffer> dw, int64_t sh, int64_t sw,
                                  int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
   return backward_weights(x, dy, dw, nullptr, sh, sw, pt, pb, pl, pr);
 }
 
-ffi::Error conv_backward_weights_bias(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
-                                      ffi::ResultBuffer<ffi::F32> dw,
+ffi::Error conv_backward_weights_bias(ffi::AnyBuffer x, ffi::AnyBuffer dy,
+                                      ffi::Result<ffi::AnyBuffer> dw,
                                       ffi::ResultBuffer<ffi::F32> db, int64_t sh, int64_t sw,
                                       int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
   if (db->element_count() != static_cast<size_t>(dw->dimensions()[3])) {
@@ -351,35 +376,35 @@ ffi::Error conv_backward_weights_bias(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnConvForward, conv_forward,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>() JAXCNN_CONV_ATTRS);
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>() JAXCNN_CONV_ATTRS);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnConvForwardBias, conv_forward_bias,
                               ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>() JAXCNN_CONV_ATTRS);
+                                  .Ret<ffi::AnyBuffer>() JAXCNN_CONV_ATTRS);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnConvBackwardWeightsBias, conv_backward_weights_bias,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::Buffer<ffi::F32>>() JAXCNN_CONV_ATTRS);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnConvBackwardData, conv_backward_data,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>() JAXCNN_CONV_ATTRS);
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>() JAXCNN_CONV_ATTRS);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnConvBackwardWeights, conv_backward_weights,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>() JAXCNN_CONV_ATTRS);
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>() JAXCNN_CONV_ATTRS);
 
 // Creates the CPU engine and runs one tiny convolution (3x3 ones over a 4x4 image of ones,
 // SAME: the centre outputs must be 9). Returns an empty string on success, else the error, so

@@ -10,8 +10,10 @@ library Keras/TensorFlow and PyTorch use on CPUs) through three XLA FFI calls bu
 * kernel gradient: ``dw = conv_backward_weights(x, dy)``.
 
 A ``jax.custom_vjp`` ties them together, so ``jax.grad`` and ``jit`` see one differentiable
-op. It runs on the CPU backend only and in float32 only: other dtypes, or a machine where the
-kernels are unavailable (see :mod:`jaxcnn.ops.onednn.build`), take
+op. It runs on the CPU backend only, in float32, and in bfloat16 where the CPU multiplies
+bfloat16 natively (:func:`native_bf16`: AVX512_BF16 or AMX; oneDNN accumulates in float32 and
+rounds each result to bfloat16 once). Other dtypes, or a machine where the kernels are
+unavailable (see :mod:`jaxcnn.ops.onednn.build`), take
 :func:`jaxcnn.ops.fast_conv.conv2d_fast`, which computes the same function in pure JAX.
 Under ``vmap`` (model ensembles) the calls run one member after another.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 from functools import partial
 
 import jax
@@ -29,7 +32,11 @@ import numpy as np
 from jaxcnn.ops.fast_conv import checked_conv_args, conv2d_fast
 from jaxcnn.ops.onednn import build
 
-__all__ = ["conv2d_onednn", "pure_jax", "supports"]
+__all__ = ["conv2d_onednn", "native_bf16", "pure_jax", "supports"]
+
+# CPU flags (``/proc/cpuinfo``) of native bfloat16 dot products: AVX-512 BF16 (Cooper Lake,
+# Zen 4 and later) and AMX (Sapphire Rapids and later).
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 # True inside ``pure_jax()``: conv2d_onednn traces its pure-JAX twin instead of FFI calls.
 _PURE_JAX = contextvars.ContextVar("jaxcnn_onednn_pure_jax", default=False)
@@ -48,13 +55,28 @@ def pure_jax():
         _PURE_JAX.reset(token)
 
 
+@functools.cache
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 dot products natively (a flag of
+    :data:`BF16_FLAGS` in ``/proc/cpuinfo``; False where that file is missing)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return any(flag in flags for flag in BF16_FLAGS)
+
+
 def supports(x_dtype, kernel_dtype) -> bool:
-    """True when oneDNN runs this convolution: float32 operands and the kernels available."""
-    return (
-        jnp.dtype(x_dtype) == jnp.float32
-        and jnp.dtype(kernel_dtype) == jnp.float32
-        and build.available()
-    )
+    """True when oneDNN runs this convolution: float32 operands, or bfloat16 ones on a CPU
+    with native bfloat16 (:func:`native_bf16`), and the kernels available."""
+    x_dtype, kernel_dtype = jnp.dtype(x_dtype), jnp.dtype(kernel_dtype)
+    if x_dtype != kernel_dtype:
+        return False
+    if x_dtype == jnp.bfloat16:
+        return native_bf16() and build.available()
+    return x_dtype == jnp.float32 and build.available()
 
 
 def _attrs(stride, pads) -> dict:
@@ -64,11 +86,14 @@ def _attrs(stride, pads) -> dict:
 
 
 def _call(target: str, out_shape, *args, stride, pads):
-    """One FFI call; ``out_shape`` is a shape, or a list of shapes for several results."""
+    """One FFI call; ``out_shape`` is a shape, or a list of shapes for several results (the
+    first has the operands' dtype, the others, a bias gradient, float32)."""
+    dtype = args[0].dtype
     if isinstance(out_shape, list):
-        out = [jax.ShapeDtypeStruct(s, jnp.float32) for s in out_shape]
+        out = [jax.ShapeDtypeStruct(s, dtype if i == 0 else jnp.float32)
+               for i, s in enumerate(out_shape)]
     else:
-        out = jax.ShapeDtypeStruct(out_shape, jnp.float32)
+        out = jax.ShapeDtypeStruct(out_shape, dtype)
     return jax.ffi.ffi_call(target, out, vmap_method="sequential")(*args, **_attrs(stride, pads))
 
 
@@ -122,7 +147,8 @@ _conv_bias.defvjp(_fwd_bias, _bwd_bias)
 
 
 def conv2d_onednn(x, kernel, stride=1, padding="SAME", dilation=1, groups=1, bias=None):
-    """2-D cross-correlation run by oneDNN (float32 on CPU), else by ``conv2d_fast``.
+    """2-D cross-correlation run by oneDNN (float32, or bfloat16 where :func:`native_bf16`, on
+    CPU), else by ``conv2d_fast``.
 
     Args:
       x: (N, H, W, C) float array.
@@ -146,13 +172,14 @@ def conv2d_onednn(x, kernel, stride=1, padding="SAME", dilation=1, groups=1, bia
         bias = jnp.asarray(bias)
         if bias.shape != kernel.shape[-1:]:
             raise ValueError(f"bias must have shape ({kernel.shape[-1]},); got {bias.shape}")
-    if _PURE_JAX.get() or jax.default_backend() != "cpu" or not supports(
-            x.dtype, kernel.dtype) or (bias is not None and bias.dtype != jnp.float32):
+    if _PURE_JAX.get() or jax.default_backend() != "cpu" or not supports(x.dtype, kernel.dtype):
         y = conv2d_fast(x, kernel, stride, pads)
         return y if bias is None else y + bias.astype(y.dtype)
     x, stride, pads = _exact_padding(x, kernel.shape[:2], stride, pads)
     if bias is None:
         return _conv(x, kernel, stride, pads)
+    if x.dtype != jnp.float32 or bias.dtype != jnp.float32:  # the fused bias is float32's
+        return _conv(x, kernel, stride, pads) + bias.astype(x.dtype)
     return _conv_bias(x, kernel, bias, stride, pads)
 
 
