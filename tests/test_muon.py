@@ -166,3 +166,23 @@ def test_airbench94_muon_trains_end_to_end(tmp_path):
             # normalised before the last step, then moved by lr_last * O (lr -> 0 at the end)
             assert np.linalg.norm(kernel) == pytest.approx(np.sqrt(kernel.shape[-1]), rel=0.02)
     assert np.isfinite(np.asarray(params["head"]["kernel"])).all()
+
+
+def test_eval_every_picks_the_epochs_that_evaluate():
+    from jaxcnn.train.phases import Run
+
+    def epochs(every, total):
+        run = Run(workdir=None, run_config={}, epochs=total, steps_per_epoch=1, batch_size=1,
+                  schedule=lambda s: 0.0, eval_every=every)
+        return [e + 1 for e in range(total) if run.evaluates_after(e)]
+
+    assert epochs(1, 4) == [1, 2, 3, 4]
+    assert epochs(3, 8) == [3, 6, 8]  # and always after the last
+    assert epochs(0, 5) == []
+
+
+def test_eval_every_is_checked():
+    from jaxcnn.train import FitConfig
+
+    with pytest.raises(ValueError, match="eval_every"):
+        FitConfig(eval_every=-1)
