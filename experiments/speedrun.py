@@ -88,9 +88,10 @@ def build_parser():
                    help="the training recipe and its net (default airbench94_muon: Muon, 8 "
                         "epochs at batch 2000; airbench94: Nesterov SGD with lookahead, 10 "
                         "epochs at batch 1024)")
-    p.add_argument("--eval-every", type=_cli.non_negative_int, default=0,
-                   help="evaluate the held-out split after every this many epochs (default 0: "
-                        "only after training, as airbench times its runs; 1 draws a curve)")
+    p.add_argument("--eval-every", type=_cli.non_negative_int, default=None,
+                   help="evaluate the held-out split after every this many epochs (default: "
+                        "0 for a full run, which is evaluated after training, as airbench "
+                        "times its runs; 1 with --ablate, whose figure plots every epoch)")
     p.add_argument("--seeds", default="0",
                    help="comma-separated seeds; one full run each (in <workdir>/seed<k>), "
                         "reported as mean +- std")
@@ -228,7 +229,8 @@ def base_recipe(args, seed: int, name: str | None = None):
     from jaxcnn.train import recipes
 
     config = recipes.get(name or args.recipe)
-    changes = dict(seed=seed, dtype=resolve_dtype(args.dtype), eval_every=args.eval_every)
+    eval_every = args.eval_every if args.eval_every is not None else int(args.ablate)
+    changes = dict(seed=seed, dtype=resolve_dtype(args.dtype), eval_every=eval_every)
     if args.epochs is not None:
         changes["epochs"] = args.epochs
     if args.batch_size is not None:

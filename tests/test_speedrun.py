@@ -134,7 +134,7 @@ def test_ablation_ladder_trains_each_rung_and_plots(tmp_path, fake_data):
     assert base["n_train"] == look["n_train"] == 128
     assert (base["tta"], look["tta"], crop["tta"]) == ("flip", "flip", "flip_translate")
     assert base["model_options"]["whiten_bn"] and not look["model_options"]["whiten_bn"]
-    assert len(base["history"]) == 1
+    assert len(base["history"]) == 1 and base["history"][0] is not None  # evaluated per epoch
     # Multi-crop TTA changes only the evaluation: that rung evaluates the lookahead rung's net
     # (same history, no training of its own) and its plain accuracy is that rung's.
     assert crop["trained_as"] == "lookahead" and "trained_as" not in look
