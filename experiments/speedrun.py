@@ -1,15 +1,21 @@
-"""CIFAR-10 speedrun: an airbench-class recipe to 94%, and the ladder of what each trick buys.
+"""CIFAR-10 speedrun: the 2024 record recipe to 94%, and the ladder of what each trick buys.
 
     python -m experiments.speedrun                                  # train on train, report test
     python -m experiments.speedrun --train-split 'train[:45000]' --eval-split 'train[45000:]'
     python -m experiments.speedrun --seeds 0,1                      # mean +- std over seeds
+    python -m experiments.speedrun --recipe airbench94              # the 2024 recipe before Muon
     python -m experiments.speedrun --ablate                         # the ladder, short budget
+    python -m experiments.speedrun --device-check                   # time it on this device
 
-The model is the registry's ``airbench94`` and its training the recipe ``airbench94`` of
-:mod:`jaxcnn.train.recipes`, both on the one engine (:func:`jaxcnn.train.fit`: checkpoints in
-``<workdir>/seed<k>/``, resumed when present; progress bars; data parallel over every local
-device; on a GPU/TPU the uint8 dataset and its augmentation live on the device, and the
-compute is bfloat16). The ingredients, each with its one-line reason:
+The default recipe is ``airbench94_muon`` of :mod:`jaxcnn.train.recipes` on the registry's net
+of the same name (Keller Jordan's airbench94_muon, 94.01% in 8 epochs), the other is
+``airbench94`` (``--recipe``); both run on the one engine (:func:`jaxcnn.train.fit`:
+checkpoints in ``<workdir>/seed<k>/``, resumed when present; progress bars; data parallel over
+every local device; on a GPU/TPU the uint8 dataset and its augmentation live on the device).
+The compute dtype is bfloat16 on a GPU/TPU and float32 on a CPU (``--dtype bfloat16`` there runs
+oneDNN's bfloat16 convolutions where the CPU has AVX512_BF16 or AMX), with float32 parameters
+and optimizer state. The ingredients, each with its
+one-line reason:
 
 * **whitened first layer**: a frozen 2x2 convolution whose 24 filters are the eigenvectors of
   the training patches' covariance (and their negatives), scaled to unit variance, so the first
@@ -17,24 +23,38 @@ compute is bfloat16). The ingredients, each with its one-line reason:
   epochs, then freezes).
 * **identity ("dirac") init**: each 3x3 convolution starts as the identity on its first input
   channels, so the untrained network already passes the whitened signal through.
-* **BatchNorm without scale, biases at 64x the learning rate**: the biases of a normalised
+* **BatchNorm without scale, biases at a large learning rate**: the biases of a normalised
   network move in units of one standard deviation, so they need a much larger step.
-* **lookahead** every 5 steps with fast BatchNorm statistics (momentum 0.4 in Flax's
-  convention), which smooths the last noisy steps of a short, high-rate run.
+* **Muon** for the 3x3 filters (``jaxcnn.train.muon``): the momentum of the gradient is
+  orthogonalised (all its singular values set near 1 by 3 Newton-Schulz steps), so every
+  direction of a filter bank moves by the same amount, and each bank is kept at a fixed norm;
+  Nesterov SGD for the biases and the head; every rate decays linearly to 0 over 8 epochs.
+  (``airbench94`` instead: Nesterov SGD everywhere, a triangular rate and **lookahead** every 5
+  steps, 10 epochs.)
 * **alternating flips**: each image is mirrored in every other epoch instead of at random, so
   two consecutive epochs see both orientations of every image.
 * **multi-crop test-time augmentation**: logits averaged over the image, its mirror and 1-pixel
   translations of both (``flip_translate``). The exported bundle applies the same TTA, so its
   predictions reproduce the reported accuracy.
-* Nesterov SGD (momentum 0.85), a triangular learning rate, label smoothing 0.2, batch 1024,
-  2-pixel reflect-padded random crops, 10 epochs.
+* label smoothing 0.2, 2-pixel reflect-padded random crops, batch 2000 (``airbench94``: 1024).
+
+Each run reports its accuracy with and without TTA, its training time without compilation and
+the compilation apart (the held-out split is evaluated after training unless ``--eval-every``
+asks for a curve), the training FLOPs as XLA counts them (one step times the steps, and for a
+50,000-image run), the TTA evaluation's FLOPs and the peak resident memory
+(``experiments/_speedrun_report.py``).
 
 ``--ablate`` trains the ladder: from a baseline (learned first layer with BatchNorm, default
-init, no bias scaling, random flips, flip TTA) adding one ingredient per rung, each on a short
-budget (``--ablate-train-size`` images, ``--ablate-epochs`` epochs), and plots held-out accuracy
-against epochs for every rung (``<workdir>/figures/ablation_ladder.png``). Each rung checkpoints in
-``<workdir>/ablate/<rung>/`` and resumes; the multi-crop TTA rung, which changes only the
-evaluation, evaluates the net the lookahead rung trained.
+init, no bias scaling, random flips, flip TTA) adding one ingredient per rung up to the full
+airbench94 recipe, then ``+ Muon`` (airbench94_muon), each on a short budget
+(``--ablate-train-size`` images, ``--ablate-epochs`` epochs), and plots held-out accuracy
+against epochs for every rung (``<workdir>/figures/ablation_ladder.png``). Each rung
+checkpoints in ``<workdir>/ablate/<rung>/`` and resumes; the multi-crop TTA rung, which changes
+only the evaluation, evaluates the net the lookahead rung trained.
+
+``--device-check`` needs no dataset: it trains the recipe for ``--epochs`` (default 2) on
+random images with the data and its augmentation on the device, and projects the time of a full
+run from the median epoch.
 
 Measured accuracies and times, with their commands and machines, are in
 ``visuals/speedrun/README.md``.
@@ -103,8 +123,9 @@ def build_parser():
                         "(default: airbench94's 64,256,256, which the recipe is tuned for)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                    help="compute dtype; parameters and optimizer state stay float32 (auto: "
-                        "bfloat16 on a GPU or TPU and on a CPU with native bfloat16 and the "
-                        "onednn extra, float32 elsewhere)")
+                        "bfloat16 on a GPU or TPU, float32 on a CPU; bfloat16 on a CPU with "
+                        "AVX512_BF16 or AMX and the onednn extra runs oneDNN's bfloat16 "
+                        "convolutions)")
     p.add_argument("--eval-batch-size", type=_cli.positive_int, default=1000,
                    help="batch size of evaluation")
     p.add_argument("--device-check", action="store_true",
@@ -152,21 +173,14 @@ def parse_rungs(text: str) -> list[str]:
 
 
 def resolve_dtype(dtype: str) -> str:
-    """``--dtype``: ``auto`` is bfloat16 on a GPU or TPU, and on a CPU whose convolutions run
-    in oneDNN and that multiplies bfloat16 natively (AVX512_BF16 or AMX:
-    :func:`jaxcnn.ops.onednn.conv.native_bf16`), where the recipe's accuracy holds in bfloat16
-    (``visuals/speedrun/README.md``); float32 elsewhere."""
+    """``--dtype``: ``auto`` is bfloat16 on a GPU or TPU and float32 on a CPU. (On a CPU with
+    native bfloat16, ``--dtype bfloat16`` runs the convolutions in oneDNN's bfloat16 kernels:
+    faster, but the recipe lost accuracy in bfloat16 there: ``visuals/speedrun/README.md``.)"""
     import jax
-
-    from jaxcnn.ops import backend
 
     if dtype != "auto":
         return dtype
-    if jax.default_backend() in ("gpu", "tpu"):
-        return "bfloat16"
-    from jaxcnn.ops.onednn.conv import native_bf16
-
-    return "bfloat16" if backend.resolve() == "onednn" and native_bf16() else "float32"
+    return "bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32"
 
 
 def parse_widths(text: str) -> tuple[int, int, int]:

@@ -103,6 +103,16 @@ def test_recipe_flag_trains_the_2024_airbench94_with_per_epoch_evaluation(tmp_pa
     assert export.load(tmp_path / "run" / "seed0" / "bundle").model_name == "airbench94"
 
 
+def test_flops_of_a_bfloat16_run_are_those_of_its_float32_twin(tmp_path, fake_data):
+    argv = ["--epochs", "1", "--batch-size", "64", *SMALL, "--eval-split", "fake",
+            "--no-figures", "--no-progress"]
+    rows = [speedrun.main([*argv, "--dtype", dtype, "--workdir", str(tmp_path / dtype)])["seed0"]
+            for dtype in ("bfloat16", "float32")]
+    assert rows[0]["recipe"]["dtype"] == "bfloat16" and rows[1]["recipe"]["dtype"] == "float32"
+    assert rows[0]["train_gflop_per_step"] == pytest.approx(rows[1]["train_gflop_per_step"])
+    assert rows[0]["eval_gflop"] == pytest.approx(rows[1]["eval_gflop"], rel=0.02)
+
+
 def test_device_check_times_the_recipe_on_synthetic_data_without_a_dataset(tmp_path, capsys,
                                                                            monkeypatch):
     def no_data(args):
