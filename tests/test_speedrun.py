@@ -1,10 +1,10 @@
 """End to end: ``python -m experiments.speedrun`` on a tiny generated CIFAR-like dataset.
 
-The default recipe (airbench94_muon: whitened first layer, Muon, alternating flips, multi-crop
-TTA) for two seeds and two epochs, then the ablation ladder for a few rungs; checks the results
-file, that the whitening filters stay exactly as the data made them, and that each exported
-bundle reproduces the reported (TTA) accuracy from the bundle alone. The same command on 8 fake
-devices, through the download path, runs in a subprocess.
+The record recipe (airbench94_muon: whitened first layer, Muon, alternating flips, multi-crop
+TTA) for two seeds and two epochs, the default (airbench94) for one, then the ablation ladder
+for a few rungs; checks the results file, that the whitening filters stay exactly as the data
+made them, and that each exported bundle reproduces the reported (TTA) accuracy from the bundle
+alone. The same command on 8 fake devices, through the download path, runs in a subprocess.
 """
 
 import dataclasses
@@ -44,7 +44,8 @@ def test_full_recipe_two_seeds_exports_tta_bundles(tmp_path, fake_data, capsys):
     from jaxcnn.models.airbench import whitening_init
 
     workdir = tmp_path / "run"
-    argv = ["--seeds", "0,1", "--epochs", "2", "--batch-size", "64", *SMALL,
+    argv = ["--recipe", "airbench94_muon", "--seeds", "0,1", "--epochs", "2", "--batch-size",
+            "64", *SMALL,
             "--eval-split", "fake", "--workdir", str(workdir),
             "--visuals-dir", str(tmp_path / "vis"), "--no-progress"]
     results = speedrun.main(argv)
@@ -91,8 +92,8 @@ def test_full_recipe_two_seeds_exports_tta_bundles(tmp_path, fake_data, capsys):
         assert second["train_seconds"] == pytest.approx(first["train_seconds"], rel=1e-9)
 
 
-def test_recipe_flag_trains_the_2024_airbench94_with_per_epoch_evaluation(tmp_path, fake_data):
-    results = speedrun.main(["--recipe", "airbench94", "--epochs", "2", "--batch-size", "64",
+def test_default_recipe_is_airbench94_and_evaluates_per_epoch_on_request(tmp_path, fake_data):
+    results = speedrun.main(["--epochs", "2", "--batch-size", "64",
                              "--eval-every", "1", *SMALL, "--eval-split", "fake",
                              "--workdir", str(tmp_path / "run"), "--no-figures",
                              "--no-progress"])
@@ -122,12 +123,12 @@ def test_device_check_times_the_recipe_on_synthetic_data_without_a_dataset(tmp_p
     results = speedrun.main(["--device-check", "--check-images", "256", "--batch-size", "64",
                              *SMALL, "--workdir", str(tmp_path / "run"), "--no-progress"])
     row = results["device_check"]
-    assert row["images"] == 256 and row["epochs_timed"] == 2 and row["recipe_epochs"] == 8
-    assert row["platform"] == "cpu" and row["recipe"] == "airbench94_muon"
-    assert row["projected_train_seconds"] == pytest.approx(8 * row["seconds_per_epoch"])
+    assert row["images"] == 256 and row["epochs_timed"] == 2 and row["recipe_epochs"] == 10
+    assert row["platform"] == "cpu" and row["recipe"] == "airbench94"
+    assert row["projected_train_seconds"] == pytest.approx(10 * row["seconds_per_epoch"])
     assert row["compile_seconds"] > 0
     out = capsys.readouterr().out
-    assert "projected: 8 epochs of airbench94_muon" in out
+    assert "projected: 10 epochs of airbench94" in out
 
 
 def test_ablation_ladder_trains_each_rung_and_plots(tmp_path, fake_data):

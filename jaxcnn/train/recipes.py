@@ -18,7 +18,7 @@ airbench recipe for the registry's ``airbench94`` net: Nesterov SGD (momentum 0.
 1024 with a triangular learning rate, label smoothing 0.2, the first layer whitened from the
 training patches and frozen (its bias trained for 3 epochs), BatchNorm biases at 64x the
 learning rate, lookahead every 5 steps, 2-pixel crops and alternating flips, 10 epochs.
-``airbench94_muon`` (the speedrun's default, the 2024 record): the registry's
+``airbench94_muon`` (the 2024 record; ``speedrun --recipe airbench94_muon``): the registry's
 ``airbench94_muon`` net trained 8 epochs at batch 2000, its 3x3 conv filters with Muon
 (:mod:`jaxcnn.train.muon`, lr 0.24, momentum 0.6) and the biases, BatchNorm and head with
 Nesterov SGD (momentum 0.85), every rate decaying linearly to 0; whitening, identity init,
