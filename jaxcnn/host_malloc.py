@@ -16,13 +16,16 @@ Two settings (``mallopt``):
   (``M_ARENA_MAX = 1``), the only one that can grow past 64 MiB (with ``brk``). A thread is
   bound to its arena at its first allocation, so call it before running JAX computations.
   Alone it changed neither speed nor memory noticeably (one cnn3 run).
-* :func:`reuse_freed_memory`, a context manager (also a decorator) that ``jaxcnn.train.fit`` and
-  the benchmarks run in: no allocation is served by ``mmap`` (``M_MMAP_MAX = 0``) and up to
-  1 GiB freed at the top of the heap is kept (``M_TRIM_THRESHOLD``), so the step's buffers are
-  reused. The price is resident memory: glibc cannot reuse a freed hole for an aligned request
-  of the same size, so the heap grows by a few step buffers before it settles (a 5-epoch cnn3
-  run with the ``onednn`` extra: about +0.6 GB while training). On exit ``mmap`` is allowed
-  again and ``malloc_trim`` returns the free pages to the kernel.
+* :func:`reuse_freed_memory`, a context manager (also a decorator) that the benchmarks run in,
+  and ``jaxcnn.train.fit``'s host feed runs each epoch in when the compiled step's temporary
+  buffer is at most 1 GiB (``jaxcnn.train.feeds.REUSE_LIMIT_BYTES``): no allocation is served
+  by ``mmap`` (``M_MMAP_MAX = 0``) and up to 1 GiB freed at the top of the heap is kept
+  (``M_TRIM_THRESHOLD``), so the step's buffers are reused. The price is resident memory:
+  glibc cannot reuse a freed hole for an aligned request of the same size, so the heap grows by
+  a few step buffers before it settles (a 5-epoch cnn3 run with the ``onednn`` extra: about
+  +0.6 GB while training; for a step buffer of gigabytes, a fresh buffer every step: twice the
+  memory and no gain, hence the limit). On exit ``mmap`` is allowed again and ``malloc_trim``
+  returns the free pages to the kernel.
 
 Any ``mallopt`` of these options switches off glibc's dynamic thresholds for good (by default
 the mmap threshold rises to the size of the largest freed mapped chunk, up to 32 MiB, and the

@@ -1,7 +1,8 @@
 """jaxcnn.host_malloc: in a program that shares glibc's main arena at its start (as the
 experiments' commands do), XLA:CPU's per-call buffers stop faulting in fresh pages inside
-``reuse_freed_memory`` (which ``fit`` runs in); ``JAXCNN_MALLOC=default`` keeps glibc's
-behaviour. ``import jaxcnn`` alone sets nothing (tests/test_backends.py)."""
+``reuse_freed_memory`` (which ``fit`` runs steps with small buffers in);
+``JAXCNN_MALLOC=default`` keeps glibc's behaviour. ``import jaxcnn`` alone sets nothing
+(tests/test_backends.py)."""
 
 import json
 import os

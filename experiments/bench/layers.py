@@ -157,7 +157,7 @@ def bench_model(name: str, backend: str = "auto", batch_size: int = 128, repeats
     }
 
 
-@reuse_freed_memory()  # as jaxcnn.train.fit runs its steps
+@reuse_freed_memory()  # as jaxcnn.train.fit runs steps with buffers within 1 GiB
 def bench_layers(models: tuple[str, ...] = LAYER_MODELS, backend: str = "auto",
                  batch_size: int = 128, repeats: int = 5, steps: int = 10, warmup: int = 2,
                  gemm_sizes: tuple[int, ...] = GEMM_SIZES, model_options: dict | None = None,

@@ -72,7 +72,7 @@ RSS_SCOPE = "the whole bench process (every model and batch size, the input pipe
 _REEXEC_ENV = "JAXCNN_BENCH_XLA_REEXEC"
 
 
-@reuse_freed_memory()  # as jaxcnn.train.fit runs its steps
+@reuse_freed_memory()  # as jaxcnn.train.fit runs steps with buffers within 1 GiB
 def bench_train(models: tuple[str, ...] = TRAIN_MODELS,
                 batch_sizes: tuple[int, ...] = TRAIN_BATCH_SIZES, steps: int = 20,
                 repeats: int = 3, warmup: int = 2, model_options: dict | None = None,
