@@ -46,8 +46,11 @@ def function_flops(fn: Callable, *args, compile: bool = True) -> float:
     """
     from jaxcnn.ops.onednn import pure_jax
 
+    # A jitted fn is traced again from its Python body, in a fresh closure: jit's trace cache
+    # does not see pure_jax(), and would hand back a program traced with the FFI calls.
+    body = getattr(fn, "__wrapped__", fn)
     with pure_jax():  # XLA counts no FLOPs inside the oneDNN FFI calls: trace the JAX twin
-        lowered = jax.jit(fn).lower(*args)
+        lowered = jax.jit(lambda *a: body(*a)).lower(*args)
     if not compile:
         return cost_flops(lowered.cost_analysis())
     try:

@@ -329,3 +329,33 @@ def test_flop_count_sees_through_the_ffi_calls():
         (3, 3, 4, 5), jnp.float32)
     ours = function_flops(lambda x, k: conv2d_onednn(x, k), x, k)
     assert ours == function_flops(lambda x, k: _lax_conv(x, k, 1, "SAME"), x, k) > 0
+
+
+@needs_onednn
+def test_flop_count_of_a_train_step_already_run_with_the_ffi_calls():
+    """jit caches the trace of a step compiled for oneDNN (fit's feed compiles it ahead, from
+    the same shapes); the count must not reuse it."""
+    from jaxcnn import models
+    from jaxcnn.data import ArrayDataset
+    from jaxcnn.flops import forward_flops, train_step_flops
+    from jaxcnn.train import FitConfig, build
+    from jaxcnn.train.feeds import step_temp_bytes
+    from jaxcnn.train.mesh import shard_batch
+
+    rng = np.random.default_rng(0)
+    data = ArrayDataset(rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),
+                        rng.integers(0, 10, 16).astype(np.int32), tuple("abcdefghij"))
+    model = models.create("airbench94", num_classes=10, widths=(8, 16, 16))
+    with backend.use("onednn"):
+        engine = build(model, FitConfig(epochs=1, batch_size=16, augment=False), data)
+        step_temp_bytes(engine.train_step, engine.state, 16, (32, 32, 3))  # as fit's feed
+        state, _ = engine.train_step(engine.state, *shard_batch(engine.mesh, data.images,
+                                                                  data.labels))
+        count = train_step_flops(engine.train_step, state, 16, (32, 32, 3))
+        forward = forward_flops(model, state.variables, (16, 32, 32, 3))
+        # ... and the step still runs on oneDNN afterwards (the count left its cache alone)
+        lowered = engine.train_step.lower(state, *shard_batch(engine.mesh, data.images,
+                                                              data.labels))
+    assert "jaxcnn_onednn_conv" in lowered.as_text()
+    # forward + input and kernel gradients: about 2x (XLA's count) to 3x the forward pass
+    assert 1.5 * forward < count < 4 * forward
