@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments import _cli
-from experiments.bench.common import peak_rss_mb
+from experiments._cli.results import peak_rss_mb
 
 # The size of CIFAR-10's training split: the FLOPs of a full run are quoted for it.
 FULL_TRAIN = 50_000

@@ -106,10 +106,15 @@ def test_shapes_and_parameter_count(small):
 def test_registry_options_and_whiten_bn():
     assert models.accepted_options("airbench94") == sorted(
         ["widths", "whiten_width", "whiten_bn", "dirac", "bn_momentum", "bn_eps",
-         "logit_scale", "dtype"]
+         "logit_scale", "head_std", "dtype"]
     )
     m = models.create("airbench94", num_classes=7, bn_momentum=0.5)
     assert (m.num_classes, m.bn_momentum, m.bn_eps, m.logit_scale) == (7, 0.5, 1e-12, 1 / 9)
+    assert m.head_std is None
+    # airbench94_muon: the record's head (std 1, logits / 256), the rest fixed alike
+    assert "logit_scale" not in models.accepted_options("airbench94_muon")
+    muon = models.create("airbench94_muon", num_classes=7)
+    assert (muon.logit_scale, muon.head_std, muon.bn_momentum) == (1 / 256, 1.0, 0.4)
     with pytest.raises(ValueError, match="unknown option.*'bn_epsilon'"):
         models.create("airbench94", bn_epsilon=1e-5)
     shapes = jax.eval_shape(

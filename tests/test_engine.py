@@ -254,7 +254,7 @@ def test_recipes_keep_their_values_and_flags_override_them():
                                                                        1e-4)
     assert (mlp.augment, mlp.epochs, mlp.label_smoothing) == (False, 20, 0.0)
     assert recipes.for_model("resnet20") == cnn3
-    with pytest.raises(ValueError, match="available: airbench94, cnn3, mlp"):
+    with pytest.raises(ValueError, match="available: airbench94, airbench94_muon, cnn3, mlp"):
         recipes.get("nope")
     args = argparse.Namespace(lr=0.2, epochs=None, cutout_size=8, workdir="runs", seed=3)
     cfg = recipes.with_overrides(cnn3, args)

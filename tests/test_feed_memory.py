@@ -41,3 +41,36 @@ def test_feed_reuses_freed_memory_only_below_the_limit(monkeypatch, limit, reuse
     assert seen == [expect] * 2
     assert host_malloc.state()["reusing"] is False  # the epoch's context has ended
     assert int(jax.device_get(states[-1].step)) == 2
+
+
+def test_reading_the_buffer_size_does_not_compile_the_step_twice(monkeypatch, tmp_path):
+    """The feed compiles the step ahead with the shardings of the real call, so the first step
+    reuses that program: a fit compiles as many programs as one whose feed does not ask."""
+    from jaxcnn.train import fit
+    from jaxcnn.train.compile_clock import compile_clock
+
+    model = models.create("cnn3", num_classes=10, filters=(4,), dropouts=(0.1,), dense=8)
+    train = tiny_cifar(96, 0)
+
+    def compiles(name):
+        config = FitConfig(epochs=1, batch_size=24, augment=False)
+        jax.clear_caches()  # everything compiles afresh
+
+        def listen(event, _seconds, **_):
+            if event.endswith("backend_compile_duration"):
+                counts.append(event)
+
+        counts = []
+        jax.monitoring.register_event_duration_secs_listener(listen)
+        try:
+            with compile_clock() as clock:
+                fit(model, train, None, config=config, workdir=tmp_path / name,
+                    progress=False, verbose=False)
+        finally:
+            jax.monitoring.unregister_event_duration_listener(listen)
+        assert clock.seconds > 0
+        return len(counts)
+
+    asked = compiles("asked")
+    monkeypatch.setattr(feeds, "step_temp_bytes", lambda *a, **k: None)
+    assert compiles("not_asked") == asked

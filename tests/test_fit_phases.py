@@ -74,7 +74,8 @@ def _features(n=48, seed=0):
 
 
 def _timeless(history):
-    return [{k: v for k, v in r.items() if k not in ("images_per_s", "epoch_seconds")}
+    return [{k: v for k, v in r.items()
+             if k not in ("images_per_s", "epoch_seconds", "compile_seconds")}
             for r in history]
 
 

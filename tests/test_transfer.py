@@ -298,7 +298,7 @@ def test_backbone_preprocess_uses_the_pretrained_spec():
 # --------------------------------------------------------------------------------------------
 
 FIT_KEYS = {"epoch", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "lr",
-            "images_per_s", "epoch_seconds"}
+            "images_per_s", "epoch_seconds", "compile_seconds"}
 
 
 def test_histories_have_fits_keys(lite):
@@ -308,6 +308,7 @@ def test_histories_have_fits_keys(lite):
                                   progress=False)
     assert [r["epoch"] for r in hist] == [1, 2, 3] and all(set(r) == FIT_KEYS for r in hist)
     assert all(r["images_per_s"] > 0 and r["epoch_seconds"] > 0 for r in hist)
+    assert hist[0]["compile_seconds"] >= 0 and hist[-1]["compile_seconds"] == 0.0
     # fit's convention: the learning rate of the epoch's last step (cosine, 6 steps, no warm-up)
     assert hist[-1]["lr"] == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi * 5 / 6)), rel=1e-5)
     _, hist = transfer.train_head(x, y, 3, epochs=1, progress=False)  # no val: None

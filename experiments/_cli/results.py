@@ -103,3 +103,16 @@ def load_cifar10(args, *, need_eval: bool = True):
     train = load(args.train_split, getattr(args, "limit_train", None))
     evaluation = load(args.eval_split, getattr(args, "limit_eval", None)) if need_eval else None
     return train, evaluation
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far, MiB (``VmHWM``), measured the way the
+    baseline scripts measure theirs: ``experiments/baselines/peak_rss.py``, loaded by path
+    (the baselines folder is not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "baselines" / "peak_rss.py"
+    spec = importlib.util.spec_from_file_location("_baseline_peak_rss", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.peak_rss_mb()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments._cli.results import peak_rss_mb  # noqa: F401  (re-exported for the benches)
 from jaxcnn.ops.backend import BACKENDS
 
 BASELINES_DIR = Path(__file__).resolve().parents[1] / "baselines"
@@ -65,19 +66,6 @@ def time_interleaved(fns: dict, args: tuple, repeats: int = 5,
             extra[1]()
             samples[extra[0]].append(time.perf_counter() - t0)
     return {name: 1e3 * statistics.median(v) for name, v in samples.items()}
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set size so far, MiB (``VmHWM``), measured the way the
-    baseline scripts measure theirs: ``experiments/baselines/peak_rss.py``, loaded by path
-    (the baselines folder is not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_baseline_peak_rss",
-                                                  BASELINES_DIR / "peak_rss.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.peak_rss_mb()
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import numpy as np
 
 from jaxcnn.host_malloc import reuse_freed_memory
 from jaxcnn.train.builder import Engine
-from jaxcnn.train.mesh import replicated, shard_batch
+from jaxcnn.train.mesh import batch_sharding, replicated, shard_batch
 
 # data_on_device="auto" on an accelerator keeps the training set on the devices when one copy
 # (every device holds a full copy) takes at most this share of a device's memory...
@@ -78,14 +78,19 @@ def resolve_data_on_device(setting, dataset, mesh=None) -> bool:
 REUSE_LIMIT_BYTES = 1 << 30
 
 
-def step_temp_bytes(train_step, state, batch_size: int, image_shape) -> int | None:
+def step_temp_bytes(train_step, state, batch_size: int, image_shape,
+                    mesh=None) -> int | None:
     """The temporary buffer of the jitted ``train_step(state, images, labels)`` on uint8
     batches of ``batch_size`` x ``image_shape``, from XLA's memory analysis of the compiled
-    step (which the jitted function then reuses: nothing compiles twice); None when the backend
-    does not report it."""
-    structs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
-    images = jax.ShapeDtypeStruct((batch_size, *image_shape), np.uint8)
-    labels = jax.ShapeDtypeStruct((batch_size,), np.int32)
+    step; None when the backend does not report it. With the ``mesh`` the batches will be
+    sharded over (and ``state`` placed as the step gets it), the jitted function then reuses
+    this compilation: nothing compiles twice."""
+    rows = None if mesh is None else batch_sharding(mesh)
+    structs = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, "sharding", None)),
+        state)
+    images = jax.ShapeDtypeStruct((batch_size, *image_shape), np.uint8, sharding=rows)
+    labels = jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=rows)
     try:
         analysis = train_step.lower(structs, images, labels).compile().memory_analysis()
     except (NotImplementedError, AttributeError):
@@ -206,7 +211,7 @@ def make_feed(
     reuse = False
     if jax.default_backend() == "cpu":  # the step compiles here, in the first epoch's time
         temp = step_temp_bytes(engine.train_step, engine.state, config.batch_size,
-                               dataset.images.shape[1:])
+                               dataset.images.shape[1:], engine.mesh)
         reuse = temp is not None and temp <= REUSE_LIMIT_BYTES
     return HostFeed(engine.train_step, dataset, config.batch_size, engine.mesh, config.seed,
                     alternate_flip=alternate, reuse_memory=reuse)
