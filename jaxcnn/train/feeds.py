@@ -74,7 +74,7 @@ def resolve_data_on_device(setting, dataset, mesh=None) -> bool:
 # (jaxcnn.host_malloc.reuse_freed_memory; the same 1 GiB as its trim threshold). glibc cannot
 # reuse a freed hole for an aligned request of the same size, so a larger buffer is allocated
 # afresh at the top of the heap every step: resident memory doubles and nothing is saved
-# (airbench94_muon's step at batch 2000, float32: 8.0 GB instead of 4.4 GB, no faster).
+# (airbench94_muon's step at batch 2000, float32: 7.7 GiB instead of 4.2 GiB, no faster).
 REUSE_LIMIT_BYTES = 1 << 30
 
 
