@@ -45,6 +45,7 @@ __all__ = [
     "is_primary",
     "launch_settings",
     "mark_done",
+    "stop_watchdog",
     "sync",
 ]
 
@@ -156,8 +157,15 @@ def _client():
     return distributed.global_state.client
 
 
+# The watchdog thread and the event that ends it (set by mark_done).
+_WATCHDOG: dict = {"thread": None, "stop": threading.Event()}
+
+
 def mark_done() -> None:
-    """Tell the other processes that this one finished: its silence is no loss."""
+    """Tell the other processes that this one finished: its silence is no loss. Then stop this
+    process's watchdog and wait for it, so that no call of it into the runtime's client is in
+    flight when JAX shuts the client down at exit (one was: a C++ abort, 'exception not
+    rethrown', after a finished run)."""
     client = _client()
     if client is None:
         return
@@ -165,6 +173,15 @@ def mark_done() -> None:
         client.key_value_set(f"{_DONE}{jax.process_index()}", "1", allow_overwrite=True)
     except Exception:  # noqa: BLE001 (the coordinator is already gone: nobody to tell)
         pass
+    stop_watchdog()
+
+
+def stop_watchdog(timeout: float = 10.0) -> None:
+    """End the watchdog thread (if any) and wait up to ``timeout`` s for it."""
+    _WATCHDOG["stop"].set()
+    thread = _WATCHDOG["thread"]
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(timeout)
 
 
 def _stop(who: str, n: int, me: int, why: str) -> None:
@@ -175,19 +192,23 @@ def _stop(who: str, n: int, me: int, why: str) -> None:
 
 
 def _watch(client, me: int, n: int, timeout: float, interval: float = 1.0) -> None:
-    """The watchdog loop (module docstring); returns only by ending the process."""
+    """The watchdog loop (module docstring): ends the process when a peer is lost; returns
+    when :func:`stop_watchdog` is called."""
     beat, last, moved = 0, {}, {}
     peers = [str(p) for p in range(n) if p != me]
-    while True:
+    stop = _WATCHDOG["stop"]
+    while not stop.is_set():
         beat += 1
         try:
             client.key_value_set(f"{_ALIVE}{me}", str(beat), allow_overwrite=True)
             alive = {k.rsplit("/", 1)[-1]: v for k, v in client.key_value_dir_get(_ALIVE)}
             done = {k.rsplit("/", 1)[-1] for k, _ in client.key_value_dir_get(_DONE)}
         except Exception:  # noqa: BLE001 (an RPC failure: the coordinator is unreachable)
+            if stop.is_set():
+                return
             if me != 0:
                 _stop("the coordinator, process 0", n, me, "unreachable")
-            time.sleep(interval)
+            stop.wait(interval)
             continue
         now = time.monotonic()
         lost = []
@@ -198,10 +219,10 @@ def _watch(client, me: int, n: int, timeout: float, interval: float = 1.0) -> No
                 last[peer], moved[peer] = alive.get(peer), now
             elif now - moved[peer] > timeout:
                 lost.append(peer)
-        if lost:
+        if lost and not stop.is_set():
             _stop(", ".join(f"process {p}" for p in lost), n, me,
                   f"no sign of life for {timeout:.0f} s")
-        time.sleep(interval)
+        stop.wait(interval)
 
 
 def await_watchdog() -> None:
@@ -213,4 +234,7 @@ def await_watchdog() -> None:
 
 def _start_watchdog(timeout: float) -> None:
     args = (_client(), jax.process_index(), jax.process_count(), timeout)
-    threading.Thread(target=_watch, args=args, name="jaxcnn-watchdog", daemon=True).start()
+    _WATCHDOG["stop"].clear()
+    thread = threading.Thread(target=_watch, args=args, name="jaxcnn-watchdog", daemon=True)
+    _WATCHDOG["thread"] = thread
+    thread.start()
