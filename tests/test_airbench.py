@@ -114,7 +114,10 @@ def test_registry_options_and_whiten_bn():
     # airbench94_muon: the record's head (std 1, logits / 256), the rest fixed alike
     assert "logit_scale" not in models.accepted_options("airbench94_muon")
     muon = models.create("airbench94_muon", num_classes=7)
-    assert (muon.logit_scale, muon.head_std, muon.bn_momentum) == (1 / 256, 1.0, 0.4)
+    # the record's BatchNorm(momentum=0.6) is PyTorch momentum 0.4:
+    # running = (1 - 0.4) * running + 0.4 * batch, i.e. bn_momentum 0.6 here
+    assert (muon.logit_scale, muon.head_std, muon.bn_momentum) == (1 / 256, 1.0, 0.6)
+    assert "bn_momentum" not in models.accepted_options("airbench94_muon")
     with pytest.raises(ValueError, match="unknown option.*'bn_epsilon'"):
         models.create("airbench94", bn_epsilon=1e-5)
     shapes = jax.eval_shape(
