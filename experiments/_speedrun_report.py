@@ -68,9 +68,10 @@ def float32_twin(trained: Trained, train):
 
 
 def training_pflop(trained: Trained, train) -> tuple[float, float, float]:
-    """XLA's FLOPs of one training step of ``trained`` (lowered, on the CPU's JAX kernels, in
-    float32 whatever the run's dtype), and the PFLOP of this run and of the same run on 50,000
-    images."""
+    """XLA's FLOPs of a training step of ``trained`` (lowered, on the CPU's JAX kernels, in
+    float32 whatever the run's dtype; the mean over the run's steps: an epoch's step skips the
+    gradients of the parameters frozen by then), and the PFLOP of this run and of the same run
+    on 50,000 images."""
     from jaxcnn.data import CIFAR10_MEAN, CIFAR10_STD
     from jaxcnn.flops import train_step_flops
     from jaxcnn.train.builder import build
@@ -80,11 +81,18 @@ def training_pflop(trained: Trained, train) -> tuple[float, float, float]:
     engine = build(float32_twin(trained, train), dataclasses.replace(
                        config, init_fn=None, dtype="float32"), train,
                    normalization=(CIFAR10_MEAN, CIFAR10_STD))
-    step = train_step_flops(engine.train_step, engine.state, config.batch_size,
-                            train.image_shape)
+    counted: dict[int, float] = {}  # id(step) -> its FLOPs (the epochs share few programs)
+    per_epoch = []
+    for epoch in range(config.epochs):
+        step = engine.train_steps_for(epoch)[0]
+        if id(step) not in counted:
+            counted[id(step)] = train_step_flops(step, engine.state, config.batch_size,
+                                                 train.image_shape)
+        per_epoch.append(counted[id(step)])
+    mean_step = float(np.mean(per_epoch))
     steps = config.epochs * engine.steps_per_epoch
     steps_50k = config.epochs * (FULL_TRAIN // config.batch_size)
-    return step, step * steps / 1e15, step * steps_50k / 1e15
+    return mean_step, mean_step * steps / 1e15, mean_step * steps_50k / 1e15
 
 
 def evaluate_and_export(name: str, trained: Trained, tta: str, train, evaluation, args,

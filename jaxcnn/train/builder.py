@@ -50,7 +50,7 @@ from jaxcnn.train.mesh import (
     make_mesh,
     replicate,
 )
-from jaxcnn.train.optim import make_optimizer, make_schedule
+from jaxcnn.train.optim import frozen_leaves, make_optimizer, make_schedule
 from jaxcnn.train.runconfig import check_fit_resume, fit_run_config
 from jaxcnn.train.state import TrainState, create_train_state
 from jaxcnn.train.steps import (
@@ -85,6 +85,7 @@ class Engine:
       schedule: ``step -> learning rate`` of the schedule (before any group's scale).
       tx: the optax optimizer in ``state.tx``.
       config, mesh, steps_per_epoch: what it was built for.
+      steps_at: ``epoch -> (train_step, indexed_step)``, see :meth:`train_steps_for`.
       run_config: what a checkpoint of the run records (the config, the model, the
         normalisation, the training set's shape: :func:`~jaxcnn.train.runconfig.
         fit_run_config`), compared on resume.
@@ -101,6 +102,15 @@ class Engine:
     mesh: Mesh
     steps_per_epoch: int
     run_config: dict
+    steps_at: Callable[[int], tuple[Callable, Callable]] | None = None
+
+    def train_steps_for(self, epoch: int) -> tuple[Callable, Callable]:
+        """``(train_step, indexed_step)`` for epoch ``epoch``: the steps above, except that the
+        leaves whose training window has ended by then are not differentiated
+        (:func:`~jaxcnn.train.optim.frozen_leaves`: airbench's whitening bias after epoch 3),
+        which changes no update and saves their share of the backward pass."""
+        return (self.train_step, self.indexed_step) if self.steps_at is None else (
+            self.steps_at(epoch))
 
     @property
     def total_steps(self) -> int:
@@ -254,14 +264,27 @@ def build(
     elif config.init_fn is not None:
         state = run_init_fn(config, state, train_ds.images)
     num_classes = int(train_ds.num_classes)
-    train_step, indexed_step = jitted_train_steps(
-        preprocess, config.label_smoothing, num_classes, mesh, ensemble
-    )
+    # one model's parameter shapes (the groups match some leaves by ndim)
+    shapes = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape[1:] if ensemble else a.shape, a.dtype),
+        state.params)
+
+    def steps_at(epoch: int):
+        mask = frozen_leaves(shapes, config.param_groups, epoch, steps_per_epoch,
+                             config.clip_norm)
+        if mask is not None:
+            leaves, treedef = jax.tree.flatten(mask)
+            mask = (treedef, tuple(leaves))
+        return jitted_train_steps(preprocess, config.label_smoothing, num_classes, mesh,
+                                  ensemble, mask)
+
+    train_step, indexed_step = steps_at(0)
     return Engine(
         state=replicate(state, mesh),
         train_step=train_step,
         eval_step=jitted_eval_step(preprocess, num_classes, mesh, ensemble),
         indexed_step=indexed_step,
+        steps_at=steps_at,
         preprocess=preprocess,
         schedule=schedule,
         tx=tx,
@@ -331,11 +354,15 @@ def _on_cpu(mesh: Mesh) -> bool:
 
 
 @functools.lru_cache(maxsize=16)
-def jitted_train_steps(preprocess, label_smoothing, num_classes, mesh, ensemble: bool):
+def jitted_train_steps(preprocess, label_smoothing, num_classes, mesh, ensemble: bool,
+                       frozen: tuple | None = None):
     """Jitted ``(train_step, indexed_step)``, memoised on their static configuration so that
-    repeated builds in one process reuse the compiled programs."""
+    repeated builds in one process reuse the compiled programs. ``frozen``: None, or
+    ``(treedef, leaves)`` of the step's ``frozen`` mask (hashable)."""
     make = make_ensemble_train_step if ensemble else make_train_step
-    train = make(preprocess, label_smoothing=label_smoothing, num_classes=num_classes)
+    mask = None if frozen is None else jax.tree.unflatten(*frozen)
+    train = make(preprocess, label_smoothing=label_smoothing, num_classes=num_classes,
+                 frozen=mask)
     # XLA:CPU runs a rolled scan of the step much slower than separate calls: unroll it there.
     indexed = make_indexed_train_step(
         train, batch_sharding=batch_sharding(mesh), unroll=_on_cpu(mesh)

@@ -56,14 +56,17 @@ def member(state: TrainState, k: int) -> TrainState:
 
 
 def make_ensemble_train_step(
-    preprocess: Preprocess, *, label_smoothing: float = 0.0, num_classes: int | None = None
+    preprocess: Preprocess, *, label_smoothing: float = 0.0, num_classes: int | None = None,
+    frozen=None,
 ):
     """``(ens_state, images, labels) -> (ens_state, metrics)``; metrics ``loss``/``accuracy`` (K,).
 
     The single-model :func:`make_train_step` vmapped over the model axis; images (B, H, W, C)
-    uint8 and labels (B,) are shared. Jit it with :func:`jaxcnn.train.mesh.jit_train_step`.
+    uint8 and labels (B,) are shared. ``frozen``: one model's mask (as ``make_train_step``'s),
+    the same for every member. Jit it with :func:`jaxcnn.train.mesh.jit_train_step`.
     """
-    step = make_train_step(preprocess, label_smoothing=label_smoothing, num_classes=num_classes)
+    step = make_train_step(preprocess, label_smoothing=label_smoothing, num_classes=num_classes,
+                           frozen=frozen)
     return jax.vmap(step, in_axes=(0, None, None))
 
 

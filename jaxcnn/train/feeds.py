@@ -20,6 +20,7 @@ With ``FitConfig.flip="alternate"`` both mirror the same rows
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -103,17 +104,20 @@ class HostFeed:
     and copied to the devices (``shard_batch``), one jitted step per batch. ``alternate_flip``:
     the rows that :func:`~jaxcnn.data.alternating_flip_mask` picks are mirrored in numpy
     first. ``reuse_memory``: each epoch runs in :func:`~jaxcnn.host_malloc.reuse_freed_memory`
-    (:func:`make_feed` decides it from the step's buffer size)."""
+    (:func:`make_feed` decides it from the step's buffer size). ``step_for_epoch``: optional
+    ``epoch -> train_step`` that replaces ``train_step`` (:meth:`~jaxcnn.train.builder.Engine.
+    train_steps_for`)."""
 
     on_device = False
 
     def __init__(
         self, train_step, dataset, batch_size: int, mesh, seed: int, alternate_flip: bool = False,
-        reuse_memory: bool = False,
+        reuse_memory: bool = False, step_for_epoch: Callable[[int], Callable] | None = None,
     ):
         self.step, self.dataset, self.batch_size = train_step, dataset, batch_size
         self.mesh, self.seed, self.alternate_flip = mesh, seed, bool(alternate_flip)
         self.reuse_memory = bool(reuse_memory)
+        self.step_for_epoch = step_for_epoch
 
     def epoch(self, state, epoch: int):
         """Yield ``(state, metrics, steps)`` per dispatch; metrics are per-step scalars."""
@@ -121,9 +125,10 @@ class HostFeed:
 
         batches = epoch_batches(self.dataset, self.batch_size, seed=self.seed, epoch=epoch,
                                 alternate_flip=self.alternate_flip)
+        step = self.step if self.step_for_epoch is None else self.step_for_epoch(epoch)
         with reuse_freed_memory() if self.reuse_memory else contextlib.nullcontext():
             for images, labels in batches:
-                state, metrics = self.step(state, *shard_batch(self.mesh, images, labels))
+                state, metrics = step(state, *shard_batch(self.mesh, images, labels))
                 yield state, metrics, 1
 
 
@@ -136,7 +141,8 @@ class DeviceFeed:
     ``(K, B)`` bool mask of :func:`~jaxcnn.data.alternating_flip_mask` (the indexed step must
     take it: ``jit_indexed_train_step(..., flips=True)``) and the step mirrors those rows after
     its gather. On a mesh it is single-process; with ``mesh=None`` (one local device: the
-    transfer head) every process may run it, each the same computation."""
+    transfer head) every process may run it, each the same computation. ``step_for_epoch``:
+    optional ``epoch -> indexed_step`` that replaces ``indexed_step``."""
 
     on_device = True
 
@@ -149,6 +155,7 @@ class DeviceFeed:
         seed: int,
         steps_per_dispatch: int = 1,
         alternate_flip: bool = False,
+        step_for_epoch: Callable[[int], Callable] | None = None,
     ):
         if mesh is not None and jax.process_count() > 1:
             raise ValueError(
@@ -162,6 +169,7 @@ class DeviceFeed:
                 f"steps_per_dispatch must be a positive int, got {steps_per_dispatch!r}"
             )
         self.step, self.batch_size, self.seed = indexed_step, batch_size, seed
+        self.step_for_epoch = step_for_epoch
         self.steps_per_dispatch = steps_per_dispatch
         self.alternate_flip = bool(alternate_flip)
         self.size = len(dataset.labels)
@@ -178,12 +186,13 @@ class DeviceFeed:
             alternating_flip_mask(idx, epoch, self.size, self.seed) if self.alternate_flip else None
         )
         k = self.steps_per_dispatch
+        step = self.step if self.step_for_epoch is None else self.step_for_epoch(epoch)
         for start in range(0, len(idx), k):
             block = idx[start : start + k]
             if flips is None:
-                state, metrics = self.step(state, self.images, self.labels, block)
+                state, metrics = step(state, self.images, self.labels, block)
             else:
-                state, metrics = self.step(
+                state, metrics = step(
                     state, self.images, self.labels, block, flips[start : start + k]
                 )
             yield state, metrics, len(block)
@@ -207,14 +216,16 @@ def make_feed(
     if on_device:
         k = config.steps_per_dispatch if steps_per_dispatch is None else steps_per_dispatch
         return DeviceFeed(engine.indexed_step, dataset, config.batch_size, engine.mesh,
-                          config.seed, k, alternate_flip=alternate)
+                          config.seed, k, alternate_flip=alternate,
+                          step_for_epoch=lambda epoch: engine.train_steps_for(epoch)[1])
     reuse = False
     if jax.default_backend() == "cpu":  # the step compiles here, in the first epoch's time
         temp = step_temp_bytes(engine.train_step, engine.state, config.batch_size,
                                dataset.images.shape[1:], engine.mesh)
         reuse = temp is not None and temp <= REUSE_LIMIT_BYTES
     return HostFeed(engine.train_step, dataset, config.batch_size, engine.mesh, config.seed,
-                    alternate_flip=alternate, reuse_memory=reuse)
+                    alternate_flip=alternate, reuse_memory=reuse,
+                    step_for_epoch=lambda epoch: engine.train_steps_for(epoch)[0])
 
 
 def stack_metrics(entries, stacked: bool) -> dict[str, np.ndarray]:

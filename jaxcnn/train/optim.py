@@ -183,11 +183,43 @@ def decay_mask(params, groups: tuple[ParamGroup, ...] = DEFAULT_PARAM_GROUPS, we
     )
 
 
+def _window_steps(group: ParamGroup, steps_per_epoch: int) -> tuple[int, int | None]:
+    """The group's training window ``[start, stop)`` in steps (stop None: to the end)."""
+    start = int(round(group.start_epoch * steps_per_epoch))
+    stop = None if group.stop_epoch is None else int(round(group.stop_epoch * steps_per_epoch))
+    return start, stop
+
+
+def frozen_leaves(params, groups: tuple[ParamGroup, ...], epoch: int, steps_per_epoch: int,
+                  clip_norm: float | None = None):
+    """The leaves whose gradient no update uses from epoch ``epoch`` to the end of the run, as
+    a pytree of bools like ``params``; None when there are none (or with ``clip_norm``).
+
+    A leaf is frozen when its group has ``lr_scale == 0`` or its window ended at or before the
+    epoch's first step: its rate is 0 for every remaining step, so its gradient changes
+    nothing (as PyTorch's ``requires_grad=False``) and the train step need not compute it
+    (:func:`jaxcnn.train.make_train_step`'s ``frozen``; for airbench's stem that skips the
+    first 3x3 conv's input gradient). A group that starts later is not frozen before its
+    window: its momentum gathers the gradients first. With gradient clipping every gradient
+    counts in the global norm, so none is frozen.
+    """
+    if clip_norm is not None:
+        return None
+    first = epoch * steps_per_epoch
+    groups = tuple(groups)
+    done = []
+    for group in groups:
+        stop = _window_steps(group, steps_per_epoch)[1]
+        done.append(group.lr_scale == 0 or (stop is not None and stop <= first))
+    done.append(False)  # the leaves no rule matches
+    mask = jax.tree.map(lambda i: done[i], group_labels(params, groups))
+    return mask if any(jax.tree.leaves(mask)) else None
+
+
 def _group_schedule(base, group: ParamGroup, steps_per_epoch: int, total_steps: int):
     """``base`` times the group's ``lr_scale``, and 0 outside its training window (with
     ``anneal_in_window``, ``base`` runs its whole course within the window)."""
-    start = int(round(group.start_epoch * steps_per_epoch))
-    stop = None if group.stop_epoch is None else int(round(group.stop_epoch * steps_per_epoch))
+    start, stop = _window_steps(group, steps_per_epoch)
     if group.lr_scale == 1 and start == 0 and stop is None:
         return base  # the plain schedule, bit for bit
     stretch = total_steps / max(stop - start, 1) if group.anneal_in_window else None
