@@ -1,7 +1,7 @@
 """End to end: ``python -m experiments.speedrun`` on a tiny generated CIFAR-like dataset.
 
-The record recipe (airbench94_muon: whitened first layer, Muon, alternating flips, multi-crop
-TTA) for two seeds and two epochs, the default (airbench94) for one, then the ablation ladder
+The default recipe (airbench94_muon: whitened first layer, Muon, alternating flips, multi-crop
+TTA) for two seeds and two epochs, airbench94 (by name) for one, then the ablation ladder
 for a few rungs; checks the results file, that the whitening filters stay exactly as the data
 made them, and that each exported bundle reproduces the reported (TTA) accuracy from the bundle
 alone. The same command on 8 fake devices, through the download path, runs in a subprocess.
@@ -92,8 +92,11 @@ def test_full_recipe_two_seeds_exports_tta_bundles(tmp_path, fake_data, capsys):
         assert second["train_seconds"] == pytest.approx(first["train_seconds"], rel=1e-9)
 
 
-def test_default_recipe_is_airbench94_and_evaluates_per_epoch_on_request(tmp_path, fake_data):
-    results = speedrun.main(["--epochs", "2", "--batch-size", "64",
+def test_airbench94_by_name_evaluates_per_epoch_on_request(tmp_path, fake_data):
+    # the default is the record recipe, 9 epochs (airbench94's 10 would cost more FLOPs)
+    args = speedrun.build_parser().parse_args([])
+    assert args.recipe == "airbench94_muon" and speedrun.base_recipe(args, 0).epochs == 9
+    results = speedrun.main(["--recipe", "airbench94", "--epochs", "2", "--batch-size", "64",
                              "--eval-every", "1", *SMALL, "--eval-split", "fake",
                              "--workdir", str(tmp_path / "run"), "--no-figures",
                              "--no-progress"])
@@ -123,12 +126,12 @@ def test_device_check_times_the_recipe_on_synthetic_data_without_a_dataset(tmp_p
     results = speedrun.main(["--device-check", "--check-images", "256", "--batch-size", "64",
                              *SMALL, "--workdir", str(tmp_path / "run"), "--no-progress"])
     row = results["device_check"]
-    assert row["images"] == 256 and row["epochs_timed"] == 2 and row["recipe_epochs"] == 10
-    assert row["platform"] == "cpu" and row["recipe"] == "airbench94"
-    assert row["projected_train_seconds"] == pytest.approx(10 * row["seconds_per_epoch"])
+    assert row["images"] == 256 and row["epochs_timed"] == 2 and row["recipe_epochs"] == 9
+    assert row["platform"] == "cpu" and row["recipe"] == "airbench94_muon"
+    assert row["projected_train_seconds"] == pytest.approx(9 * row["seconds_per_epoch"])
     assert row["compile_seconds"] > 0
     out = capsys.readouterr().out
-    assert "projected: 10 epochs of airbench94" in out
+    assert "projected: 9 epochs of airbench94_muon" in out
 
 
 def test_ablation_ladder_trains_each_rung_and_plots(tmp_path, fake_data):
