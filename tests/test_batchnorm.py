@@ -1,4 +1,4 @@
-"""jaxcnn.ops.batchnorm / layers.FusedBatchNorm against flax.linen.BatchNorm (+ relu).
+"""jaxcnn.ops.batchnorm / layers.FusedBatchNorm against flax.linen.BatchNorm (+ relu or gelu).
 
 Both implementations are checked: the pure-JAX functions of ``jaxcnn.ops.batchnorm`` and the
 C++ kernels of ``jaxcnn.ops.onednn.batchnorm`` (``native``; skipped where the library is
@@ -16,7 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxcnn.models.layers import FusedBatchNorm
+from jaxcnn.models.layers import FusedBatchNorm, batch_norm
+from jaxcnn.ops import backend
 from jaxcnn.ops import batchnorm as pure
 from jaxcnn.ops.onednn import batchnorm as native
 from jaxcnn.ops.onednn import build
@@ -272,3 +273,94 @@ def test_native_kernels_under_vmap_match_each_member():
     for k, (x, s, b, _) in enumerate(members):
         _close(y[k], nn.max_pool(_flax_bn_relu(x, s, b, True), (2, 2), strides=(2, 2)),
                f"member {k}")
+
+
+# ------------------------------------------------------------------------ BatchNorm + GELU
+def _flax_bn_gelu(x, scale, bias, eps=1e-5):
+    return nn.gelu(_flax_bn_relu(x, scale, bias, relu=False, eps=eps), approximate=False)
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(1, 4), h=st.integers(1, 6), w=st.integers(1, 6), c=st.integers(1, 7),
+       seed=st.integers(0, 1000))
+def test_gelu_values_and_gradients_match_flax(n, h, w, c, seed):
+    """batch_norm_train(gelu=True) is BatchNorm then the exact GELU: values and all three
+    gradients against autodiff of nn.BatchNorm -> nn.gelu(approximate=False)."""
+    if n * h * w < 8:  # as above: the variance of 2-7 values is rounding noise
+        return
+    x, scale, bias, g = _data((n, h, w, c), seed)
+    y, vjp = jax.vjp(lambda x, s, b: pure.batch_norm_train(x, s, b, 1e-5, gelu=True)[0],
+                     x, scale, bias)
+    y_ref, vjp_ref = jax.vjp(_flax_bn_gelu, x, scale, bias)
+    _close(y, y_ref, "output")
+    for got, want, what in zip(vjp(g), vjp_ref(g), ("dx", "dscale", "dbias"), strict=True):
+        _close(got, want, what, rtol=1e-4)
+
+
+def test_gelu_slope_against_float64_numpy():
+    """The GELU slope of the backward pass, Phi(z) + z phi(z), against scipy-free float64."""
+    from math import erf, exp, pi, sqrt
+
+    z = np.linspace(-6, 6, 241)
+    want = [0.5 * (1 + erf(t / sqrt(2))) + t * exp(-t * t / 2) / sqrt(2 * pi) for t in z]
+    got = pure._gelu_slope(jnp.asarray(z, jnp.float32))
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=0, atol=2e-6)
+
+
+def test_gelu_backward_keeps_only_the_input():
+    """Autodiff of BatchNorm -> GELU keeps three more activations of x's size for its backward
+    pass; the fused op keeps x alone (and per-channel vectors)."""
+    x, scale, bias, _ = _data((2, 8, 6, 3), 7)
+
+    def kept(fn):
+        _, vjp = jax.vjp(fn, x, bias)
+        return sum(leaf.size == x.size for leaf in jax.tree.leaves(vjp))
+
+    assert kept(lambda x, b: pure.batch_norm_train(x, scale, b, gelu=True)[0]) == 1
+    assert kept(lambda x, b: _flax_bn_gelu(x, scale, b)) > 1  # the check can tell them apart
+
+
+def test_gelu_and_relu_together_are_refused():
+    x, scale, bias, _ = _data((2, 4, 4, 3), 8)
+    with pytest.raises(ValueError, match="relu=True or gelu=True, not both"):
+        pure.batch_norm_train(x, scale, bias, relu=True, gelu=True)
+    with pytest.raises(ValueError, match="relu=True or gelu=True, not both"):
+        batch_norm(True, "bn", relu=True, gelu=True)
+    with pytest.raises(ValueError, match="gelu=True needs relu=False and native=False"):
+        FusedBatchNorm(gelu=True).init(jax.random.key(0), x)
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("kernels", ["lax", "fast", "onednn"])
+def test_batch_norm_layer_with_gelu_equals_flax(train, kernels):
+    """layers.batch_norm(gelu=True, use_scale=False) on every backend: the variables, outputs,
+    running statistics and bias gradient of nn.BatchNorm(use_scale=False) -> nn.gelu."""
+    x, _, bias, _ = _data((6, 4, 4, 3), 9)
+    ref = nn.BatchNorm(use_running_average=not train, use_scale=False, momentum=0.6,
+                       epsilon=1e-5)
+    stats = {"mean": jnp.full(3, 0.3), "var": jnp.full(3, 1.7)}
+
+    class Ours(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return batch_norm(train, "bn", gelu=True, use_scale=False, momentum=0.6)(x)
+
+    def run(apply, b):
+        return apply({"params": {"bn": {"bias": b}}, "batch_stats": {"bn": stats}}, x,
+                     mutable=["batch_stats"])
+
+    def ref_apply(variables, x, mutable):
+        inner = {k: v["bn"] for k, v in variables.items()}
+        y, s = ref.apply(inner, x, mutable=mutable)
+        return nn.gelu(y, approximate=False), {"batch_stats": {"bn": s["batch_stats"]}}
+
+    with backend.use(kernels):
+        variables = Ours().init(jax.random.key(0), x)
+        assert jax.tree.map(jnp.shape, variables["params"]) == {"bn": {"bias": (3,)}}
+        (y, s), (y_ref, s_ref) = run(Ours().apply, bias), run(ref_apply, bias)
+        _close(y, y_ref, "output")
+        for k in ("mean", "var"):
+            _close(s["batch_stats"]["bn"][k], s_ref["batch_stats"]["bn"][k], k)
+        grad = [jax.grad(lambda b, f=f: jnp.sum(jnp.sin(run(f, b)[0])))(bias)
+                for f in (ref_apply, Ours().apply)]
+        _close(grad[1], grad[0], "dbias", rtol=1e-4)

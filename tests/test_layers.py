@@ -100,3 +100,18 @@ def test_max_pool_bad_shapes():
         max_pool_2x2(jnp.zeros((4, 4, 1)))
     with pytest.raises(ValueError, match="H, W >= 2"):
         max_pool_2x2(jnp.zeros((1, 1, 4, 1)))
+
+
+def _residuals(fn, *args):
+    """(shape, dtype) of every array jax.vjp keeps for fn's backward pass."""
+    _, vjp = jax.vjp(fn, *args)
+    return [(leaf.shape, leaf.dtype) for leaf in jax.tree.leaves(vjp)]
+
+
+def test_max_pool_backward_keeps_an_int8_route_not_its_input():
+    """The backward pass of conv -> pool must not need the conv's full-resolution output:
+    all it keeps is the int8 window position of each maximum (one byte per pooled value)."""
+    x = jax.random.normal(jax.random.key(4), (2, 8, 7, 3))  # odd W: the last column dropped
+    kept = _residuals(lambda a: max_pool_2x2(a * 2.0), x)
+    assert ((2, 4, 3, 3), jnp.int8) in kept
+    assert all(np.prod(shape) < x.size // 4 for shape, _ in kept), kept

@@ -89,10 +89,10 @@ def rescaled_init(base, std: float):
     return init
 
 
-def _norm(train: bool, name: str, settings: dict):
-    """A bias-only BatchNorm ``name`` (scale fixed at 1; call it from a compact method).
-    ``settings``: ``momentum``, ``epsilon``, ``dtype``, ``param_dtype``."""
-    return batch_norm(train, name, use_scale=False, **settings)
+def _norm_gelu(train: bool, name: str, settings: dict):
+    """A bias-only BatchNorm ``name`` (scale fixed at 1), then the exact GELU (call it from a
+    compact method). ``settings``: ``momentum``, ``epsilon``, ``dtype``, ``param_dtype``."""
+    return batch_norm(train, name, gelu=True, use_scale=False, **settings)
 
 
 def _gelu(x):
@@ -103,7 +103,7 @@ class _ConvGroup(nn.Module):
     """conv1 3x3 -> max pool 2x2 -> norm1 -> GELU -> conv2 3x3 -> norm2 -> GELU.
 
     (N, H, W, C_in) -> (N, H // 2, W // 2, features). ``norm``: the BatchNorm settings of
-    :func:`_norm`; ``dirac``: identity init of the convs' first outputs."""
+    :func:`_norm_gelu`; ``dirac``: identity init of the convs' first outputs."""
 
     features: int
     dirac: bool
@@ -116,9 +116,9 @@ class _ConvGroup(nn.Module):
                   dtype=self.norm["dtype"], param_dtype=self.norm["param_dtype"])
         x = Conv(self.features, name="conv1", **kw)(x)
         x = max_pool_2x2(x)
-        x = _gelu(_norm(train, "norm1", self.norm)(x))
+        x = _norm_gelu(train, "norm1", self.norm)(x)
         x = Conv(self.features, name="conv2", **kw)(x)
-        return _gelu(_norm(train, "norm2", self.norm)(x))
+        return _norm_gelu(train, "norm2", self.norm)(x)
 
 
 class AirBench94(nn.Module):
@@ -174,9 +174,7 @@ class AirBench94(nn.Module):
                  name="whiten")(x)
         norm = dict(momentum=self.bn_momentum, epsilon=self.bn_eps, dtype=self.dtype,
                     param_dtype=self.param_dtype)
-        if self.whiten_bn:
-            x = _norm(train, "whiten_norm", norm)(x)
-        x = _gelu(x)
+        x = _norm_gelu(train, "whiten_norm", norm)(x) if self.whiten_bn else _gelu(x)
         for b, width in enumerate(self.widths, start=1):
             x = _ConvGroup(width, self.dirac, norm, name=f"block{b}")(x, train)
         x = jnp.max(x.astype(jnp.float32), axis=(1, 2))

@@ -14,12 +14,13 @@ checkpoints and ported weights) and the same function (tested model by model):
   (``jaxcnn.ops.depthwise``, 5-17x faster on XLA:CPU).
 * ``max_pool_2x2``: 2x2 / stride 2 max pooling. lax: ``nn.max_pool``; fast / onednn: a reshape
   and a max whose gradient is one elementwise mask instead of XLA's select-and-scatter.
-* ``batch_norm`` (and ``BatchNormNet.bn_relu``): BatchNorm [-> ReLU [-> 2x2 max pool]].
+* ``batch_norm`` (and ``BatchNormNet.bn_relu``): BatchNorm [-> ReLU [-> 2x2 max pool] or
+  -> GELU].
   lax: ``nn.BatchNorm``, ``nn.relu``, ``nn.max_pool``; fast: ``FusedBatchNorm``, one op with a
   hand-written backward pass (``jaxcnn.ops.batchnorm``); onednn: BatchNorm+ReLU in the C++
   kernels of ``jaxcnn.ops.onednn.batchnorm`` with a following max pool folded in, while a bare
-  BatchNorm (before a residual add or a GELU) stays in XLA, which fuses it with what follows
-  (in C++ that measured 2.5% slower for resnet20).
+  BatchNorm (before a residual add) stays in XLA, which fuses it with what follows (in C++
+  that measured 2.5% slower for resnet20), and BatchNorm+GELU is ``FusedBatchNorm``'s.
 
 And what the networks share:
 
@@ -186,8 +187,8 @@ def max_pool_2x2(x):
 
 
 def batch_norm(train: bool, name: str, *, relu: bool = False, pool: bool = False,
-               use_scale: bool = True, zero_scale: bool = False, momentum: float = 0.9,
-               epsilon: float = 1e-5, dtype: Any = None,
+               gelu: bool = False, use_scale: bool = True, zero_scale: bool = False,
+               momentum: float = 0.9, epsilon: float = 1e-5, dtype: Any = None,
                param_dtype: Any = jnp.float32) -> Callable:
     """BatchNorm submodule ``name`` [-> ReLU [-> 2x2 max pool]] as one callable (call it from
     a compact method); the variables of ``nn.BatchNorm(use_scale=use_scale)`` on every backend.
@@ -197,6 +198,8 @@ def batch_norm(train: bool, name: str, *, relu: bool = False, pool: bool = False
         ``mutable=["batch_stats"]``); else use the running statistics.
       name: the BatchNorm's name in the parameter tree.
       relu: then ReLU. pool: then 2x2 / stride 2 max pooling (needs ``relu``).
+      gelu: then the exact (erf) GELU instead (lax: ``nn.gelu(approximate=False)``; the others
+        fuse it into the BatchNorm, whose backward pass then keeps only the layer's input).
       use_scale: learn a scale (else fixed at 1). zero_scale: start the scale at 0.
       momentum: running = momentum * running + (1 - momentum) * batch. epsilon: added to the
         variance. dtype / param_dtype: of the output / of scale and bias.
@@ -205,12 +208,16 @@ def batch_norm(train: bool, name: str, *, relu: bool = False, pool: bool = False
     """
     if pool and not relu:
         raise ValueError("batch_norm: pool=True needs relu=True")
+    if gelu and relu:
+        raise ValueError("batch_norm: pass relu=True or gelu=True, not both")
     settings = dict(momentum=momentum, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype)
     kernels = backend.resolve()
     if kernels == "lax":
         init = nn.initializers.zeros_init() if zero_scale else nn.initializers.ones_init()
         layer = nn.BatchNorm(use_running_average=not train, use_scale=use_scale,
                              scale_init=init, name=name, **settings)
+        if gelu:
+            return lambda x: nn.gelu(layer(x), approximate=False)
         if not relu:
             return layer
         if pool:
@@ -223,7 +230,7 @@ def batch_norm(train: bool, name: str, *, relu: bool = False, pool: bool = False
         # kernel (even H, W); in pure JAX that fusion measured slower, so it stays separate.
         native = kernels == "onednn" and relu
         fold = native and pool and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0
-        y = FusedBatchNorm(use_running_average=not train, relu=relu, pool=fold,
+        y = FusedBatchNorm(use_running_average=not train, relu=relu, pool=fold, gelu=gelu,
                            use_scale=use_scale, zero_scale=zero_scale, native=native,
                            name=name, **settings)(x)
         return pool_2x2_first_max(y) if pool and not fold else y
@@ -294,6 +301,9 @@ class FusedBatchNorm(nn.Module):
     Attributes:
       use_running_average: normalise with the running statistics (evaluation).
       relu: apply ReLU to the output.
+      gelu: apply the exact GELU to the output instead (needs ``relu=False``, ``native=False``;
+        computed in float32, and in training its slope is recomputed in the backward pass
+        rather than stored).
       pool: then 2x2 max pooling with stride 2 (needs ``relu`` and even H, W): the output is
         (N, H/2, W/2, C), the gradient goes to each window's first maximum, and in training
         :func:`jaxcnn.ops.batchnorm.batch_norm_relu_pool_train` never writes the
@@ -313,6 +323,7 @@ class FusedBatchNorm(nn.Module):
     use_running_average: bool = False
     relu: bool = True
     pool: bool = False
+    gelu: bool = False
     use_scale: bool = True
     zero_scale: bool = False
     native: bool = False
@@ -333,6 +344,8 @@ class FusedBatchNorm(nn.Module):
 
         if self.pool and not self.relu:
             raise ValueError("FusedBatchNorm: pool=True needs relu=True")
+        if self.gelu and (self.relu or self.native):
+            raise ValueError("FusedBatchNorm: gelu=True needs relu=False and native=False")
         if self.zero_scale and not self.use_scale:
             raise ValueError("FusedBatchNorm: zero_scale=True needs use_scale=True")
         c = jnp.shape(x)[-1]
@@ -349,12 +362,18 @@ class FusedBatchNorm(nn.Module):
             if self.use_scale:
                 a = scale.astype(jnp.float32) * a
             y = (x.astype(jnp.float32) - ra_mean.value) * a + bias.astype(jnp.float32)
-            y = (jnp.maximum(y, 0.0) if self.relu else y).astype(x.dtype)
+            if self.relu:
+                y = jnp.maximum(y, 0.0)
+            elif self.gelu:
+                y = nn.gelu(y, approximate=False)
+            y = y.astype(x.dtype)
             return pool_2x2_first_max(y) if self.pool else y
         if not self.use_scale:  # a constant 1: its gradient is computed and dropped
             scale = jnp.ones((c,), bias.dtype)
         if self.pool:
             y, mean, var = pool_fn(x, scale, bias, self.epsilon)
+        elif self.gelu:
+            y, mean, var = train_fn(x, scale, bias, self.epsilon, gelu=True)
         else:
             y, mean, var = train_fn(x, scale, bias, self.epsilon, self.relu)
         if not self.is_initializing():

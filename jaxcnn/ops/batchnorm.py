@@ -1,13 +1,15 @@
-"""Training-mode BatchNorm (+ optional ReLU) with a hand-written backward pass.
+"""Training-mode BatchNorm (+ optional ReLU or GELU) with a hand-written backward pass.
 
 For x of shape (N, H, W, C), per channel c over the M = N*H*W positions::
 
     mean = sum(x) / M,   var = sum(x^2) / M - mean^2          (biased, as Flax and Keras)
-    y    = act(scale * (x - mean) / sqrt(var + eps) + bias)    (act: ReLU or identity)
+    y    = act(scale * (x - mean) / sqrt(var + eps) + bias)    (act: ReLU, GELU or identity)
 
-The function is Flax's ``nn.BatchNorm`` (``use_fast_variance=True``) followed by ``nn.relu``;
-only the gradient is computed differently. With ``a = scale * inv``, ``inv = 1/sqrt(var+eps)``
-and ``gm = g * act'(.)`` (the incoming gradient masked where the ReLU was off)::
+The function is Flax's ``nn.BatchNorm`` (``use_fast_variance=True``) followed by ``nn.relu``
+or the exact ``nn.gelu``; only the gradient is computed differently. With ``a = scale * inv``,
+``inv = 1/sqrt(var+eps)``, ``z = a * (x - mean) + bias`` and ``gm = g * act'(z)`` (the incoming
+gradient masked where the ReLU was off; for GELU ``act'(z) = Phi(z) + z * phi(z)``, the normal
+CDF and density)::
 
     dbias  = sum(gm)
     dscale = inv * (sum(gm * x) - mean * sum(gm))
@@ -17,7 +19,9 @@ Why: on XLA:CPU these layers are memory-bound, and autodiff of the textbook form
 writes the full activation more often than needed (it materialises ``x - mean``, keeps the ReLU
 output for its mask, ...). Here the forward pass reads x twice (statistics, then output) and
 writes y once; the backward pass reads g and x twice and writes dx once, recomputing the ReLU
-mask from x instead of storing it. Statistics and sums are float32 whatever x's dtype.
+mask or the GELU slope from x instead of storing them: the layer keeps only its input for the
+backward pass (autodiff of BatchNorm -> GELU keeps three more activations of x's size).
+Statistics and sums are float32 whatever x's dtype.
 """
 
 from __future__ import annotations
@@ -60,36 +64,55 @@ def _affine(x, a, b):
     return x.astype(jnp.float32) * a + b
 
 
+_SQRT_HALF = 0.7071067811865476  # 1/sqrt(2)
+_INV_SQRT_2PI = 0.3989422804014327  # 1/sqrt(2 pi)
+
+
+def _activate(z, act: str):
+    if act == "relu":
+        return jnp.maximum(z, 0.0)
+    if act == "gelu":
+        return jax.nn.gelu(z, approximate=False)
+    return z
+
+
+def _gelu_slope(z):
+    """d/dz of the exact GELU z * Phi(z): Phi(z) + z * phi(z)."""
+    return 0.5 * lax.erfc(-z * _SQRT_HALF) + z * _INV_SQRT_2PI * jnp.exp(-0.5 * z * z)
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _bn(x, scale, bias, eps, relu):
+def _bn(x, scale, bias, eps, act):
     """(y, mean, var). The backward pass ignores the cotangents of mean and var: the public
     function stops their gradient, so those cotangents are always zero."""
-    y, mean, var, _ = _bn_fwd_values(x, scale, bias, eps, relu)
+    y, mean, var, _ = _bn_fwd_values(x, scale, bias, eps, act)
     return y, mean, var
 
 
-def _bn_fwd_values(x, scale, bias, eps, relu):
+def _bn_fwd_values(x, scale, bias, eps, act):
     mean, var = _stats(x)
     inv = lax.rsqrt(var + eps)
     a = scale.astype(jnp.float32) * inv
     b = bias.astype(jnp.float32) - mean * a
-    z = _affine(x, a, b)
-    y = (jnp.maximum(z, 0.0) if relu else z).astype(x.dtype)
+    y = _activate(_affine(x, a, b), act).astype(x.dtype)
     return y, mean, var, inv
 
 
-def _bn_fwd(x, scale, bias, eps, relu):
-    y, mean, var, inv = _bn_fwd_values(x, scale, bias, eps, relu)
+def _bn_fwd(x, scale, bias, eps, act):
+    y, mean, var, inv = _bn_fwd_values(x, scale, bias, eps, act)
     return (y, mean, var), (x, scale, bias, mean, inv)
 
 
-def _bn_bwd(eps, relu, res, cotangents):
+def _bn_bwd(eps, act, res, cotangents):
     g = cotangents[0]
-    x, scale, bias, mean, inv = res
+    # The barrier keeps XLA from merging the recomputation below with the forward pass's
+    # identical expressions (which would keep the GELU's erfc and exp alive until here).
+    x, scale, bias, mean, inv = lax.optimization_barrier(res) if act == "gelu" else res
     a = scale.astype(jnp.float32) * inv
     gf = g.astype(jnp.float32)
-    if relu:  # the ReLU mask, recomputed from x rather than stored
-        gf = jnp.where(_affine(x, a, bias.astype(jnp.float32) - mean * a) > 0, gf, 0.0)
+    if act != "none":  # the ReLU mask or the GELU slope, recomputed from x rather than stored
+        z = _affine(x, a, bias.astype(jnp.float32) - mean * a)
+        gf = jnp.where(z > 0, gf, 0.0) if act == "relu" else gf * _gelu_slope(z)
     m = x.size // x.shape[-1]
     s1 = jnp.sum(gf, axis=_AXES)
     s2 = jnp.sum(gf * x.astype(jnp.float32), axis=_AXES)
@@ -105,21 +128,27 @@ def _bn_bwd(eps, relu, res, cotangents):
 _bn.defvjp(_bn_fwd, _bn_bwd)
 
 
-def batch_norm_train(x, scale, bias, eps: float = 1e-5, relu: bool = False):
-    """BatchNorm with batch statistics (training mode), optionally followed by ReLU.
+def batch_norm_train(x, scale, bias, eps: float = 1e-5, relu: bool = False,
+                     gelu: bool = False):
+    """BatchNorm with batch statistics (training mode), optionally followed by ReLU or GELU.
 
     Args:
       x: (N, H, W, C) float array (any float dtype; statistics are float32).
       scale, bias: (C,) learned parameters.
       eps: added to the variance.
       relu: apply ReLU to the output (fused: one pass, and the mask is not stored).
+      gelu: apply the exact (erf) GELU to the output, computed in float32 (fused: its slope
+        is recomputed in the backward pass, not stored).
 
     Returns:
       (y, mean, var): y (N, H, W, C) in x's dtype; the float32 (C,) batch mean and biased
       variance, for the running averages (no gradient flows through them).
     """
     check_args(x, scale, bias)
-    y, mean, var = _bn(x, scale, bias, float(eps), bool(relu))
+    if relu and gelu:
+        raise ValueError("batch_norm_train: pass relu=True or gelu=True, not both")
+    act = "relu" if relu else "gelu" if gelu else "none"
+    y, mean, var = _bn(x, scale, bias, float(eps), act)
     return y, lax.stop_gradient(mean), lax.stop_gradient(var)
 
 

@@ -129,29 +129,40 @@ def global_max_pool(x):
     return jnp.max(jnp.asarray(x), axis=axes)
 
 
-@jax.custom_vjp
-def _pool_2x2(x):
+_WINDOW_2x2 = ((0, 0), (0, 1), (1, 0), (1, 1))  # row-major: the first maximum gets the gradient
+
+
+def _window_entries(x):
+    """The four (N, H/2, W/2, C) entries of every 2x2 window of (N, H, W, C) x, row-major."""
+    n, h, w, c = x.shape
+    v = x.reshape(n, h // 2, 2, w // 2, 2, c)
+    return [v[:, :, i, :, j] for i, j in _WINDOW_2x2]
+
+
+def _window_max(x):
     n, h, w, c = x.shape
     return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
+_pool_2x2 = jax.custom_vjp(_window_max)
+
+
 def _pool_2x2_fwd(x):
-    y = _pool_2x2(x)
-    return y, (x, y)
+    # The backward pass keeps an int8 route (the window position, 0-3, of each window's first
+    # maximum: a sixteenth of x in float32) instead of x, a conv output at full resolution.
+    # It is an argmax, a reduction that XLA writes out: a route of compares and selects would
+    # be fused into the backward pass's consumer, and x would stay alive until then after all.
+    y = _window_max(x)
+    route = lax.argmax(jnp.stack(_window_entries(x), axis=-1), 4, jnp.int8)
+    return y, route
 
 
-def _pool_2x2_bwd(res, g):
-    x, y = res
-    n, h, w, c = x.shape
-    v = x.reshape(n, h // 2, 2, w // 2, 2, c)
-    taken = jnp.zeros(y.shape, bool)
-    grads = []
-    for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)):  # window order: the first maximum wins
-        hit = (v[:, :, i, :, j] == y) & ~taken
-        taken = taken | hit
-        grads.append(jnp.where(hit, g, jnp.zeros((), g.dtype)))
-    dv = jnp.stack(grads, axis=-2).reshape(n, h // 2, w // 2, 2, 2, c)  # (.., i, j, c)
-    return (dv.transpose(0, 1, 3, 2, 4, 5).reshape(n, h, w, c),)
+def _pool_2x2_bwd(route, g):
+    n, h2, w2, c = route.shape
+    zero = jnp.zeros((), g.dtype)
+    grads = [jnp.where(route == k, g, zero) for k in range(len(_WINDOW_2x2))]
+    dv = jnp.stack(grads, axis=-2).reshape(n, h2, w2, 2, 2, c)  # (.., i, j, c)
+    return (dv.transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h2, 2 * w2, c),)
 
 
 _pool_2x2.defvjp(_pool_2x2_fwd, _pool_2x2_bwd)
@@ -165,6 +176,8 @@ def max_pool_2x2(x):
     ties (e.g. all-zero windows after a ReLU) get no split gradient. Written as a reshape and a
     max with a hand-written backward pass: one elementwise pass, which on XLA:CPU is several
     times cheaper than select-and-scatter or autodiff of the reshape-max (which counts ties).
+    For that pass it keeps an int8 map of where each window's maximum was, not x (x is
+    usually the largest activation a conv -> pool network stores for its backward pass).
 
     Args:
       x: (N, H, W, C) with H, W >= 2.
