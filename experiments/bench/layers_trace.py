@@ -126,7 +126,8 @@ def _module_part(module) -> tuple[str, tuple] | None:
     from jaxcnn.models.layers import FusedBatchNorm
 
     if isinstance(module, FusedBatchNorm):
-        return ("batchnorm_pool" if module.pool else "batchnorm"), (module.relu, module.native)
+        return ("batchnorm_pool" if module.pool else "batchnorm"), (module.relu, module.gelu,
+                                                                   module.native)
     if isinstance(module, nn.BatchNorm):
         return "batchnorm", ()
     if isinstance(module, nn.Dropout) and module.rate > 0:
