@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxcnn.ops.pool import WINDOW_2X2, from_window_views, window_views
+
 __all__ = ["batch_norm_relu_pool_train", "batch_norm_train"]
 
 _AXES = (0, 1, 2)
@@ -154,22 +156,6 @@ def batch_norm_train(x, scale, bias, eps: float = 1e-5, relu: bool = False,
 
 # ------------------------------------------------------------------ BatchNorm + ReLU + 2x2 pool
 
-_WINDOW = ((0, 0), (0, 1), (1, 0), (1, 1))  # row-major: the first maximum gets the gradient
-
-
-def _window_views(t):
-    """The four (N, H/2, W/2, C) entries of every 2x2 window of (N, H, W, C) t, row-major."""
-    n, h, w, c = t.shape
-    v = t.reshape(n, h // 2, 2, w // 2, 2, c)
-    return [v[:, :, i, :, j] for i, j in _WINDOW]
-
-
-def _from_window_views(parts):
-    """Inverse of :func:`_window_views`: four (N, h, w, C) arrays -> (N, 2h, 2w, C)."""
-    n, h, w, c = parts[0].shape
-    v = jnp.stack(parts, axis=3).reshape(n, h, w, 2, 2, c)  # (.., i, j, c)
-    return v.transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, c)
-
 
 @partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _bn_relu_pool(x, scale, bias, eps):
@@ -184,7 +170,7 @@ def _bn_relu_pool_values(x, scale, bias, eps):
     inv = lax.rsqrt(var + eps)
     a = scale.astype(jnp.float32) * inv
     b = bias.astype(jnp.float32) - mean * a
-    z = jnp.stack([_affine(v, a, b) for v in _window_views(x)], axis=-1)  # (.., C, 4)
+    z = jnp.stack([_affine(v, a, b) for v in window_views(x)], axis=-1)  # (.., C, 4)
     # The routing is decided here, from the very values pooled: recomputing z in the backward
     # pass and testing equality is not safe (XLA may contract x*a+b into an FMA in one place
     # and not the other, e.g. once the batch is sharded over devices).
@@ -203,15 +189,15 @@ def _bn_relu_pool_bwd(eps, res, cotangents):
     g = cotangents[0].astype(jnp.float32)
     x, scale, mean, inv, route = res
     a = scale.astype(jnp.float32) * inv
-    xs = [v.astype(jnp.float32) for v in _window_views(x)]
-    gms = [jnp.where(route == k, g, 0.0) for k in range(len(_WINDOW))]
+    xs = [v.astype(jnp.float32) for v in window_views(x)]
+    gms = [jnp.where(route == k, g, 0.0) for k in range(len(WINDOW_2X2))]
     s1 = sum(jnp.sum(gm, axis=_AXES) for gm in gms)
     s2 = sum(jnp.sum(gm * xv, axis=_AXES) for gm, xv in zip(gms, xs, strict=True))
     m = x.size // x.shape[-1]
     dscale = inv * (s2 - mean * s1)
     c1 = -a * inv * dscale / m
     c0 = -a * s1 / m - c1 * mean
-    dx = _from_window_views([a * gm + c0 + c1 * xv for gm, xv in zip(gms, xs, strict=True)])
+    dx = from_window_views([a * gm + c0 + c1 * xv for gm, xv in zip(gms, xs, strict=True)])
     return dx.astype(x.dtype), dscale.astype(scale.dtype), s1.astype(scale.dtype)
 
 

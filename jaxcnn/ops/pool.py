@@ -129,14 +129,22 @@ def global_max_pool(x):
     return jnp.max(jnp.asarray(x), axis=axes)
 
 
-_WINDOW_2x2 = ((0, 0), (0, 1), (1, 0), (1, 1))  # row-major: the first maximum gets the gradient
+WINDOW_2X2 = ((0, 0), (0, 1), (1, 0), (1, 1))  # row-major: the first maximum gets the gradient
 
 
-def _window_entries(x):
-    """The four (N, H/2, W/2, C) entries of every 2x2 window of (N, H, W, C) x, row-major."""
-    n, h, w, c = x.shape
-    v = x.reshape(n, h // 2, 2, w // 2, 2, c)
-    return [v[:, :, i, :, j] for i, j in _WINDOW_2x2]
+def window_views(t):
+    """The four (N, H/2, W/2, C) entries of every 2x2 window of (N, H, W, C) t, in the order of
+    ``WINDOW_2X2`` (shared with :mod:`jaxcnn.ops.batchnorm`'s fused pool)."""
+    n, h, w, c = t.shape
+    v = t.reshape(n, h // 2, 2, w // 2, 2, c)
+    return [v[:, :, i, :, j] for i, j in WINDOW_2X2]
+
+
+def from_window_views(parts):
+    """Inverse of :func:`window_views`: four (N, h, w, C) arrays -> (N, 2h, 2w, C)."""
+    n, h, w, c = parts[0].shape
+    v = jnp.stack(parts, axis=3).reshape(n, h, w, 2, 2, c)  # (.., i, j, c)
+    return v.transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, c)
 
 
 def _window_max(x):
@@ -153,16 +161,13 @@ def _pool_2x2_fwd(x):
     # It is an argmax, a reduction that XLA writes out: a route of compares and selects would
     # be fused into the backward pass's consumer, and x would stay alive until then after all.
     y = _window_max(x)
-    route = lax.argmax(jnp.stack(_window_entries(x), axis=-1), 4, jnp.int8)
+    route = lax.argmax(jnp.stack(window_views(x), axis=-1), 4, jnp.int8)
     return y, route
 
 
 def _pool_2x2_bwd(route, g):
-    n, h2, w2, c = route.shape
     zero = jnp.zeros((), g.dtype)
-    grads = [jnp.where(route == k, g, zero) for k in range(len(_WINDOW_2x2))]
-    dv = jnp.stack(grads, axis=-2).reshape(n, h2, w2, 2, 2, c)  # (.., i, j, c)
-    return (dv.transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h2, 2 * w2, c),)
+    return (from_window_views([jnp.where(route == k, g, zero) for k in range(len(WINDOW_2X2))]),)
 
 
 _pool_2x2.defvjp(_pool_2x2_fwd, _pool_2x2_bwd)
