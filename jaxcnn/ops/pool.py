@@ -158,10 +158,18 @@ _pool_2x2 = jax.custom_vjp(_window_max)
 def _pool_2x2_fwd(x):
     # The backward pass keeps an int8 route (the window position, 0-3, of each window's first
     # maximum: a sixteenth of x in float32) instead of x, a conv output at full resolution.
-    # It is an argmax, a reduction that XLA writes out: a route of compares and selects would
-    # be fused into the backward pass's consumer, and x would stay alive until then after all.
+    # It is an argmax, a reduction that XLA writes out: a route of compares and selects is
+    # fused into the backward pass's consumer, and x stays alive until then after all. With
+    # several processes the compare-and-select route is used: there a program holding the
+    # argmax hung when JAX loaded it from its persistent compilation cache (2 processes x 4
+    # CPU devices, gloo).
     y = _window_max(x)
-    route = lax.argmax(jnp.stack(window_views(x), axis=-1), 4, jnp.int8)
+    views = window_views(x)
+    if jax.process_count() == 1:
+        return y, lax.argmax(jnp.stack(views, axis=-1), 4, jnp.int8)
+    route = jnp.full(y.shape, len(views) - 1, jnp.int8)
+    for k in reversed(range(len(views) - 1)):  # the first k whose entry is the maximum
+        route = jnp.where(views[k] == y, jnp.int8(k), route)
     return y, route
 
 
