@@ -36,10 +36,19 @@ IMPLS = [
 ]
 
 
-def _close(got, want, what, rtol=RTOL):
+def _close(got, want, what, rtol=RTOL, scale=0.0):
+    """|got - want| <= rtol x max(max|want|, scale)."""
     want = np.asarray(want, np.float64)
-    err = np.abs(np.asarray(got, np.float64) - want).max() / max(np.abs(want).max(), 1e-30)
+    err = np.abs(np.asarray(got, np.float64) - want).max() / max(np.abs(want).max(), scale, 1e-30)
     assert err <= rtol, f"{what}: {err:.2e} x max|ref|"
+
+
+def _dscale_terms(x, g):
+    """The largest per-channel sum of |g * x_hat|: the scale's gradient sum(g * x_hat) can cancel
+    to far below its terms, and float32 rounding is relative to the terms, not the result."""
+    xd, gd = np.asarray(x, np.float64), np.asarray(g, np.float64)
+    x_hat = (xd - xd.mean((0, 1, 2))) / np.sqrt(xd.var((0, 1, 2)) + 1e-5)
+    return float(np.abs(gd * x_hat).sum((0, 1, 2)).max())
 
 
 def _data(shape, seed):
@@ -73,8 +82,10 @@ def test_values_and_gradients_match_flax(impl, n, h, w, c, relu, seed):
     y, vjp = jax.vjp(ours, x, scale, bias)
     y_ref, vjp_ref = jax.vjp(ref, x, scale, bias)
     _close(y, y_ref, "output")
-    for got, want, what in zip(vjp(g), vjp_ref(g), ("dx", "dscale", "dbias"), strict=True):
-        _close(got, want, what, rtol=1e-4)  # sums of up to 144 terms, float32
+    scales = (0.0, _dscale_terms(x, g), 0.0)
+    for got, want, what, scale in zip(vjp(g), vjp_ref(g), ("dx", "dscale", "dbias"), scales,
+                                      strict=True):
+        _close(got, want, what, rtol=1e-4, scale=scale)  # sums of up to 144 terms, float32
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -293,8 +304,10 @@ def test_gelu_values_and_gradients_match_flax(n, h, w, c, seed):
                      x, scale, bias)
     y_ref, vjp_ref = jax.vjp(_flax_bn_gelu, x, scale, bias)
     _close(y, y_ref, "output")
-    for got, want, what in zip(vjp(g), vjp_ref(g), ("dx", "dscale", "dbias"), strict=True):
-        _close(got, want, what, rtol=1e-4)
+    scales = (0.0, _dscale_terms(x, g), 0.0)  # the GELU's slope is at most 1.13
+    for got, want, what, scale in zip(vjp(g), vjp_ref(g), ("dx", "dscale", "dbias"), scales,
+                                      strict=True):
+        _close(got, want, what, rtol=1e-4, scale=scale)
 
 
 def test_gelu_slope_against_float64_numpy():

@@ -140,6 +140,10 @@ def test_a_killed_process_stops_the_other_and_a_restart_resumes_bitwise(runs, da
     while not first.is_dir() and time.monotonic() < deadline:
         assert all(p.poll() is None for p in pair), [p.communicate()[1][-2000:] for p in pair]
         time.sleep(0.2)
+    if not first.is_dir():  # leave no hung processes behind
+        for p in pair:
+            p.kill()
+            p.communicate()
     assert first.is_dir(), "no checkpoint after the first epoch"
     pair[1].send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
