@@ -30,6 +30,7 @@ a loss. Checkpoints are atomic, so the run resumes when all processes are starte
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -129,8 +130,19 @@ def initialize(environ=None) -> bool:
     timeout = heartbeat_timeout(environ)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**settings, heartbeat_timeout_seconds=3 * timeout)
+    for name in ("absl", ""):  # orbax logs through absl's logger; others to the root
+        logging.getLogger(name).addFilter(_quiet_lost_peer)
     _start_watchdog(timeout)
     return True
+
+
+def _quiet_lost_peer(record: logging.LogRecord) -> bool:
+    """Logging filter: drop the traceback a background thread (orbax's asynchronous
+    checkpoint save) logs when a collective fails because a peer closed its connection. The
+    peer is lost, and the watchdog says so in one line and stops this process."""
+    err = record.exc_info[1] if record.exc_info else None
+    return not (isinstance(err, jax.errors.JaxRuntimeError)
+                and "Connection closed by peer" in str(err))
 
 
 def is_primary() -> bool:
