@@ -362,10 +362,9 @@ class FusedBatchNorm(nn.Module):
             if self.use_scale:
                 a = scale.astype(jnp.float32) * a
             y = (x.astype(jnp.float32) - ra_mean.value) * a + bias.astype(jnp.float32)
-            if self.relu:
-                y = jnp.maximum(y, 0.0)
-            elif self.gelu:
-                y = nn.gelu(y, approximate=False)
+            from jaxcnn.ops.batchnorm import activate
+
+            y = activate(y, "relu" if self.relu else "gelu" if self.gelu else "none")
             y = y.astype(x.dtype)
             return pool_2x2_first_max(y) if self.pool else y
         if not self.use_scale:  # a constant 1: its gradient is computed and dropped

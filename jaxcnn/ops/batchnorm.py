@@ -70,7 +70,9 @@ _SQRT_HALF = 0.7071067811865476  # 1/sqrt(2)
 _INV_SQRT_2PI = 0.3989422804014327  # 1/sqrt(2 pi)
 
 
-def _activate(z, act: str):
+def activate(z, act: str):
+    """``act`` ("relu", "gelu": the exact GELU, or "none") of z; shared with
+    ``layers.FusedBatchNorm``'s evaluation path."""
     if act == "relu":
         return jnp.maximum(z, 0.0)
     if act == "gelu":
@@ -96,7 +98,7 @@ def _bn_fwd_values(x, scale, bias, eps, act):
     inv = lax.rsqrt(var + eps)
     a = scale.astype(jnp.float32) * inv
     b = bias.astype(jnp.float32) - mean * a
-    y = _activate(_affine(x, a, b), act).astype(x.dtype)
+    y = activate(_affine(x, a, b), act).astype(x.dtype)
     return y, mean, var, inv
 
 
