@@ -219,6 +219,75 @@ def test_bfloat16_on_airbench_shapes_and_with_a_bias():
         assert err <= BF16_RTOL * np.abs(np.asarray(want)).max()
 
 
+# bfloat16 products (FitConfig.matmul_precision="bfloat16"): float32 operands rounded to
+# bfloat16, products accumulated in float32 and returned unrounded, so the output and both
+# gradients match the float32 convolution of the rounded operands (and rounded cotangent) to
+# float32 accumulation noise: RTOL (1e-5 x max|reference|), as the float32 kernels.
+def _check_bf16_products(x, k, stride, padding, bias=None):
+    from jaxcnn.ops.onednn.conv import native_bf16
+
+    if not (build.available() and native_bf16()):
+        pytest.skip("oneDNN kernels or native bfloat16 unavailable on this CPU")
+
+    def conv(x, k):
+        return conv2d_onednn(x, k, stride, padding, bias=bias)
+
+    with jax.default_matmul_precision("bfloat16"):
+        lowered = jax.jit(conv).lower(x, k).as_text()
+        assert "jaxcnn_onednn_conv_forward" in lowered and "bf16" in lowered
+        y = jax.jit(conv)(x, k)
+        g = _random(y.shape, 3)
+        got = jax.jit(lambda x, k, g: _values_and_grads(conv, x, k, g))(x, k, g)
+
+    def rounded(a):
+        return a.astype(jnp.bfloat16).astype(jnp.float32)
+
+    def ref(x, k):
+        y = _lax_conv(x, k, stride, padding)
+        return y if bias is None else y + bias
+
+    want = _values_and_grads(ref, rounded(x), rounded(k), rounded(g))
+    for a, b, what in zip(got, want, ("output", "input gradient", "kernel gradient"),
+                          strict=True):
+        assert a.dtype == jnp.float32 and a.shape == b.shape, what
+        _assert_close(a, b, f"bfloat16 products, {what}")
+
+
+@needs_onednn
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 3), h=st.integers(3, 11), w=st.integers(3, 11), c=st.integers(1, 8),
+    o=st.integers(1, 8), kh=st.integers(1, 3), kw=st.integers(1, 3), sh=st.integers(1, 2),
+    sw=st.integers(1, 2), padding=st.sampled_from(["SAME", "VALID", 1, ((0, 2), (1, 0))]),
+)
+def test_bfloat16_products_match_float32_of_rounded_operands_property(n, h, w, c, o, kh, kw, sh,
+                                                                       sw, padding):
+    _check_bf16_products(_random((n, h, w, c), h * 7 + w), _random((kh, kw, c, o), c + o),
+                         (sh, sw), padding)
+
+
+@needs_onednn
+def test_bfloat16_products_on_airbench_shapes_and_with_a_bias():
+    _check_bf16_products(_random((16, 15, 15, 64), 0), _random((3, 3, 64, 256), 1) * 0.05,
+                         1, "SAME")
+    _check_bf16_products(_random((4, 32, 32, 3), 0), _random((2, 2, 3, 24), 1), 1, "VALID",
+                         bias=_random((24,), 2))
+
+
+def test_bfloat16_products_need_native_bfloat16(monkeypatch):
+    """Without native bfloat16 the precision setting changes nothing: float32 kernels (or the
+    pure-JAX twin), float32 values."""
+    from jaxcnn.ops.onednn import conv as onednn_conv
+
+    monkeypatch.setattr(onednn_conv, "native_bf16", lambda: False)
+    x, k = _random((2, 8, 8, 3), 0), _random((3, 3, 3, 4), 1)
+    with jax.default_matmul_precision("bfloat16"):
+        lowered = jax.jit(conv2d_onednn).lower(x, k).as_text()
+        y = jax.jit(conv2d_onednn)(x, k)
+    assert "bf16" not in lowered
+    _assert_close(y, _lax_conv(x, k, 1, "SAME"), "float32 without native bfloat16")
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="conv2d_onednn supports dilation 1 only"):
         conv2d_onednn(jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 2)), dilation=2)

@@ -12,7 +12,8 @@ computes the same function with the same parameters (tested layer by layer and m
   convolutions as shifted multiply-adds.
 * ``"onednn"``: as ``"fast"``, with the convolutions in Intel's oneDNN and BatchNorm+ReLU
   (+ a following 2x2 max pool) in small C++ kernels (:mod:`jaxcnn.ops.onednn`; the
-  ``jaxcnn[onednn]`` extra, built on first use). float32 on the CPU; elsewhere its layers
+  ``jaxcnn[onednn]`` extra, built on first use). float32 on the CPU (bfloat16 products under
+  ``jax.default_matmul_precision("bfloat16")`` where the CPU has them); elsewhere its layers
   fall back to ``"fast"``.
 * ``"auto"`` (the default): ``"onednn"`` on the CPU where the extra is installed and usable,
   else ``"fast"`` there; ``"lax"`` on GPU and TPU.

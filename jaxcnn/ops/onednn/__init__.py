@@ -1,7 +1,8 @@
 """Optional native CPU kernels (``pip install "jaxcnn[onednn]"``): oneDNN convolutions and
 BatchNorm (+ ReLU, + 2x2 max pool) kernels.
 
-  conv2d_onednn, pure_jax                       jaxcnn.ops.onednn.conv
+  conv2d_onednn, pure_jax, bf16_products,
+  native_bf16                                   jaxcnn.ops.onednn.conv
   batch_norm_train_native,
   batch_norm_relu_pool_train_native             jaxcnn.ops.onednn.batchnorm
   available, unavailable_reason                 jaxcnn.ops.onednn.build
@@ -16,7 +17,8 @@ from jaxcnn.ops.onednn.batchnorm import (
     batch_norm_train_native,
 )
 from jaxcnn.ops.onednn.build import OnednnUnavailable, available, unavailable_reason
-from jaxcnn.ops.onednn.conv import conv2d_onednn, pure_jax
+from jaxcnn.ops.onednn.conv import bf16_products, conv2d_onednn, native_bf16, pure_jax
 
 __all__ = ["OnednnUnavailable", "available", "batch_norm_relu_pool_train_native",
-           "batch_norm_train_native", "conv2d_onednn", "pure_jax", "unavailable_reason"]
+           "batch_norm_train_native", "bf16_products", "conv2d_onednn", "native_bf16",
+           "pure_jax", "unavailable_reason"]

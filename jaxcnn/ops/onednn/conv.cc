@@ -1,9 +1,10 @@
 // oneDNN 2-D convolutions (forward, input gradient, kernel gradient) as XLA FFI handlers.
 //
 // Layouts are jaxcnn's: activations NHWC, kernels HWIO, cross-correlation, explicit (lo, hi)
-// padding per spatial axis, no dilation, no groups. Operands are float32, or all bfloat16
-// (oneDNN accumulates those in float32; the result is rounded to bfloat16 once); a bias is
-// float32 and only with float32 operands:
+// padding per spatial axis, no dilation, no groups. Operands (x, w, dy) are float32, or all
+// bfloat16, which oneDNN multiplies natively and accumulates in float32. Results (y, dx, dw)
+// have the operands' dtype or are float32 (bfloat16 operands, float32 results: only the
+// products are rounded). A bias is float32 and only with float32 operands:
 //
 //   y[n, p, q, o] = sum_{i, j, c} xp[n, p*sh + i, q*sw + j, c] * w[i, j, c, o]
 //
@@ -48,21 +49,23 @@ dnnl::engine& cpu_engine() {
 struct Problem {
   int64_t n, h, w, c, kh, kw, o, ho, wo, sh, sw, pt, pb, pl, pr;
   bool bias = false;
-  dt type = dt::f32;  // of x, w, y and their gradients
+  dt type = dt::f32;    // of the operands: x, w and dy
+  dt result = dt::f32;  // of the results: y, dx and dw
   auto key() const {
     return std::make_tuple(n, h, w, c, kh, kw, o, sh, sw, pt, pb, pl, pr, bias,
-                           static_cast<int>(type));
+                           static_cast<int>(type), static_cast<int>(result));
   }
 };
 
 // oneDNN's logical dims are (N, C, H, W) and (O, I, kh, kw); the tag gives the memory layout.
-memory::desc src_md(const Problem& p) { return {{p.n, p.c, p.h, p.w}, p.type, tag::nhwc}; }
-memory::desc dst_md(const Problem& p) { return {{p.n, p.o, p.ho, p.wo}, p.type, tag::nhwc}; }
-memory::desc user_weights_md(const Problem& p) {
-  return {{p.o, p.c, p.kh, p.kw}, p.type, tag::hwio};
+// x or dx, y or dy, and w or dw, in data type ``t``.
+memory::desc src_md(const Problem& p, dt t) { return {{p.n, p.c, p.h, p.w}, t, tag::nhwc}; }
+memory::desc dst_md(const Problem& p, dt t) { return {{p.n, p.o, p.ho, p.wo}, t, tag::nhwc}; }
+memory::desc user_weights_md(const Problem& p, dt t) {
+  return {{p.o, p.c, p.kh, p.kw}, t, tag::hwio};
 }
-memory::desc any_weights_md(const Problem& p) {
-  return {{p.o, p.c, p.kh, p.kw}, p.type, tag::any};
+memory::desc any_weights_md(const Problem& p, dt t) {
+  return {{p.o, p.c, p.kh, p.kw}, t, tag::any};
 }
 memory::desc bias_md(const Problem& p) { return {{p.o}, dt::f32, tag::x}; }
 
@@ -107,29 +110,33 @@ struct Primitives {
     auto& eng = cpu_engine();
     memory::dims strides{p.sh, p.sw}, pad_l{p.pt, p.pl}, pad_r{p.pb, p.pr};
     auto attr = deterministic_attr();
+    // Operands in p.type, results in p.result: y = conv(x, w), dx from (dy, w), dw from (x, dy).
+    auto x_md = src_md(p, p.type), dx_md = src_md(p, p.result);
+    auto y_md = dst_md(p, p.result), dy_md = dst_md(p, p.type);
+    auto w_md = any_weights_md(p, p.type), dw_md = any_weights_md(p, p.result);
     fwd_pd = p.bias ? dnnl::convolution_forward::primitive_desc(
                           eng, dnnl::prop_kind::forward_training, algorithm::convolution_direct,
-                          src_md(p), any_weights_md(p), bias_md(p), dst_md(p), strides, pad_l,
-                          pad_r, attr)
+                          x_md, w_md, bias_md(p), y_md, strides, pad_l, pad_r, attr)
                     : dnnl::convolution_forward::primitive_desc(
                           eng, dnnl::prop_kind::forward_training, algorithm::convolution_direct,
-                          src_md(p), any_weights_md(p), dst_md(p), strides, pad_l, pad_r, attr);
+                          x_md, w_md, y_md, strides, pad_l, pad_r, attr);
     fwd = dnnl::convolution_forward(fwd_pd);
     bwd_data_pd = dnnl::convolution_backward_data::primitive_desc(
-        eng, algorithm::convolution_direct, src_md(p), any_weights_md(p), dst_md(p), strides,
-        pad_l, pad_r, fwd_pd, attr);
+        eng, algorithm::convolution_direct, dx_md, w_md, dy_md, strides, pad_l, pad_r, fwd_pd,
+        attr);
     bwd_data = dnnl::convolution_backward_data(bwd_data_pd);
     bwd_weights_pd =
         p.bias ? dnnl::convolution_backward_weights::primitive_desc(
-                     eng, algorithm::convolution_direct, src_md(p), any_weights_md(p),
-                     bias_md(p), dst_md(p), strides, pad_l, pad_r, fwd_pd, attr)
+                     eng, algorithm::convolution_direct, x_md, dw_md, bias_md(p), dy_md,
+                     strides, pad_l, pad_r, fwd_pd, attr)
                : dnnl::convolution_backward_weights::primitive_desc(
-                     eng, algorithm::convolution_direct, src_md(p), any_weights_md(p),
-                     dst_md(p), strides, pad_l, pad_r, fwd_pd, attr);
+                     eng, algorithm::convolution_direct, x_md, dw_md, dy_md, strides, pad_l,
+                     pad_r, fwd_pd, attr);
     bwd_weights = dnnl::convolution_backward_weights(bwd_weights_pd);
-    to_fwd_weights = LayoutChange(user_weights_md(p), fwd_pd.weights_desc());
-    to_bwd_data_weights = LayoutChange(user_weights_md(p), bwd_data_pd.weights_desc());
-    from_diff_weights = LayoutChange(bwd_weights_pd.diff_weights_desc(), user_weights_md(p));
+    to_fwd_weights = LayoutChange(user_weights_md(p, p.type), fwd_pd.weights_desc());
+    to_bwd_data_weights = LayoutChange(user_weights_md(p, p.type), bwd_data_pd.weights_desc());
+    from_diff_weights =
+        LayoutChange(bwd_weights_pd.diff_weights_desc(), user_weights_md(p, p.result));
   }
 };
 
@@ -207,7 +214,7 @@ class PooledStream {
 // The kernel as ``change`` wants it: the user's HWIO buffer itself, or a reordered copy in a
 // per-thread buffer.
 memory weights_as(const LayoutChange& change, const Problem& p, void* hwio, dnnl::stream& s) {
-  memory user(user_weights_md(p), cpu_engine(), hwio);
+  memory user(user_weights_md(p, p.type), cpu_engine(), hwio);
   if (!change.needed) return user;
   memory blocked = thread_memory(change.pd.dst_desc(), kWeights);
   execute_with_scratchpad(change.prim, change.pd, s,
@@ -215,19 +222,32 @@ memory weights_as(const LayoutChange& change, const Problem& p, void* hwio, dnnl
   return blocked;
 }
 
-// The oneDNN type of three buffers of one type (float32 or bfloat16), else an error.
-ffi::Error common_type(const ffi::AnyBuffer& a, const ffi::AnyBuffer& b, const ffi::AnyBuffer& c,
-                       dt* type) {
-  auto t = a.element_type();
-  if (b.element_type() != t || c.element_type() != t) {
-    return ffi::Error::InvalidArgument("onednn conv: x, kernel and y must have one dtype");
-  }
-  if (t == ffi::DataType::F32) {
+// The oneDNN type of a buffer: float32 or bfloat16, else an error.
+ffi::Error onednn_type(const ffi::AnyBuffer& a, dt* type) {
+  if (a.element_type() == ffi::DataType::F32) {
     *type = dt::f32;
-  } else if (t == ffi::DataType::BF16) {
+  } else if (a.element_type() == ffi::DataType::BF16) {
     *type = dt::bf16;
   } else {
     return ffi::Error::InvalidArgument("onednn conv: dtype must be float32 or bfloat16");
+  }
+  return ffi::Error::Success();
+}
+
+// The operands' type (of ``a`` and ``b``, which must agree) and the result's (of ``r``): the
+// operands' own, or float32.
+ffi::Error operand_and_result_types(const ffi::AnyBuffer& a, const ffi::AnyBuffer& b,
+                                    const ffi::AnyBuffer& r, Problem* p) {
+  if (a.element_type() != b.element_type()) {
+    return ffi::Error::InvalidArgument("onednn conv: the two operands must have one dtype");
+  }
+  auto err = onednn_type(a, &p->type);
+  if (err.failure()) return err;
+  err = onednn_type(r, &p->result);
+  if (err.failure()) return err;
+  if (p->result != p->type && p->result != dt::f32) {
+    return ffi::Error::InvalidArgument(
+        "onednn conv: the result must have the operands' dtype or be float32");
   }
   return ffi::Error::Success();
 }
@@ -240,8 +260,6 @@ ffi::Error problem_from(const ffi::AnyBuffer& xb, const ffi::AnyBuffer& wb,
     return ffi::Error::InvalidArgument("onednn conv: x, kernel and y must be rank 4");
   }
   *p = Problem{x[0], x[1], x[2], x[3], wt[0], wt[1], wt[3], y[1], y[2], sh, sw, pt, pb, pl, pr};
-  auto type_err = common_type(xb, wb, yb, &p->type);
-  if (type_err.failure()) return type_err;
   if (wt[2] != x[3] || y[0] != x[0] || y[3] != wt[3]) {
     return ffi::Error::InvalidArgument("onednn conv: inconsistent shapes");
   }
@@ -257,6 +275,8 @@ ffi::Error forward(ffi::AnyBuffer& x, ffi::AnyBuffer& w, float* b, ffi::Result<f
   Problem p;
   auto err = problem_from(x, w, *y, sh, sw, pt, pb, pl, pr, &p);
   if (err.failure()) return err;
+  err = operand_and_result_types(x, w, *y, &p);
+  if (err.failure()) return err;
   p.bias = b != nullptr;
   if (p.bias && p.type != dt::f32) {
     return ffi::Error::InvalidArgument("onednn conv: a bias needs float32 operands");
@@ -266,8 +286,8 @@ ffi::Error forward(ffi::AnyBuffer& x, ffi::AnyBuffer& w, float* b, ffi::Result<f
     auto& eng = cpu_engine();
     PooledStream pooled;
     auto& s = pooled.get();
-    memory src(src_md(p), eng, x.untyped_data());
-    memory dst(dst_md(p), eng, y->untyped_data());
+    memory src(src_md(p, p.type), eng, x.untyped_data());
+    memory dst(dst_md(p, p.result), eng, y->untyped_data());
     memory wts = weights_as(prims.to_fwd_weights, p, w.untyped_data(), s);
     std::unordered_map<int, memory> args{
         {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wts}, {DNNL_ARG_DST, dst}};
@@ -300,13 +320,15 @@ ffi::Error conv_backward_data(ffi::AnyBuffer dy, ffi::AnyBuffer w,
   Problem p;
   auto err = problem_from(*dx, w, dy, sh, sw, pt, pb, pl, pr, &p);
   if (err.failure()) return err;
+  err = operand_and_result_types(dy, w, *dx, &p);
+  if (err.failure()) return err;
   try {
     auto& prims = primitives_for(p);
     auto& eng = cpu_engine();
     PooledStream pooled;
     auto& s = pooled.get();
-    memory diff_dst(dst_md(p), eng, dy.untyped_data());
-    memory diff_src(src_md(p), eng, dx->untyped_data());
+    memory diff_dst(dst_md(p, p.type), eng, dy.untyped_data());
+    memory diff_src(src_md(p, p.result), eng, dx->untyped_data());
     memory wts = weights_as(prims.to_bwd_data_weights, p, w.untyped_data(), s);
     execute_with_scratchpad(
         prims.bwd_data, prims.bwd_data_pd, s,
@@ -324,6 +346,8 @@ ffi::Error backward_weights(ffi::AnyBuffer& x, ffi::AnyBuffer& dy, ffi::Result<f
   Problem p;
   auto err = problem_from(x, *dw, dy, sh, sw, pt, pb, pl, pr, &p);
   if (err.failure()) return err;
+  err = operand_and_result_types(x, dy, *dw, &p);
+  if (err.failure()) return err;
   p.bias = db != nullptr;
   if (p.bias && p.type != dt::f32) {
     return ffi::Error::InvalidArgument("onednn conv: a bias needs float32 operands");
@@ -333,9 +357,9 @@ ffi::Error backward_weights(ffi::AnyBuffer& x, ffi::AnyBuffer& dy, ffi::Result<f
     auto& eng = cpu_engine();
     PooledStream pooled;
     auto& s = pooled.get();
-    memory src(src_md(p), eng, x.untyped_data());
-    memory diff_dst(dst_md(p), eng, dy.untyped_data());
-    memory user(user_weights_md(p), eng, dw->untyped_data());
+    memory src(src_md(p, p.type), eng, x.untyped_data());
+    memory diff_dst(dst_md(p, p.type), eng, dy.untyped_data());
+    memory user(user_weights_md(p, p.result), eng, dw->untyped_data());
     const auto& change = prims.from_diff_weights;
     memory diff_w = change.needed ? thread_memory(change.pd.src_desc(), kDiffWeights) : user;
     std::unordered_map<int, memory> args{
@@ -420,7 +444,7 @@ extern "C" const char* JaxcnnOnednnSelfTest() {
     float x[16], w[9], y[16];
     for (float& v : x) v = 1.0f;
     for (float& v : w) v = 1.0f;
-    memory src(src_md(p), eng, x), dst(dst_md(p), eng, y);
+    memory src(src_md(p, p.type), eng, x), dst(dst_md(p, p.result), eng, y);
     memory wts = weights_as(prims.to_fwd_weights, p, w, s);
     execute_with_scratchpad(prims.fwd, prims.fwd_pd, s,
                             {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wts}, {DNNL_ARG_DST, dst}});
