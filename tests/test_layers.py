@@ -115,3 +115,33 @@ def test_max_pool_backward_keeps_an_int8_route_not_its_input():
     kept = _residuals(lambda a: max_pool_2x2(a * 2.0), x)
     assert ((2, 4, 3, 3), jnp.int8) in kept
     assert all(np.prod(shape) < x.size // 4 for shape, _ in kept), kept
+
+
+@pytest.mark.skipif(not (onednn.available() and onednn.native_bf16()),
+                    reason="oneDNN kernels or native bfloat16 unavailable on this CPU")
+def test_conv_precision_overrides_the_runs_bfloat16_products():
+    """Under ``jax.default_matmul_precision("bfloat16")`` a Conv multiplies rounded operands;
+    ``precision="float32"`` keeps that layer exact (airbench's whitening layer)."""
+    x = jax.random.normal(jax.random.key(0), (2, 9, 9, 5))
+    params = Conv(7).init(jax.random.key(1), x)
+    k = params["params"]["kernel"]
+
+    def ref(x, k):
+        return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                            precision=jax.lax.Precision.HIGHEST)
+
+    def rounded(a):
+        return a.astype(jnp.bfloat16).astype(jnp.float32)
+
+    with backend.use("onednn"), jax.default_matmul_precision("bfloat16"):
+        default = Conv(7).apply(params, x)
+        exact = Conv(7, precision="float32").apply(params, x)
+    with backend.use("onednn"):
+        asked = Conv(7, precision="bfloat16").apply(params, x)
+    assert rel_err(default, ref(rounded(x), rounded(k))) < 1e-5
+    assert rel_err(default, ref(x, k)) > 1e-4  # the products were rounded
+    assert rel_err(asked, default) == 0.0
+    assert rel_err(exact, ref(x, k)) < 1e-5
+    with pytest.raises(ValueError, match="Conv precision must be None, 'float32' or 'bfloat16'"):
+        Conv(7, precision="fp8").init(jax.random.key(1), x)

@@ -55,6 +55,11 @@ __all__ = [
     "pooled_classifier",
 ]
 
+# Conv's precision -> lax's (XLA:CPU computes float32 products whatever it is told; the fast
+# backend too, its convolutions are XLA's).
+_LAX_PRECISION = {None: None, "float32": lax.Precision.HIGHEST, "bfloat16": lax.Precision.DEFAULT}
+
+
 class _ConvLayer(nn.Module):
     """What ``Conv`` and ``DepthwiseConv`` share: ``nn.Conv``'s keyword attributes, its
     parameters (``kernel``, then ``bias`` when ``use_bias``) and its dtype promotion."""
@@ -108,23 +113,33 @@ class Conv(_ConvLayer):
       dtype (keyword-only): compute dtype (None: promote input and params, like ``nn.Conv``).
       param_dtype (keyword-only): dtype of ``kernel`` and ``bias``.
       kernel_init / bias_init (keyword-only): as in ``nn.Conv`` (LeCun normal, zeros).
+      precision (keyword-only): the precision of this layer's products, like ``nn.Conv``'s:
+        None (JAX's matmul precision where the model is traced, e.g.
+        ``FitConfig.matmul_precision``), ``"float32"`` or ``"bfloat16"`` (operands rounded to
+        bfloat16, float32 accumulation). ``"float32"`` keeps a layer exact whose outputs are
+        small differences of large inputs, which rounded operands would drown.
     """
 
     features: int
     kernel_size: int | Sequence[int] = (3, 3)
     strides: int | Sequence[int] = 1
     use_bias: bool = True
+    precision: str | None = dataclasses.field(default=None, kw_only=True)
 
     @nn.compact
     def __call__(self, x):
         """x: (N, H, W, C_in) -> (N, Ho, Wo, features)."""
+        if self.precision not in _LAX_PRECISION:
+            raise ValueError(f"Conv precision must be None, 'float32' or 'bfloat16'; got "
+                             f"{self.precision!r}")
         kernels = backend.resolve()
         ks = self._window(x)
         x, kernel, bias = self._params(x, (*ks, jnp.shape(x)[-1], self.features))
         if kernels == "onednn":  # falls back to conv2d_fast where oneDNN cannot run
             from jaxcnn.ops.onednn import conv2d_onednn
 
-            return conv2d_onednn(x, kernel, self.strides, self.padding, bias=bias)
+            return conv2d_onednn(x, kernel, self.strides, self.padding, bias=bias,
+                                 precision=self.precision)
         if kernels == "fast":
             y = conv2d_fast(x, kernel, self.strides, self.padding)
         else:
@@ -134,7 +149,8 @@ class Conv(_ConvLayer):
             if not isinstance(pad, str):
                 pad = resolve_padding(pad, jnp.shape(x)[1:3], ks, s)
             y = lax.conv_general_dilated(
-                x, kernel, s, pad, dimension_numbers=("NHWC", "HWIO", "NHWC")
+                x, kernel, s, pad, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                precision=_LAX_PRECISION[self.precision],
             )
         return self._add_bias(y, bias)
 
