@@ -1,5 +1,6 @@
-"""fit's phases: a workdir that is a file, the backend setting, a body short enough to read, and
-transfer's head run going through the same phases (checkpoints, resume, metrics.jsonl)."""
+"""fit's phases: a workdir that is a file, the backend and matmul precision settings, a body
+short enough to read, and transfer's head run going through the same phases (checkpoints,
+resume, metrics.jsonl)."""
 
 import ast
 import dataclasses
@@ -64,6 +65,31 @@ def test_backend_is_checked_entered_and_not_part_of_resume(tmp_path, monkeypatch
     fit(tiny_cnn3(), TRAIN, None, config=dataclasses.replace(CFG, epochs=1, init_fn=spy),
         workdir=tmp_path / "env", verbose=False)
     assert seen == ["fast"]
+
+
+def test_matmul_precision_is_checked_entered_and_part_of_resume(tmp_path):
+    with pytest.raises(ValueError, match="FitConfig.matmul_precision must be one of"):
+        FitConfig(matmul_precision="fp8")
+    seen = []
+
+    def spy(variables, images, rng):  # init_fn runs inside build, inside fit's precision
+        seen.append(jax.config.jax_default_matmul_precision)
+        return variables
+
+    cfg = dataclasses.replace(CFG, matmul_precision="bfloat16", init_fn=spy)
+    fit(tiny_cnn3(), TRAIN, EVAL, config=cfg, workdir=tmp_path, verbose=False,
+        stop_after_epoch=1)
+    assert seen == ["bfloat16"]
+    assert jax.config.jax_default_matmul_precision is None  # left as it was
+    # It changes the numbers: a run does not resume with another precision.
+    with pytest.raises(ValueError, match="different configuration.*matmul_precision"):
+        fit(tiny_cnn3(), TRAIN, EVAL, config=dataclasses.replace(cfg, matmul_precision=None),
+            workdir=tmp_path, verbose=False)
+    with jax.default_matmul_precision("bfloat16"):  # None keeps the setting around the call
+        seen.clear()
+        fit(tiny_cnn3(), TRAIN, None, config=dataclasses.replace(CFG, epochs=1, init_fn=spy),
+            workdir=tmp_path / "around", verbose=False)
+    assert seen == ["bfloat16"]
 
 
 def _features(n=48, seed=0):

@@ -23,6 +23,10 @@ from jaxcnn.train.optim import (
     check_lookahead,
 )
 
+# FitConfig.matmul_precision: None (the setting around fit), or the value fit enters with
+# jax.default_matmul_precision.
+MATMUL_PRECISIONS = (None, "float32", "bfloat16")
+
 
 @dataclass(frozen=True)
 class FitConfig:
@@ -104,6 +108,13 @@ class FitConfig:
         choice). ``fit`` runs its whole body with it (build, compilation, epochs,
         evaluation). A kernel choice, not a hyper-parameter: every backend computes the same
         function, so a run may resume on another one. Not checked on resume.
+      matmul_precision: the precision of the products in the convolutions and matrix products,
+        entered with ``jax.default_matmul_precision`` for ``fit``'s whole run: ``None`` (the
+        default: the setting around the call), ``"float32"`` or ``"bfloat16"`` (operands
+        rounded to bfloat16, products accumulated and returned in float32: a TPU's default;
+        on a CPU the ``"onednn"`` backend's convolutions then run oneDNN's bfloat16 kernels
+        where the CPU has AVX512_BF16 or AMX, see :func:`jaxcnn.ops.onednn.bf16_products`).
+        Parameters, activations and optimizer state keep their dtypes. Checked on resume.
       eval_every: evaluate after every this many epochs and after the last (1: each epoch);
         0: never during training (the history's ``eval_*`` are None; a timed run evaluates
         after it, as airbench does). Not checked on resume.
@@ -142,6 +153,7 @@ class FitConfig:
     steps_per_dispatch: int = 1
     backend: str = "auto"
     eval_every: int = 1
+    matmul_precision: str | None = None
 
     # Fields that may change between a run and its resumption (they do not change the numbers,
     # or, for the backend, change only the kernels that compute the same function).
@@ -158,7 +170,7 @@ class FitConfig:
     # Fields added after checkpoints were first written: a saved configuration without one was
     # made with its default (whose numbers it reproduces), so resuming such a run still works.
     LATER_FIELDS = ("initial_lr_scale", "final_lr_scale", "lookahead_every", "lookahead_decay",
-                    "eval_every")
+                    "eval_every", "matmul_precision")
 
     def __post_init__(self):
         def positive_int(name):
@@ -188,6 +200,11 @@ class FitConfig:
             raise ValueError(f"FitConfig.lr must be positive, got {self.lr}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"FitConfig.seed must be an int >= 0, got {self.seed!r}")
+        if self.matmul_precision not in MATMUL_PRECISIONS:
+            raise ValueError(
+                f"FitConfig.matmul_precision must be one of {MATMUL_PRECISIONS}, got "
+                f"{self.matmul_precision!r}"
+            )
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(
                 f"FitConfig.dtype must be float32, bfloat16 or float16: {self.dtype!r}"

@@ -19,11 +19,13 @@ evaluation batches adapt (:mod:`jaxcnn.train.evaluation`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import flax.linen as nn
+import jax
 
 from jaxcnn.ops import backend
 from jaxcnn.train import checkpoint
@@ -129,7 +131,7 @@ def fit(
     if not isinstance(config, FitConfig):
         raise ValueError(f"config must be a FitConfig, got {type(config).__name__}")
     workdir = make_workdir(workdir)
-    with backend.use(_backend_of(config)):
+    with backend.use(_backend_of(config)), _precision(config.matmul_precision):
         # Restore or initialise: build checks the inputs and a checkpoint's configuration
         # before it compiles anything, then starts from the checkpoint or a fresh init.
         mesh = make_mesh()
@@ -165,6 +167,14 @@ def fit(
         )
     return FitResult(state=state, history=history, best_eval_accuracy=best,
                      data_on_device=on_device, preprocess=engine.preprocess)
+
+
+def _precision(matmul_precision: str | None):
+    """``jax.default_matmul_precision(matmul_precision)``; nothing for None (the setting around
+    the call stays)."""
+    if matmul_precision is None:
+        return contextlib.nullcontext()
+    return jax.default_matmul_precision(matmul_precision)
 
 
 def _backend_of(config: FitConfig) -> str:
