@@ -9,15 +9,18 @@
 
 Two recipes of :mod:`jaxcnn.train.recipes`, each on the registry's net of the same name:
 ``airbench94_muon`` (the default; Keller Jordan's 2024 record recipe, 94.01% in 8 epochs on an
-A100, here 9 epochs: 94.06% mean on held-out data) and ``airbench94`` (``--recipe``; the earlier
-recipe, 94.08% there with 10% more FLOPs and a longer run). Both run on the one engine
+A100, here 9 epochs: 94.27% mean on held-out data in 19 min per seed on a 2-core CPU) and
+``airbench94`` (``--recipe``; the earlier recipe, 94.08% there with 10% more FLOPs and a longer
+run). Both run on the one engine
 (:func:`jaxcnn.train.fit`: checkpoints in ``<workdir>/seed<k>/``, resumed when present;
 progress bars; data parallel over every local device; on a GPU/TPU the uint8 dataset and its
 augmentation live on the device).
-The compute dtype is bfloat16 on a GPU/TPU and float32 on a CPU (``--dtype bfloat16`` there runs
-oneDNN's bfloat16 convolutions where the CPU has AVX512_BF16 or AMX), with float32 parameters
-and optimizer state. The ingredients, each with its
-one-line reason:
+The compute dtype (``--dtype auto``) is bfloat16 on a GPU/TPU. On a CPU whose oneDNN kernels
+multiply bfloat16 natively (AVX512_BF16 or AMX) it is ``bf16-products``: float32 activations,
+and convolutions that round their operands to bfloat16 and accumulate and return float32
+(``FitConfig.matmul_precision="bfloat16"``, JAX's own setting, entered for the training run
+only: the final evaluation and the bundle compute in float32); elsewhere float32. Parameters
+and optimizer state are float32 throughout. The ingredients, each with its one-line reason:
 
 * **whitened first layer**: a frozen 2x2 convolution whose 24 filters are the eigenvectors of
   the training patches' covariance (and their negatives), scaled to unit variance, so the first
@@ -97,6 +100,11 @@ RUNGS = (
 RUNG_NAMES = tuple(name for name, _ in RUNGS)
 
 
+# --dtype choices. bf16-products: a float32 net whose convolutions round their operands to
+# bfloat16 and accumulate and return float32 (FitConfig.matmul_precision="bfloat16").
+DTYPES = ("auto", "float32", "bfloat16", "bf16-products")
+
+
 def build_parser():
     from jaxcnn.evaluate.tta import TTA_MODES, describe_tta_modes
 
@@ -109,7 +117,7 @@ def build_parser():
                         "airbench94); the learning rates are tuned for it")
     p.add_argument("--recipe", choices=RECIPE_NAMES, default=RECIPE_NAMES[0],
                    help="the training recipe and its net (default airbench94_muon: Muon for "
-                        "the filters, 9 epochs at batch 2000, 94.06%% mean on held-out data; "
+                        "the filters, 9 epochs at batch 2000, 94.27%% mean on held-out data; "
                         "airbench94: Nesterov SGD with lookahead, 10 epochs at batch 1024, "
                         "94.08%% there with 10%% more FLOPs)")
     p.add_argument("--eval-every", type=_cli.non_negative_int, default=None,
@@ -125,11 +133,13 @@ def build_parser():
     p.add_argument("--widths", type=parse_widths, default=None,
                    help="channels of the three conv groups, e.g. 32,64,64 for a quick try "
                         "(default: airbench94's 64,256,256, which the recipe is tuned for)")
-    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
-                   help="compute dtype; parameters and optimizer state stay float32 (auto: "
-                        "bfloat16 on a GPU or TPU, float32 on a CPU; bfloat16 on a CPU with "
-                        "AVX512_BF16 or AMX and the onednn extra runs oneDNN's bfloat16 "
-                        "convolutions)")
+    p.add_argument("--dtype", choices=DTYPES, default="auto",
+                   help="compute dtype; parameters and optimizer state stay float32. "
+                        "bf16-products: float32 activations, convolutions that multiply "
+                        "bfloat16-rounded operands and accumulate in float32 (oneDNN's "
+                        "bfloat16 kernels on a CPU with AVX512_BF16 or AMX). auto: bfloat16 "
+                        "on a GPU or TPU; on a CPU bf16-products where oneDNN has those "
+                        "kernels, else float32")
     p.add_argument("--eval-batch-size", type=_cli.positive_int, default=1000,
                    help="batch size of evaluation")
     p.add_argument("--device-check", action="store_true",
@@ -177,14 +187,27 @@ def parse_rungs(text: str) -> list[str]:
 
 
 def resolve_dtype(dtype: str) -> str:
-    """``--dtype``: ``auto`` is bfloat16 on a GPU or TPU and float32 on a CPU. (On a CPU with
-    native bfloat16, ``--dtype bfloat16`` runs the convolutions in oneDNN's bfloat16 kernels:
-    faster, but the recipe lost accuracy in bfloat16 there: ``visuals/speedrun/README.md``.)"""
+    """``--dtype``: ``auto`` is bfloat16 on a GPU or TPU; on a CPU, ``bf16-products`` where
+    oneDNN multiplies bfloat16 natively (AVX512_BF16 or AMX and the onednn extra: 1.4x a step,
+    no accuracy lost, ``visuals/speedrun/README.md``), else float32. (``bfloat16`` on such a
+    CPU, bfloat16 activations too, lost accuracy.)"""
     import jax
 
     if dtype != "auto":
         return dtype
-    return "bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32"
+    if jax.default_backend() in ("gpu", "tpu"):
+        return "bfloat16"
+    from jaxcnn.ops import backend, onednn
+
+    fast_bf16 = backend.resolve() == "onednn" and onednn.native_bf16()
+    return "bf16-products" if fast_bf16 else "float32"
+
+
+def dtype_changes(dtype: str) -> dict:
+    """The FitConfig fields of a resolved ``--dtype``."""
+    if dtype == "bf16-products":
+        return dict(dtype="float32", matmul_precision="bfloat16")
+    return dict(dtype=dtype)
 
 
 def parse_widths(text: str) -> tuple[int, int, int]:
@@ -248,7 +271,7 @@ def base_recipe(args, seed: int, name: str | None = None):
 
     config = recipes.get(name or args.recipe)
     eval_every = args.eval_every if args.eval_every is not None else int(args.ablate)
-    changes = dict(seed=seed, dtype=resolve_dtype(args.dtype), eval_every=eval_every)
+    changes = dict(seed=seed, eval_every=eval_every, **dtype_changes(resolve_dtype(args.dtype)))
     if args.epochs is not None:
         changes["epochs"] = args.epochs
     if args.batch_size is not None:
@@ -372,7 +395,8 @@ def run_device_check(args) -> dict:
     _cli.check_batch_size(config.batch_size, len(train))
     device = jax.devices()[0]
     print(f"device check: {args.recipe}, {len(train):,} synthetic images, {epochs} epoch(s) on "
-          f"{jax.device_count()} x {device.device_kind} ({device.platform}), {config.dtype}")
+          f"{jax.device_count()} x {device.device_kind} ({device.platform}), "
+          f"{resolve_dtype(args.dtype)}")
     trained = fit_net("device_check", args.recipe, model_options(config.dtype, args.widths),
                       config, train, None, argparse.Namespace(**{**vars(args), "resume": False}),
                       args.workdir / "device_check")
@@ -385,7 +409,7 @@ def run_device_check(args) -> dict:
         "device": f"{jax.device_count()} x {device.device_kind}",
         "platform": device.platform,
         "recipe": args.recipe,
-        "dtype": config.dtype,
+        "dtype": resolve_dtype(args.dtype),
         "images": len(train),
         "epochs_timed": epochs,
         "seconds_per_epoch": per_epoch,

@@ -107,14 +107,39 @@ def test_airbench94_by_name_evaluates_per_epoch_on_request(tmp_path, fake_data):
     assert export.load(tmp_path / "run" / "seed0" / "bundle").model_name == "airbench94"
 
 
-def test_flops_of_a_bfloat16_run_are_those_of_its_float32_twin(tmp_path, fake_data):
+def test_flops_of_bfloat16_runs_are_those_of_their_float32_twin(tmp_path, fake_data):
     argv = ["--epochs", "1", "--batch-size", "64", *SMALL, "--eval-split", "fake",
             "--no-figures", "--no-progress"]
+    dtypes = ("bfloat16", "bf16-products", "float32")
     rows = [speedrun.main([*argv, "--dtype", dtype, "--workdir", str(tmp_path / dtype)])["seed0"]
-            for dtype in ("bfloat16", "float32")]
-    assert rows[0]["recipe"]["dtype"] == "bfloat16" and rows[1]["recipe"]["dtype"] == "float32"
-    assert rows[0]["train_gflop_per_step"] == pytest.approx(rows[1]["train_gflop_per_step"])
-    assert rows[0]["eval_gflop"] == pytest.approx(rows[1]["eval_gflop"], rel=0.02)
+            for dtype in dtypes]
+    assert [(r["recipe"]["dtype"], r["recipe"]["matmul_precision"]) for r in rows] == [
+        ("bfloat16", None), ("float32", "bfloat16"), ("float32", None)]
+    for row in rows[:2]:
+        assert row["train_gflop_per_step"] == pytest.approx(rows[2]["train_gflop_per_step"])
+        assert row["eval_gflop"] == pytest.approx(rows[2]["eval_gflop"], rel=0.02)
+    assert rows[1]["eval_gflop"] == pytest.approx(rows[2]["eval_gflop"])  # no casts to count
+
+
+@pytest.mark.parametrize("platform, kernels, native, want", [
+    ("gpu", "lax", False, "bfloat16"),
+    ("cpu", "onednn", True, "bf16-products"),
+    ("cpu", "onednn", False, "float32"),
+    ("cpu", "fast", True, "float32"),
+])
+def test_auto_dtype_takes_bfloat16_products_only_where_onednn_has_them(monkeypatch, platform,
+                                                                        kernels, native, want):
+    import jax
+
+    from jaxcnn.ops import backend, onednn
+
+    monkeypatch.setattr(jax, "default_backend", lambda: platform)
+    monkeypatch.setattr(backend, "resolve", lambda name=None: kernels)
+    monkeypatch.setattr(onednn, "native_bf16", lambda: native)
+    assert speedrun.resolve_dtype("auto") == want
+    assert speedrun.resolve_dtype("float32") == "float32"
+    assert speedrun.dtype_changes("bf16-products") == dict(dtype="float32",
+                                                           matmul_precision="bfloat16")
 
 
 def test_device_check_times_the_recipe_on_synthetic_data_without_a_dataset(tmp_path, capsys,

@@ -96,7 +96,8 @@ _MUON_DECAY_PER_STEP = 2e-6 * _MUON_BATCH / (1 - 0.85)
 
 # The record trains 8 epochs of 25 steps (50,000 images): 200 steps. Here 9: on the 45,000
 # images a held-out split leaves, 9 epochs are 198 steps (8 reached 93.75%, 9 94.06%, two
-# seeds each); on 50,000 images they are 225 steps, 12.5% more work than the record.
+# seeds each, float32; 94.27% with bfloat16 products, visuals/speedrun/README.md); on 50,000
+# images they are 225 steps, 12.5% more work than the record.
 _MUON_EPOCHS = 9
 
 
