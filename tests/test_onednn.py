@@ -190,18 +190,6 @@ def _check_bf16_against_f32(x, k, stride, padding, bias=None):
 
 
 @needs_onednn
-@settings(max_examples=25, deadline=None)
-@given(
-    n=st.integers(1, 3), h=st.integers(3, 11), w=st.integers(3, 11), c=st.integers(1, 8),
-    o=st.integers(1, 8), kh=st.integers(1, 3), kw=st.integers(1, 3), sh=st.integers(1, 2),
-    sw=st.integers(1, 2), padding=st.sampled_from(["SAME", "VALID", 1, ((0, 2), (1, 0))]),
-)
-def test_bfloat16_matches_float32_property(n, h, w, c, o, kh, kw, sh, sw, padding):
-    _check_bf16_against_f32(_random((n, h, w, c), h * 7 + w), _random((kh, kw, c, o), c + o),
-                            (sh, sw), padding)
-
-
-@needs_onednn
 def test_bfloat16_on_airbench_shapes_and_with_a_bias():
     _check_bf16_against_f32(_random((16, 15, 15, 64), 0), _random((3, 3, 64, 256), 1) * 0.05,
                             1, "SAME")
@@ -254,16 +242,17 @@ def _check_bf16_products(x, k, stride, padding, bias=None):
 
 
 @needs_onednn
+@pytest.mark.parametrize("check", [_check_bf16_against_f32, _check_bf16_products],
+                         ids=["bfloat16", "bfloat16_products"])
 @settings(max_examples=25, deadline=None)
 @given(
     n=st.integers(1, 3), h=st.integers(3, 11), w=st.integers(3, 11), c=st.integers(1, 8),
     o=st.integers(1, 8), kh=st.integers(1, 3), kw=st.integers(1, 3), sh=st.integers(1, 2),
     sw=st.integers(1, 2), padding=st.sampled_from(["SAME", "VALID", 1, ((0, 2), (1, 0))]),
 )
-def test_bfloat16_products_match_float32_of_rounded_operands_property(n, h, w, c, o, kh, kw, sh,
-                                                                       sw, padding):
-    _check_bf16_products(_random((n, h, w, c), h * 7 + w), _random((kh, kw, c, o), c + o),
-                         (sh, sw), padding)
+def test_bfloat16_kernels_match_float32_of_rounded_operands_property(check, n, h, w, c, o, kh,
+                                                                      kw, sh, sw, padding):
+    check(_random((n, h, w, c), h * 7 + w), _random((kh, kw, c, o), c + o), (sh, sw), padding)
 
 
 @needs_onednn
