@@ -394,9 +394,9 @@ def run_device_check(args) -> dict:
     train = synthetic_cifar(args.check_images, seed)
     _cli.check_batch_size(config.batch_size, len(train))
     device = jax.devices()[0]
+    dtype = resolve_dtype(args.dtype)
     print(f"device check: {args.recipe}, {len(train):,} synthetic images, {epochs} epoch(s) on "
-          f"{jax.device_count()} x {device.device_kind} ({device.platform}), "
-          f"{resolve_dtype(args.dtype)}")
+          f"{jax.device_count()} x {device.device_kind} ({device.platform}), {dtype}")
     trained = fit_net("device_check", args.recipe, model_options(config.dtype, args.widths),
                       config, train, None, argparse.Namespace(**{**vars(args), "resume": False}),
                       args.workdir / "device_check")
@@ -409,7 +409,7 @@ def run_device_check(args) -> dict:
         "device": f"{jax.device_count()} x {device.device_kind}",
         "platform": device.platform,
         "recipe": args.recipe,
-        "dtype": resolve_dtype(args.dtype),
+        "dtype": dtype,
         "images": len(train),
         "epochs_timed": epochs,
         "seconds_per_epoch": per_epoch,

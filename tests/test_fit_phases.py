@@ -68,7 +68,8 @@ def test_backend_is_checked_entered_and_not_part_of_resume(tmp_path, monkeypatch
 
 
 def test_matmul_precision_is_checked_entered_and_part_of_resume(tmp_path):
-    with pytest.raises(ValueError, match="FitConfig.matmul_precision must be one of"):
+    with pytest.raises(ValueError,
+                       match="FitConfig.matmul_precision must be None, 'float32' or 'bfloat16'"):
         FitConfig(matmul_precision="fp8")
     seen = []
 

@@ -40,7 +40,8 @@ import jax.numpy as jnp
 from flax.linen.dtypes import promote_dtype
 from jax import lax
 
-from jaxcnn.ops import backend
+from jaxcnn.ops import _checks, backend
+from jaxcnn.ops import batchnorm as bn_ops
 from jaxcnn.ops.depthwise import depthwise_conv2d, depthwise_conv2d_lax
 from jaxcnn.ops.fast_conv import conv2d_fast, resolve_padding
 from jaxcnn.ops.pool import max_pool_2x2 as pool_2x2_first_max
@@ -129,9 +130,7 @@ class Conv(_ConvLayer):
     @nn.compact
     def __call__(self, x):
         """x: (N, H, W, C_in) -> (N, Ho, Wo, features)."""
-        if self.precision not in _LAX_PRECISION:
-            raise ValueError(f"Conv precision must be None, 'float32' or 'bfloat16'; got "
-                             f"{self.precision!r}")
+        _checks.check_precision(self.precision, "Conv precision")
         kernels = backend.resolve()
         ks = self._window(x)
         x, kernel, bias = self._params(x, (*ks, jnp.shape(x)[-1], self.features))
@@ -355,8 +354,7 @@ class FusedBatchNorm(nn.Module):
             from jaxcnn.ops.onednn import batchnorm as ops
             train_fn, pool_fn = ops.batch_norm_train_native, ops.batch_norm_relu_pool_train_native
         else:
-            from jaxcnn.ops import batchnorm as ops
-            train_fn, pool_fn = ops.batch_norm_train, ops.batch_norm_relu_pool_train
+            train_fn, pool_fn = bn_ops.batch_norm_train, bn_ops.batch_norm_relu_pool_train
 
         if self.pool and not self.relu:
             raise ValueError("FusedBatchNorm: pool=True needs relu=True")
@@ -378,9 +376,7 @@ class FusedBatchNorm(nn.Module):
             if self.use_scale:
                 a = scale.astype(jnp.float32) * a
             y = (x.astype(jnp.float32) - ra_mean.value) * a + bias.astype(jnp.float32)
-            from jaxcnn.ops.batchnorm import activate
-
-            y = activate(y, "relu" if self.relu else "gelu" if self.gelu else "none")
+            y = bn_ops.activate(y, "relu" if self.relu else "gelu" if self.gelu else "none")
             y = y.astype(x.dtype)
             return pool_2x2_first_max(y) if self.pool else y
         if not self.use_scale:  # a constant 1: its gradient is computed and dropped

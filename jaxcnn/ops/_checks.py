@@ -254,3 +254,15 @@ def check_pool_args(x, window, stride, padding):
 
 def prod(xs) -> int:
     return math.prod(xs)
+
+# The precisions of a layer's products (``layers.Conv(precision=...)``, ``conv2d_onednn``) and
+# of a run's (``FitConfig.matmul_precision``): None (JAX's matmul precision where the model is
+# traced), "float32", or "bfloat16" (operands rounded to bfloat16, float32 accumulation).
+PRECISIONS = (None, "float32", "bfloat16")
+
+
+def check_precision(precision, where: str):
+    """``precision`` if it is one of :data:`PRECISIONS`, else a ValueError naming ``where``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"{where} must be None, 'float32' or 'bfloat16'; got {precision!r}")
+    return precision

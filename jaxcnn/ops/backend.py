@@ -34,6 +34,7 @@ import os
 __all__ = ["BACKENDS", "ENV_VAR", "resolve", "selected", "use"]
 
 BACKENDS = ("auto", "lax", "fast", "onednn")
+
 ENV_VAR = "JAXCNN_BACKEND"
 
 _setting: contextvars.ContextVar[str | None] = contextvars.ContextVar("jaxcnn_backend",

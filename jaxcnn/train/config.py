@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from jaxcnn.ops._checks import check_precision
 from jaxcnn.ops.backend import BACKENDS
 from jaxcnn.train.optim import (
     DEFAULT_PARAM_GROUPS,
@@ -22,10 +23,6 @@ from jaxcnn.train.optim import (
     ParamGroup,
     check_lookahead,
 )
-
-# FitConfig.matmul_precision: None (the setting around fit), or the value fit enters with
-# jax.default_matmul_precision.
-MATMUL_PRECISIONS = (None, "float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -200,11 +197,7 @@ class FitConfig:
             raise ValueError(f"FitConfig.lr must be positive, got {self.lr}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"FitConfig.seed must be an int >= 0, got {self.seed!r}")
-        if self.matmul_precision not in MATMUL_PRECISIONS:
-            raise ValueError(
-                f"FitConfig.matmul_precision must be one of {MATMUL_PRECISIONS}, got "
-                f"{self.matmul_precision!r}"
-            )
+        check_precision(self.matmul_precision, "FitConfig.matmul_precision")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(
                 f"FitConfig.dtype must be float32, bfloat16 or float16: {self.dtype!r}"

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcnn.ops import _checks
 from jaxcnn.ops.fast_conv import checked_conv_args, conv2d_fast
 from jaxcnn.ops.onednn import build
 
@@ -99,10 +100,9 @@ def _attrs(stride, pads) -> dict:
             dict(sh=sh, sw=sw, pt=pt, pb=pb, pl=pl, pr=pr).items()}
 
 
-def _call(target: str, out_shape, *args, stride, pads, dtype=None):
+def _call(target: str, out_shape, *args, stride, pads, dtype):
     """One FFI call; ``out_shape`` is a shape, or a list of shapes for several results (the
-    first has ``dtype``, by default the operands', the others, a bias gradient, float32)."""
-    dtype = args[0].dtype if dtype is None else dtype
+    first has ``dtype``, the others, a bias gradient, float32)."""
     if isinstance(out_shape, list):
         out = [jax.ShapeDtypeStruct(s, dtype if i == 0 else jnp.float32)
                for i, s in enumerate(out_shape)]
@@ -117,75 +117,42 @@ def _out_shape(x_shape, k_shape, stride, pads):
     return (n, (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1, o)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv(x, kernel, stride, pads):
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _conv(x, kernel, bias, stride, pads, operands):
+    """conv(x, kernel) (+ bias) in oneDNN: x and kernel multiplied as ``operands`` (their own
+    dtype, or bfloat16 for float32 ones: bfloat16 products), the output and both gradients in
+    x's dtype. A bias (float32 operands only; None: none) is fused into the forward pass and
+    its gradient into the kernel gradient's: no extra pass over the output."""
+    return _conv_fwd(x, kernel, bias, stride, pads, operands)[0]
+
+
+def _conv_fwd(x, kernel, bias, stride, pads, operands):
+    xo, ko = x.astype(operands), kernel.astype(operands)
     shape = _out_shape(x.shape, kernel.shape, stride, pads)
-    return _call("jaxcnn_onednn_conv_forward", shape, x, kernel, stride=stride, pads=pads)
+    if bias is None:
+        y = _call("jaxcnn_onednn_conv_forward", shape, xo, ko, stride=stride, pads=pads,
+                  dtype=x.dtype)
+    else:
+        y = _call("jaxcnn_onednn_conv_forward_bias", shape, xo, ko, bias, stride=stride,
+                  pads=pads, dtype=x.dtype)
+    return y, (xo, ko, bias)  # rounded operands: half the memory of float32 ones
 
 
-def _fwd(x, kernel, stride, pads):
-    return _conv(x, kernel, stride, pads), (x, kernel)
-
-
-def _bwd(stride, pads, res, g):
-    x, kernel = res
-    dx = _call("jaxcnn_onednn_conv_backward_data", x.shape, g, kernel, stride=stride, pads=pads)
-    dk = _call("jaxcnn_onednn_conv_backward_weights", kernel.shape, x, g, stride=stride,
-               pads=pads)
-    return dx, dk
-
-
-_conv.defvjp(_fwd, _bwd)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_bf16_products(x, kernel, stride, pads):
-    """float32 x and kernel, rounded to bfloat16 for oneDNN's products; float32 results
-    (y, and both gradients from a bfloat16 cotangent)."""
-    return _conv_bf16_products_fwd(x, kernel, stride, pads)[0]
-
-
-def _conv_bf16_products_fwd(x, kernel, stride, pads):
-    xb, kb = x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
-    shape = _out_shape(x.shape, kernel.shape, stride, pads)
-    y = _call("jaxcnn_onednn_conv_forward", shape, xb, kb, stride=stride, pads=pads,
-              dtype=jnp.float32)
-    return y, (xb, kb)  # the backward pass reads the rounded operands: half the memory
-
-
-def _conv_bf16_products_bwd(stride, pads, res, g):
-    xb, kb = res
-    gb = g.astype(jnp.bfloat16)
-    dx = _call("jaxcnn_onednn_conv_backward_data", xb.shape, gb, kb, stride=stride, pads=pads,
-               dtype=jnp.float32)
-    dk = _call("jaxcnn_onednn_conv_backward_weights", kb.shape, xb, gb, stride=stride,
-               pads=pads, dtype=jnp.float32)
-    return dx, dk
-
-
-_conv_bf16_products.defvjp(_conv_bf16_products_fwd, _conv_bf16_products_bwd)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _conv_bias(x, kernel, bias, stride, pads):
-    shape = _out_shape(x.shape, kernel.shape, stride, pads)
-    return _call("jaxcnn_onednn_conv_forward_bias", shape, x, kernel, bias, stride=stride,
-                 pads=pads)
-
-
-def _fwd_bias(x, kernel, bias, stride, pads):
-    return _conv_bias(x, kernel, bias, stride, pads), (x, kernel)
-
-
-def _bwd_bias(stride, pads, res, g):
-    x, kernel = res
-    dx = _call("jaxcnn_onednn_conv_backward_data", x.shape, g, kernel, stride=stride, pads=pads)
-    dk, db = _call("jaxcnn_onednn_conv_backward_weights_bias", [kernel.shape, kernel.shape[-1:]],
-                   x, g, stride=stride, pads=pads)
+def _conv_bwd(stride, pads, operands, res, g):
+    xo, ko, bias = res
+    go = g.astype(operands)  # g has the output's dtype, which the gradients take
+    dx = _call("jaxcnn_onednn_conv_backward_data", xo.shape, go, ko, stride=stride, pads=pads,
+               dtype=g.dtype)
+    if bias is None:
+        dk = _call("jaxcnn_onednn_conv_backward_weights", ko.shape, xo, go, stride=stride,
+                   pads=pads, dtype=g.dtype)
+        return dx, dk, None
+    dk, db = _call("jaxcnn_onednn_conv_backward_weights_bias", [ko.shape, ko.shape[-1:]], xo,
+                   go, stride=stride, pads=pads, dtype=g.dtype)
     return dx, dk, db
 
 
-_conv_bias.defvjp(_fwd_bias, _bwd_bias)
+_conv.defvjp(_conv_fwd, _conv_bwd)
 
 
 def conv2d_onednn(x, kernel, stride=1, padding="SAME", dilation=1, groups=1, bias=None,
@@ -214,8 +181,7 @@ def conv2d_onednn(x, kernel, stride=1, padding="SAME", dilation=1, groups=1, bia
     """
     x, kernel, stride, pads = checked_conv_args(x, kernel, stride, padding, dilation, groups,
                                                 "conv2d_onednn")
-    if precision not in (None, "float32", "bfloat16"):
-        raise ValueError(f"precision must be None, 'float32' or 'bfloat16'; got {precision!r}")
+    _checks.check_precision(precision, "precision")
     if bias is not None:
         bias = jnp.asarray(bias)
         if bias.shape != kernel.shape[-1:]:
@@ -225,14 +191,12 @@ def conv2d_onednn(x, kernel, stride=1, padding="SAME", dilation=1, groups=1, bia
         return y if bias is None else y + bias.astype(y.dtype)
     x, stride, pads = _exact_padding(x, kernel.shape[:2], stride, pads)
     products_bf16 = precision == "bfloat16" or (precision is None and bf16_products())
+    operands = x.dtype
     if x.dtype == jnp.float32 and products_bf16 and supports(jnp.bfloat16, jnp.bfloat16):
-        y = _conv_bf16_products(x, kernel, stride, pads)
-        return y if bias is None else y + bias.astype(y.dtype)
-    if bias is None:
-        return _conv(x, kernel, stride, pads)
-    if x.dtype != jnp.float32 or bias.dtype != jnp.float32:  # the fused bias is float32's
-        return _conv(x, kernel, stride, pads) + bias.astype(x.dtype)
-    return _conv_bias(x, kernel, bias, stride, pads)
+        operands = jnp.dtype(jnp.bfloat16)
+    fused = bias is not None and operands == jnp.float32 and bias.dtype == jnp.float32
+    y = _conv(x, kernel, bias if fused else None, stride, pads, operands)
+    return y if bias is None or fused else y + bias.astype(y.dtype)
 
 
 def _exact_padding(x, window, stride, pads):
